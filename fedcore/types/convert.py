@@ -1,0 +1,107 @@
+"""``to_type(spec)``: builds a type from the many ways users describe one."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import attrs
+import numpy as np
+
+from fedcore.types.core import (
+    Placement,
+    PlacementType,
+    SequenceType,
+    StructType,
+    TensorType,
+    Type,
+    canonical_dtype,
+)
+
+
+def _is_namedtuple_class(cls: type) -> bool:
+    return issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
+def _is_dtype_like(spec: Any) -> bool:
+    if isinstance(spec, np.dtype):
+        return True
+    if isinstance(spec, type) and issubclass(spec, np.generic):
+        return True
+    return hasattr(spec, "as_numpy_dtype") and hasattr(spec, "name") and not hasattr(spec, "shape")
+
+
+def to_type(spec: Any) -> Type:
+    """Converts ``spec`` to a fedcore type.
+
+    Accepts types, type strings, numpy and TF dtypes, ``(dtype, shape)`` pairs,
+    ``tf.TensorSpec``, ``tf.data.DatasetSpec`` and nested element specs, and
+    lists, tuples, dicts, OrderedDicts, namedtuples and attrs instances of any
+    of these.  Containers are remembered on the resulting StructType.
+    """
+    if isinstance(spec, Type):
+        return spec
+    if spec is None:
+        raise TypeError("cannot convert None to a type; use a type, a dtype or a type string")
+    if isinstance(spec, str):
+        from fedcore.types.parser import parse
+
+        return parse(spec)
+    if isinstance(spec, Placement):
+        return PlacementType()
+    if _is_dtype_like(spec):
+        return TensorType(canonical_dtype(spec))
+    if spec in (bool, int, float, str):
+        return TensorType({bool: "bool", int: "int32", float: "float32", str: "string"}[spec])
+    # tf.TensorSpec and friends, recognized by their attributes.
+    type_name = type(spec).__name__
+    if type_name in ("TensorSpec", "BoundedTensorSpec") and hasattr(spec, "dtype"):
+        return TensorType(spec.dtype, spec.shape)
+    if type_name == "DatasetSpec" and hasattr(spec, "element_spec"):
+        return SequenceType(to_type(spec.element_spec))
+    if type_name in ("DatasetV2", "_DatasetV2", "Dataset") or hasattr(spec, "element_spec") and hasattr(
+        spec, "prefetch"
+    ):
+        return SequenceType(to_type(spec.element_spec))
+    if attrs.has(type(spec)):
+        elements = [(f.name, to_type(getattr(spec, f.name))) for f in attrs.fields(type(spec))]
+        return StructType(elements, container=type(spec))
+    if isinstance(spec, tuple) and _is_namedtuple_class(type(spec)):
+        return StructType([(n, to_type(v)) for n, v in zip(spec._fields, spec)], container=type(spec))
+    if isinstance(spec, tuple) and len(spec) == 2 and _is_dtype_or_name(spec[0]) and _is_shape(spec[1]):
+        return TensorType(spec[0], spec[1])
+    if isinstance(spec, (list, tuple)):
+        return StructType([(None, to_type(v)) for v in spec], container=type(spec))
+    if isinstance(spec, dict):
+        container = collections.OrderedDict if isinstance(spec, collections.OrderedDict) else dict
+        for key in spec:
+            if not isinstance(key, str):
+                raise TypeError(f"dict keys of a type spec must be strings, got {key!r} in {spec!r}")
+        return StructType([(k, to_type(v)) for k, v in spec.items()], container=container)
+    raise TypeError(
+        f"cannot convert {spec!r} (of Python type {type(spec).__name__}) to a fedcore type; expected a "
+        "type, a type string, a dtype, a (dtype, shape) pair, a tf.TensorSpec, a tf.data.DatasetSpec, "
+        "or a list, tuple, dict, namedtuple or attrs instance of these"
+    )
+
+
+def _is_dtype_or_name(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            canonical_dtype(value)
+            return True
+        except TypeError:
+            return False
+    return _is_dtype_like(value)
+
+
+def _is_shape(value: Any) -> bool:
+    if value is None:
+        return True
+    if hasattr(value, "as_list") and hasattr(value, "rank"):
+        return True
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(d is None or (isinstance(d, (int, np.integer)) and not isinstance(d, bool)) for d in value)
+    return False

@@ -1,0 +1,413 @@
+"""The federated type classes: small immutable values with structural equality.
+
+Every class is an attrs frozen class, so types hash, compare by structure and
+can be used as dictionary keys.  ``str(t)`` prints the compact notation
+(``{<x=float32[?,784],y=int32[?]>*}@CLIENTS``) that :func:`fedcore.types.parse`
+reads back.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator, Optional, Tuple, Union
+
+import attrs
+import numpy as np
+
+# The dtypes the notation knows, by their canonical name.
+DTYPE_NAMES = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    "string",
+)
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./\-]*$")
+_LABEL_PATTERN = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
+
+
+def canonical_dtype(dtype: Any) -> str:
+    """Returns the canonical dtype name for a numpy, TF or string dtype."""
+    if isinstance(dtype, str):
+        name = dtype
+    elif hasattr(dtype, "as_numpy_dtype") and hasattr(dtype, "name"):
+        # A tf.DType, recognized without importing TensorFlow.
+        name = dtype.name
+    else:
+        try:
+            np_dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(
+                f"unknown dtype {dtype!r}; expected a numpy or TensorFlow dtype or one of "
+                f"{', '.join(DTYPE_NAMES)}"
+            ) from None
+        if np_dtype.kind in ("U", "S", "O"):
+            name = "string"
+        else:
+            name = np_dtype.name
+    if name == "bool_":
+        name = "bool"
+    if name not in DTYPE_NAMES:
+        raise TypeError(f"unknown dtype {dtype!r}; allowed dtypes are {', '.join(DTYPE_NAMES)}")
+    return name
+
+
+def _convert_shape(shape: Any) -> Optional[Tuple[Optional[int], ...]]:
+    if shape is None:
+        return None
+    if hasattr(shape, "as_list") and hasattr(shape, "rank"):
+        # tf.TensorShape
+        if shape.rank is None:
+            return None
+        shape = shape.as_list()
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(
+            f"shape must be a sequence of dimensions (int or None) or None for unknown rank, "
+            f"got {shape!r}"
+        ) from None
+    result = []
+    for dim in dims:
+        if dim is None:
+            result.append(None)
+        elif isinstance(dim, (int, np.integer)) and not isinstance(dim, bool):
+            if dim < 0:
+                raise ValueError(f"dimension must be non-negative or None, got {dim} in shape {shape!r}")
+            result.append(int(dim))
+        else:
+            raise TypeError(f"dimension must be an int or None, got {dim!r} in shape {shape!r}")
+    return tuple(result)
+
+
+class Type:
+    """Base of all fedcore types."""
+
+    __slots__ = ()
+
+    def compact(self) -> str:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.compact()
+
+    def formatted(self) -> str:
+        """Multi-line form: two-space indent per struct level, one element per line."""
+        from fedcore.types.printing import format_type
+
+        return format_type(self)
+
+    def is_assignable_from(self, source: "Type") -> bool:
+        from fedcore.types.relations import is_assignable_from
+
+        return is_assignable_from(self, source)
+
+    def is_equivalent_to(self, other: "Type") -> bool:
+        from fedcore.types.relations import is_equivalent_to
+
+        return is_equivalent_to(self, other)
+
+    def check_assignable_from(self, source: "Type") -> None:
+        if not self.is_assignable_from(source):
+            raise TypeError(f"expected a value of type {self}, got {source}")
+
+
+@attrs.frozen(repr=False)
+class TensorType(Type):
+    """A tensor: ``float32[?,784]``; a scalar prints as its dtype; ``[*]`` is unknown rank."""
+
+    dtype: str = attrs.field(converter=canonical_dtype)
+    shape: Optional[Tuple[Optional[int], ...]] = attrs.field(default=(), converter=_convert_shape)
+
+    def compact(self) -> str:
+        if self.shape is None:
+            return f"{self.dtype}[*]"
+        if not self.shape:
+            return self.dtype
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype}[{dims}]"
+
+    def __repr__(self) -> str:
+        return f"TensorType({self.dtype!r}, {self.shape!r})"
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        if self.dtype == "string":
+            return np.dtype(object)
+        if self.dtype == "bfloat16":
+            import tensorflow as tf
+
+            return tf.bfloat16.as_numpy_dtype
+        return np.dtype(self.dtype)
+
+    @property
+    def tf_dtype(self):
+        import tensorflow as tf
+
+        return tf.dtypes.as_dtype(self.dtype)
+
+    @property
+    def rank(self) -> Optional[int]:
+        return None if self.shape is None else len(self.shape)
+
+    def is_fully_defined(self) -> bool:
+        return self.shape is not None and all(d is not None for d in self.shape)
+
+
+def _convert_elements(elements: Any) -> Tuple[Tuple[Optional[str], Type], ...]:
+    if isinstance(elements, dict):
+        elements = list(elements.items())
+    try:
+        items = list(elements)
+    except TypeError:
+        raise TypeError(f"struct elements must be a sequence of (name, type) pairs, got {elements!r}") from None
+    result = []
+    seen = set()
+    for item in items:
+        if isinstance(item, Type):
+            name, value = None, item
+        elif isinstance(item, tuple) and len(item) == 2:
+            name, value = item
+        else:
+            raise TypeError(f"struct element must be a type or a (name, type) pair, got {item!r}")
+        if name is not None:
+            if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+                raise ValueError(
+                    f"struct element name must be an identifier (letters, digits, '_', '/', '.', '-'), "
+                    f"got {name!r}"
+                )
+            if name in seen:
+                raise ValueError(f"duplicate struct element name {name!r}")
+            seen.add(name)
+        if not isinstance(value, Type):
+            from fedcore.types.convert import to_type
+
+            value = to_type(value)
+        result.append((name, value))
+    return tuple(result)
+
+
+@attrs.frozen(repr=False)
+class StructType(Type):
+    """An ordered struct of named or unnamed elements: ``<a=int32,bool>``.
+
+    ``container`` remembers the Python container (list, tuple, dict, namedtuple,
+    attrs class) the struct came from.  It takes part in neither ``str`` nor
+    equality: two structs with the same elements are the same type.
+    """
+
+    elements: Tuple[Tuple[Optional[str], Type], ...] = attrs.field(converter=_convert_elements)
+    container: Optional[type] = attrs.field(default=None, eq=False, kw_only=True)
+
+    def compact(self) -> str:
+        parts = [t.compact() if n is None else f"{n}={t.compact()}" for n, t in self.elements]
+        return "<" + ",".join(parts) + ">"
+
+    def __repr__(self) -> str:
+        return f"StructType({list(self.elements)!r})"
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+    def __iter__(self) -> Iterator[Type]:
+        return (t for _, t in self.elements)
+
+    def names(self) -> Tuple[Optional[str], ...]:
+        return tuple(n for n, _ in self.elements)
+
+    def index_of(self, name: str) -> int:
+        for i, (n, _) in enumerate(self.elements):
+            if n == name:
+                return i
+        raise AttributeError(name)
+
+    def has_name(self, name: str) -> bool:
+        return any(n == name for n, _ in self.elements)
+
+    def __getitem__(self, key: Union[int, str]) -> Type:
+        if isinstance(key, str):
+            return self.elements[self.index_of(key)][1]
+        return self.elements[key][1]
+
+
+def _check_sequence_element(_, __, value: Type) -> None:
+    if not isinstance(value, Type):
+        raise TypeError(f"sequence element must be a type, got {value!r}")
+    bad = find_forbidden(value, (FederatedType, FunctionType, PlacementType))
+    if bad is not None:
+        raise TypeError(f"a sequence cannot hold {bad} (in sequence element {value})")
+
+
+def _to_type_if_needed(value: Any) -> Type:
+    if isinstance(value, Type):
+        return value
+    from fedcore.types.convert import to_type
+
+    return to_type(value)
+
+
+@attrs.frozen(repr=False)
+class SequenceType(Type):
+    """A sequence (dataset) of elements: ``int32*``."""
+
+    element: Type = attrs.field(converter=_to_type_if_needed, validator=_check_sequence_element)
+
+    def compact(self) -> str:
+        inner = self.element.compact()
+        if isinstance(self.element, FunctionType):
+            inner = f"({inner})"
+        return f"{inner}*"
+
+    def __repr__(self) -> str:
+        return f"SequenceType({self.element!r})"
+
+
+def _to_optional_type(value: Any) -> Optional[Type]:
+    return None if value is None else _to_type_if_needed(value)
+
+
+@attrs.frozen(repr=False)
+class FunctionType(Type):
+    """A function: ``(int32 -> float32)``; no parameter prints ``( -> T)``."""
+
+    parameter: Optional[Type] = attrs.field(converter=_to_optional_type)
+    result: Type = attrs.field(converter=_to_type_if_needed)
+
+    def compact(self) -> str:
+        param = "" if self.parameter is None else self.parameter.compact()
+        return f"({param} -> {self.result.compact()})"
+
+    def __repr__(self) -> str:
+        return f"FunctionType({self.parameter!r}, {self.result!r})"
+
+
+@attrs.frozen(repr=False)
+class Placement:
+    """A placement literal: ``SERVER`` or ``CLIENTS``."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"fedcore.{self.name}"
+
+
+SERVER = Placement("SERVER")
+CLIENTS = Placement("CLIENTS")
+PLACEMENTS = {"SERVER": SERVER, "CLIENTS": CLIENTS}
+
+
+def to_placement(value: Any) -> Placement:
+    """Accepts SERVER, CLIENTS or their names in any case."""
+    if isinstance(value, Placement):
+        return value
+    if isinstance(value, str) and value.upper() in PLACEMENTS:
+        return PLACEMENTS[value.upper()]
+    raise ValueError(f"unknown placement {value!r}; allowed placements are SERVER and CLIENTS")
+
+
+def find_forbidden(t: Type, kinds: tuple) -> Optional[Type]:
+    """Returns the first nested type (including ``t``) that is an instance of ``kinds``."""
+    if isinstance(t, kinds):
+        return t
+    match t:
+        case StructType():
+            for element in t:
+                found = find_forbidden(element, kinds)
+                if found is not None:
+                    return found
+        case SequenceType(element=e):
+            return find_forbidden(e, kinds)
+    return None
+
+
+def _check_member(_, __, value: Type) -> None:
+    bad = find_forbidden(value, (FederatedType, FunctionType, PlacementType))
+    if bad is not None:
+        kind = type(bad).__name__.replace("Type", "").lower()
+        raise TypeError(f"a federated member cannot hold a {kind} type, got {bad} in member {value}")
+
+
+@attrs.frozen(repr=False)
+class FederatedType(Type):
+    """A federated value: ``int32@SERVER`` (all-equal) or ``{float32}@CLIENTS``.
+
+    ``all_equal`` defaults to True at SERVER and False at CLIENTS.
+    """
+
+    member: Type = attrs.field(converter=_to_type_if_needed, validator=_check_member)
+    placement: Placement = attrs.field(converter=to_placement)
+    all_equal: bool = attrs.field(default=None)
+
+    def __attrs_post_init__(self):
+        if self.all_equal is None:
+            object.__setattr__(self, "all_equal", self.placement is SERVER)
+        elif not isinstance(self.all_equal, bool):
+            raise TypeError(f"all_equal must be a bool, got {self.all_equal!r}")
+
+    def compact(self) -> str:
+        member = self.member.compact()
+        if self.all_equal:
+            return f"{member}@{self.placement.name}"
+        return f"{{{member}}}@{self.placement.name}"
+
+    def __repr__(self) -> str:
+        return f"FederatedType({self.member!r}, {self.placement.name}, all_equal={self.all_equal})"
+
+
+@attrs.frozen(repr=False)
+class PlacementType(Type):
+    """The type of placement literals: ``placement``."""
+
+    def compact(self) -> str:
+        return "placement"
+
+    def __repr__(self) -> str:
+        return "PlacementType()"
+
+
+def _check_label(_, __, value: str) -> None:
+    if not isinstance(value, str) or not _LABEL_PATTERN.match(value):
+        raise ValueError(
+            f"abstract type label must start with an upper-case letter followed by letters, "
+            f"digits or '_', got {value!r}"
+        )
+
+
+@attrs.frozen(repr=False)
+class AbstractType(Type):
+    """A type variable in generic signatures: ``T``."""
+
+    label: str = attrs.field(validator=_check_label)
+
+    def compact(self) -> str:
+        return self.label
+
+    def __repr__(self) -> str:
+        return f"AbstractType({self.label!r})"
+
+
+def type_at_server(member: Any) -> FederatedType:
+    """``T@SERVER``."""
+    return FederatedType(member, SERVER)
+
+
+def type_at_clients(member: Any, all_equal: bool = False) -> FederatedType:
+    """``{T}@CLIENTS``, or ``T@CLIENTS`` when ``all_equal``."""
+    return FederatedType(member, CLIENTS, all_equal)

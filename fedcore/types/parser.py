@@ -1,0 +1,149 @@
+"""``parse(text)``: reads the type notation back into type values."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import lark
+
+from fedcore.types.core import (
+    AbstractType,
+    FederatedType,
+    FunctionType,
+    PlacementType,
+    SequenceType,
+    StructType,
+    TensorType,
+    Type,
+    to_placement,
+)
+
+_GRAMMAR = pathlib.Path(__file__).with_name("notation.lark")
+
+# Friendly names for terminals in "expected ..." messages.
+_TERMINAL_NAMES = {
+    "ELEMENT_NAME": "an element name",
+    "DTYPE_NAME": "a dtype",
+    "ABSTRACT": "an abstract type",
+    "PLACEMENT_NAME": "a placement",
+    "INT": "a dimension",
+    "PLACEMENT": "'placement'",
+    "LESSTHAN": "'<'",
+    "MORETHAN": "'>'",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "COMMA": "','",
+    "EQUAL": "'='",
+    "STAR": "'*'",
+    "AT": "'@'",
+    "QMARK": "'?'",
+    "__ANON_0": "'->'",
+    "$END": "end of input",
+}
+
+
+class _Builder(lark.Transformer):
+    def start(self, items):
+        return items[0]
+
+    def all_equal_federated(self, items):
+        member, placement = items
+        return FederatedType(member, to_placement(str(placement)), all_equal=True)
+
+    def federated(self, items):
+        member, placement = items
+        return FederatedType(member, to_placement(str(placement)), all_equal=False)
+
+    def sequence_type(self, items):
+        return SequenceType(items[0])
+
+    def abstract(self, items):
+        return AbstractType(str(items[0]))
+
+    def placement_type(self, items):
+        return PlacementType()
+
+    def tensor(self, items):
+        dtype = str(items[0])
+        shape = items[1] if len(items) > 1 else ()
+        return TensorType(dtype, shape)
+
+    def known_shape(self, items):
+        return tuple(items)
+
+    def unknown_rank(self, items):
+        return None
+
+    def known_dim(self, items):
+        return int(items[0])
+
+    def unknown_dim(self, items):
+        return None
+
+    def struct(self, items):
+        if items == [None]:
+            return StructType([])
+        return StructType(list(items))
+
+    def named_element(self, items):
+        return (str(items[0]), items[1])
+
+    def unnamed_element(self, items):
+        return (None, items[0])
+
+    def function(self, items):
+        parameter, result = items
+        return FunctionType(parameter, result)
+
+
+@functools.lru_cache(maxsize=None)
+def _parser() -> lark.Lark:
+    return lark.Lark(
+        _GRAMMAR.read_text(),
+        parser="lalr",
+        maybe_placeholders=True,
+        transformer=_Builder(),
+    )
+
+
+def _describe_expected(expected) -> str:
+    names = sorted({_TERMINAL_NAMES.get(t, t) for t in expected})
+    return ", ".join(names)
+
+
+@functools.lru_cache(maxsize=4096)
+def parse(text: str) -> Type:
+    """Parses the type notation, e.g. ``parse('{float32}@CLIENTS')``.
+
+    Raises ValueError naming the column and what was expected on bad syntax,
+    and TypeError or ValueError for well-formed text that names a bad type
+    (an unknown dtype, a federated member that is itself federated, ...).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"parse() expects a string in the type notation, got {text!r}")
+    try:
+        return _parser().parse(text)
+    except lark.exceptions.UnexpectedCharacters as e:
+        raise ValueError(
+            f"cannot parse type {text!r}: unexpected character {text[e.pos_in_stream]!r} at column "
+            f"{e.column}; expected {_describe_expected(e.allowed)}\n{e.get_context(text)}"
+        ) from None
+    except lark.exceptions.UnexpectedToken as e:
+        got = "end of input" if e.token.type == "$END" else repr(str(e.token))
+        column = len(text) + 1 if e.token.type == "$END" else e.column
+        raise ValueError(
+            f"cannot parse type {text!r}: unexpected {got} at column {column}; "
+            f"expected {_describe_expected(e.expected)}"
+        ) from None
+    except lark.exceptions.UnexpectedEOF as e:
+        raise ValueError(
+            f"cannot parse type {text!r}: unexpected end of input at column {len(text) + 1}; "
+            f"expected {_describe_expected(e.expected)}"
+        ) from None
+    except lark.exceptions.VisitError as e:
+        raise e.orig_exc from None
