@@ -28,7 +28,9 @@ def _is_dtype_like(spec: Any) -> bool:
         return True
     if isinstance(spec, type) and issubclass(spec, np.generic):
         return True
-    return hasattr(spec, "as_numpy_dtype") and hasattr(spec, "name") and not hasattr(spec, "shape")
+    # Attributes looked up on the class: tf.resource.as_numpy_dtype raises KeyError.
+    cls = type(spec)
+    return hasattr(cls, "as_numpy_dtype") and hasattr(cls, "name") and not hasattr(spec, "shape")
 
 
 def to_type(spec: Any) -> Type:
@@ -51,7 +53,7 @@ def to_type(spec: Any) -> Type:
         return PlacementType()
     if _is_dtype_like(spec):
         return TensorType(canonical_dtype(spec))
-    if spec in (bool, int, float, str):
+    if isinstance(spec, type) and spec in (bool, int, float, str):  # not ``==`` on arrays
         return TensorType({bool: "bool", int: "int32", float: "float32", str: "string"}[spec])
     # tf.TensorSpec and friends, recognized by their attributes.
     type_name = type(spec).__name__

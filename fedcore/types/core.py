@@ -40,10 +40,16 @@ _LABEL_PATTERN = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
 
 def canonical_dtype(dtype: Any) -> str:
     """Returns the canonical dtype name for a numpy, TF or string dtype."""
+    if dtype is None:
+        # np.dtype(None) would silently mean float64.
+        raise TypeError(
+            f"unknown dtype None; expected a numpy or TensorFlow dtype or one of {', '.join(DTYPE_NAMES)}"
+        )
     if isinstance(dtype, str):
         name = dtype
-    elif hasattr(dtype, "as_numpy_dtype") and hasattr(dtype, "name"):
-        # A tf.DType, recognized without importing TensorFlow.
+    elif hasattr(type(dtype), "as_numpy_dtype") and hasattr(type(dtype), "name"):
+        # A tf.DType, recognized without importing TensorFlow.  Looked up on the class:
+        # as_numpy_dtype raises KeyError for dtypes such as tf.resource.
         name = dtype.name
     else:
         try:
@@ -316,7 +322,9 @@ PLACEMENTS = {"SERVER": SERVER, "CLIENTS": CLIENTS}
 def to_placement(value: Any) -> Placement:
     """Accepts SERVER, CLIENTS or their names in any case."""
     if isinstance(value, Placement):
-        return value
+        # Canonicalize: FederatedType compares placements by identity (``is SERVER``), and a
+        # hand-made Placement("EDGE") must be refused like the string "EDGE".
+        value = value.name
     if isinstance(value, str) and value.upper() in PLACEMENTS:
         return PLACEMENTS[value.upper()]
     raise ValueError(f"unknown placement {value!r}; allowed placements are SERVER and CLIENTS")

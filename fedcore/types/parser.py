@@ -116,7 +116,15 @@ def _describe_expected(expected) -> str:
     return ", ".join(names)
 
 
-@functools.lru_cache(maxsize=4096)
+def _where(text: str, line: int, column: int) -> str:
+    # Multi-line text (such as Type.formatted()) needs the line to make the column useful.
+    return f"line {line}, column {column}" if "\n" in text else f"column {column}"
+
+
+def _end_of(text: str) -> str:
+    return _where(text, text.count("\n") + 1, len(text) - text.rfind("\n"))
+
+
 def parse(text: str) -> Type:
     """Parses the type notation, e.g. ``parse('{float32}@CLIENTS')``.
 
@@ -126,23 +134,33 @@ def parse(text: str) -> Type:
     """
     if not isinstance(text, str):
         raise TypeError(f"parse() expects a string in the type notation, got {text!r}")
+    return _parse(text)
+
+
+# Cached behind the str check, so that unhashable input gets the message above.
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Type:
     try:
         return _parser().parse(text)
     except lark.exceptions.UnexpectedCharacters as e:
         raise ValueError(
-            f"cannot parse type {text!r}: unexpected character {text[e.pos_in_stream]!r} at column "
-            f"{e.column}; expected {_describe_expected(e.allowed)}\n{e.get_context(text)}"
+            f"cannot parse type {text!r}: unexpected character {text[e.pos_in_stream]!r} at "
+            f"{_where(text, e.line, e.column)}; expected {_describe_expected(e.allowed)}\n"
+            f"{e.get_context(text)}"
         ) from None
     except lark.exceptions.UnexpectedToken as e:
         got = "end of input" if e.token.type == "$END" else repr(str(e.token))
-        column = len(text) + 1 if e.token.type == "$END" else e.column
+        where = _end_of(text) if e.token.type == "$END" else _where(text, e.line, e.column)
+        # ``accepts`` (what the parser could really take here) is exact; ``expected`` (the
+        # tokens of the LALR state) may miss some after default reductions.
+        expected = getattr(e, "accepts", None) or e.expected
         raise ValueError(
-            f"cannot parse type {text!r}: unexpected {got} at column {column}; "
-            f"expected {_describe_expected(e.expected)}"
+            f"cannot parse type {text!r}: unexpected {got} at {where}; "
+            f"expected {_describe_expected(expected)}"
         ) from None
     except lark.exceptions.UnexpectedEOF as e:
         raise ValueError(
-            f"cannot parse type {text!r}: unexpected end of input at column {len(text) + 1}; "
+            f"cannot parse type {text!r}: unexpected end of input at {_end_of(text)}; "
             f"expected {_describe_expected(e.expected)}"
         ) from None
     except lark.exceptions.VisitError as e:

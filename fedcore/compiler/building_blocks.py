@@ -1,0 +1,296 @@
+"""The IR: a handful of immutable node types, each carrying its type signature.
+
+Nodes compare by identity (they may be large); ``to_string(node)`` gives the
+compact text form, e.g. ``(x -> federated_map(<comp#a1,x>))``, and
+``to_formatted_string(node)`` a multi-line one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Optional, Tuple
+
+import attrs
+import numpy as np
+
+from fedcore.types import (
+    FederatedType,
+    FunctionType,
+    Placement as PlacementLiteral,
+    PlacementType,
+    StructType,
+    TensorType,
+    Type,
+)
+
+
+@attrs.frozen
+class SourceLocation:
+    """Where in the user's code a node was traced."""
+
+    filename: str
+    lineno: int
+    function: str = ""
+
+    def __str__(self) -> str:
+        where = f" in {self.function}" if self.function else ""
+        return f"{self.filename}:{self.lineno}{where}"
+
+
+class BuildingBlock:
+    """Base of all IR nodes."""
+
+    type_signature: Type
+
+    def children(self) -> Tuple["BuildingBlock", ...]:
+        return ()
+
+    def __str__(self) -> str:
+        return to_string(self)
+
+
+def _source_field():
+    return attrs.field(default=None, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(eq=False)
+class Reference(BuildingBlock):
+    """A name bound by an enclosing Lambda or Block."""
+
+    name: str
+    type_signature: Type
+    source: Optional[SourceLocation] = _source_field()
+
+
+@attrs.frozen(eq=False)
+class Selection(BuildingBlock):
+    """``source.name`` or ``source[index]`` of a struct."""
+
+    source: BuildingBlock
+    index: int
+    name: Optional[str] = None
+    type_signature: Type = attrs.field(init=False)
+    loc: Optional[SourceLocation] = _source_field()
+
+    def __attrs_post_init__(self):
+        struct = self.source.type_signature
+        if not isinstance(struct, StructType):
+            raise TypeError(f"cannot select element {self.index} from a value of type {struct}, which is not a struct")
+        if not 0 <= self.index < len(struct):
+            raise TypeError(f"index {self.index} is out of range for a value of type {struct}")
+        object.__setattr__(self, "type_signature", struct[self.index])
+
+    def children(self):
+        return (self.source,)
+
+
+@attrs.frozen(eq=False)
+class Struct(BuildingBlock):
+    """``<a=x,y>``: builds a struct from elements."""
+
+    elements: Tuple[Tuple[Optional[str], BuildingBlock], ...] = attrs.field(converter=tuple)
+    container: Optional[type] = attrs.field(default=None, kw_only=True)
+    type_signature: Type = attrs.field(init=False)
+
+    def __attrs_post_init__(self):
+        object.__setattr__(
+            self,
+            "type_signature",
+            StructType([(n, e.type_signature) for n, e in self.elements], container=self.container),
+        )
+
+    def children(self):
+        return tuple(e for _, e in self.elements)
+
+
+@attrs.frozen(eq=False)
+class Call(BuildingBlock):
+    """``fn(arg)`` or ``fn()``."""
+
+    function: BuildingBlock
+    argument: Optional[BuildingBlock] = None
+    type_signature: Type = attrs.field(init=False)
+    source: Optional[SourceLocation] = _source_field()
+
+    def __attrs_post_init__(self):
+        fn_type = self.function.type_signature
+        if not isinstance(fn_type, FunctionType):
+            raise TypeError(f"cannot call a value of type {fn_type}, which is not a function")
+        if fn_type.parameter is None:
+            if self.argument is not None:
+                raise TypeError(f"function of type {fn_type} takes no argument, got one of type {self.argument.type_signature}")
+        else:
+            if self.argument is None:
+                raise TypeError(f"function of type {fn_type} needs an argument of type {fn_type.parameter}")
+            if not fn_type.parameter.is_assignable_from(self.argument.type_signature):
+                raise TypeError(
+                    f"function of type {fn_type} expects an argument of type {fn_type.parameter}, "
+                    f"got {self.argument.type_signature}"
+                )
+        object.__setattr__(self, "type_signature", fn_type.result)
+
+    def children(self):
+        return (self.function,) if self.argument is None else (self.function, self.argument)
+
+
+@attrs.frozen(eq=False)
+class Lambda(BuildingBlock):
+    """``(x -> result)``; ``( -> result)`` when it takes no parameter."""
+
+    parameter_name: Optional[str]
+    parameter_type: Optional[Type]
+    result: BuildingBlock
+    type_signature: Type = attrs.field(init=False)
+
+    def __attrs_post_init__(self):
+        if (self.parameter_name is None) != (self.parameter_type is None):
+            raise ValueError("a Lambda needs both a parameter name and type, or neither")
+        object.__setattr__(self, "type_signature", FunctionType(self.parameter_type, self.result.type_signature))
+
+    def children(self):
+        return (self.result,)
+
+
+@attrs.frozen(eq=False)
+class Block(BuildingBlock):
+    """``(let a=x,b=y in result)``: sequential let-bindings."""
+
+    locals: Tuple[Tuple[str, BuildingBlock], ...] = attrs.field(converter=tuple)
+    result: BuildingBlock
+    type_signature: Type = attrs.field(init=False)
+
+    def __attrs_post_init__(self):
+        object.__setattr__(self, "type_signature", self.result.type_signature)
+
+    def children(self):
+        return tuple(v for _, v in self.locals) + (self.result,)
+
+
+@attrs.frozen(eq=False)
+class Intrinsic(BuildingBlock):
+    """A federated or sequence operator, e.g. ``federated_map``, at a concrete type."""
+
+    uri: str
+    type_signature: Type
+
+
+@attrs.frozen(eq=False)
+class Literal(BuildingBlock):
+    """A tensor or string constant."""
+
+    value: Any
+    type_signature: Type
+
+    def __attrs_post_init__(self):
+        if not isinstance(self.type_signature, TensorType):
+            raise TypeError(f"a literal must have a tensor type, got {self.type_signature}")
+
+
+@attrs.frozen(eq=False)
+class Placement(BuildingBlock):
+    """A placement literal, ``SERVER`` or ``CLIENTS``."""
+
+    placement: PlacementLiteral
+    type_signature: Type = attrs.field(init=False, factory=PlacementType)
+
+
+@attrs.frozen(eq=False)
+class Data(BuildingBlock):
+    """A value supplied at run time, named by ``uri``."""
+
+    uri: str
+    type_signature: Type
+
+
+_comp_ids = itertools.count(1)
+
+
+@attrs.frozen(eq=False)
+class TensorFlowComputation(BuildingBlock):
+    """A typed TensorFlow function.
+
+    ``function`` is a callable taking and returning fedcore values whose
+    leaves are tensors (see fedcore.compiler.tensorflow_computation).
+    """
+
+    function: Any
+    type_signature: FunctionType
+    name: str = ""
+    id: str = attrs.field(factory=lambda: f"{next(_comp_ids):x}")
+
+
+# --------------------------------------------------------------------------
+# Printing
+
+
+def _literal_text(node: Literal) -> str:
+    value = node.value
+    if isinstance(value, (bytes, str)):
+        text = value.decode() if isinstance(value, bytes) else value
+        return repr(text)
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        item = arr.item()
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        return repr(item)
+    return f"{np.array2string(arr, separator=',').replace(chr(10), '').replace(' ', '')}:{node.type_signature}"
+
+
+def to_string(node: BuildingBlock) -> str:
+    """The compact one-line form of ``node``."""
+    match node:
+        case Reference(name=name):
+            return name
+        case Selection(source=source, index=index, name=name):
+            base = to_string(source)
+            return f"{base}.{name}" if name is not None else f"{base}[{index}]"
+        case Struct(elements=elements):
+            return "<" + ",".join(to_string(e) if n is None else f"{n}={to_string(e)}" for n, e in elements) + ">"
+        case Call(function=fn, argument=arg):
+            return f"{to_string(fn)}({'' if arg is None else to_string(arg)})"
+        case Lambda(parameter_name=p, result=r):
+            return f"({'' if p is None else p} -> {to_string(r)})"
+        case Block(locals=locs, result=r):
+            bindings = ",".join(f"{n}={to_string(v)}" for n, v in locs)
+            return f"(let {bindings} in {to_string(r)})"
+        case Intrinsic(uri=uri):
+            return uri
+        case Literal():
+            return _literal_text(node)
+        case Placement(placement=p):
+            return p.name
+        case Data(uri=uri):
+            return f"data#{uri}"
+        case TensorFlowComputation(id=cid):
+            return f"comp#{cid}"
+    raise TypeError(f"not an IR node: {node!r}")
+
+
+def to_formatted_string(node: BuildingBlock, indent: int = 0) -> str:
+    """A multi-line form: blocks put one binding per line, lambdas indent their body."""
+    pad = "  " * indent
+    match node:
+        case Block(locals=locs, result=r):
+            lines = ["(let"]
+            for i, (n, v) in enumerate(locs):
+                comma = "," if i < len(locs) - 1 else ""
+                lines.append(f"{pad}  {n}={to_formatted_string(v, indent + 1)}{comma}")
+            lines.append(f"{pad}in {to_formatted_string(r, indent + 1)})")
+            return "\n".join(lines)
+        case Lambda(parameter_name=p, result=r) if isinstance(r, Block):
+            return f"({'' if p is None else p} -> {to_formatted_string(r, indent)})"
+    return to_string(node)
+
+
+def walk(node: BuildingBlock):
+    """Yields ``node`` and all nodes below it, parents first."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(current.children()))
+
+
+def is_federated_result(node: BuildingBlock) -> bool:
+    return isinstance(node.type_signature, FederatedType)

@@ -1,0 +1,307 @@
+"""Computations and the decorators that make them.
+
+``@federated_computation`` traces a Python function into a Lambda of typed IR.
+``@tf_computation`` wraps TensorFlow code into a TensorFlowComputation node.
+Either one, called outside tracing, runs on the current executor.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from fedcore.compiler import building_blocks as bb
+from fedcore.compiler import context
+from fedcore.compiler.tracing import Value, to_node
+from fedcore.structure import Struct
+from fedcore.types import FunctionType, StructType, Type, to_type
+
+
+class Computation:
+    """A typed computation: its IR, its ``type_signature``, and a way to call it."""
+
+    def __init__(self, ir: bb.BuildingBlock, name: str, parameter_names: Optional[Tuple[str, ...]] = None):
+        self._ir = ir
+        self.name = name
+        # Set when several Python parameters were packed into one struct parameter.
+        self._parameter_names = parameter_names
+
+    @property
+    def type_signature(self) -> FunctionType:
+        return self._ir.type_signature
+
+    def _fedcore_ir(self) -> bb.BuildingBlock:
+        return self._ir
+
+    @property
+    def ir(self) -> bb.BuildingBlock:
+        return self._ir
+
+    def to_ir_string(self, formatted: bool = False) -> str:
+        """The IR as text: compact one-line form, or multi-line when ``formatted``."""
+        return bb.to_formatted_string(self._ir) if formatted else bb.to_string(self._ir)
+
+    def __repr__(self) -> str:
+        return f"<fedcore.Computation {self.name}: {self.type_signature}>"
+
+    def __call__(self, *args, **kwargs):
+        top = context.current()
+        if isinstance(top, context.TracingContext):
+            return call_traced(self._ir, self.name, self.type_signature, args, kwargs, self._parameter_names)
+        if isinstance(top, context.TFTracingContext):
+            return call_inside_tf(self, args, kwargs)
+        from fedcore.runtime.execution import execute
+
+        return execute(self, args, kwargs)
+
+
+class PolymorphicComputation:
+    """A computation without declared types: traced per argument type on first call."""
+
+    def __init__(self, fn: Callable, kind: str, name: str):
+        self._fn = fn
+        self._kind = kind
+        self.name = name
+        self._cache: Dict[Optional[Type], Computation] = {}
+
+    @property
+    def type_signature(self):
+        raise TypeError(
+            f"{self.name} is polymorphic: it has no type signature until it is called or given "
+            "parameter types in its decorator"
+        )
+
+    def _fedcore_specialize(self, parameter_type: Optional[Type]) -> Computation:
+        comp = self._cache.get(parameter_type)
+        if comp is None:
+            comp = _build(self._fn, self._kind, parameter_type, self.name, unpack=None)
+            self._cache[parameter_type] = comp
+        return comp
+
+    def __repr__(self) -> str:
+        return f"<fedcore.PolymorphicComputation {self.name} ({self._kind})>"
+
+    def __call__(self, *args, **kwargs):
+        top = context.current()
+        if isinstance(top, context.TFTracingContext):
+            from fedcore.compiler.tf_bridge import infer_tf_result
+
+            type_of = lambda v: infer_tf_result(v)[0]  # noqa: E731
+        elif isinstance(top, context.TracingContext):
+            type_of = lambda v: to_node(v).type_signature  # noqa: E731
+        else:
+            from fedcore.runtime.values import infer_type as type_of
+        names = _python_parameter_names(self._fn)
+        parameter_type = _packed_type(
+            [type_of(a) for a in args], [(k, type_of(v)) for k, v in kwargs.items()], names
+        )
+        return self._fedcore_specialize(parameter_type)(*args, **kwargs)
+
+
+def _packed_type(arg_types: List[Type], kw_types: List[Tuple[str, Type]], names: List[str]) -> Optional[Type]:
+    """The parameter type for a call: one argument's type, or a struct of them all."""
+    if not arg_types and not kw_types:
+        return None
+    if len(arg_types) == 1 and not kw_types and len(names) <= 1:
+        return arg_types[0]
+    elements = [(names[i] if i < len(names) else None, t) for i, t in enumerate(arg_types)]
+    elements.extend(kw_types)
+    return StructType(elements)
+
+
+def _python_parameter_names(fn: Callable) -> List[str]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def _has_varargs(fn: Callable) -> bool:
+    try:
+        return any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
+def _parameter_type_from_decorator(fn: Callable, types: Tuple[Any, ...]) -> Tuple[Optional[Type], bool]:
+    """Returns (parameter type, whether to unpack it into several Python arguments)."""
+    names = _python_parameter_names(fn)
+    if not types:
+        if names and not _has_varargs(fn):
+            raise TypeError(
+                f"{getattr(fn, '__name__', 'function')} takes parameters {names} but the decorator gives "
+                "no types; give their types, or leave the decorator without parentheses arguments for a "
+                "polymorphic computation"
+            )
+        return None, False
+    converted = []
+    for spec in types:
+        try:
+            converted.append(to_type(spec))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"bad parameter type for {getattr(fn, '__name__', 'function')}: {e}") from None
+    if len(converted) == 1:
+        t = converted[0]
+        unpack = len(names) > 1 and isinstance(t, StructType) and len(t) == len(names)
+        return t, unpack
+    if len(names) != len(converted) and not _has_varargs(fn):
+        raise TypeError(
+            f"{getattr(fn, '__name__', 'function')} takes {len(names)} parameters {names} but the decorator "
+            f"gives {len(converted)} types"
+        )
+    elements = [(names[i] if i < len(names) else None, t) for i, t in enumerate(converted)]
+    return StructType(elements), True
+
+
+def _build(fn: Callable, kind: str, parameter_type: Optional[Type], name: str, unpack: Optional[bool]) -> Computation:
+    names = _python_parameter_names(fn)
+    if unpack is None:
+        unpack = (
+            parameter_type is not None
+            and isinstance(parameter_type, StructType)
+            and (len(names) > 1 or _has_varargs(fn))
+            and (len(parameter_type) == len(names) or _has_varargs(fn))
+        )
+    packed_names = tuple(n for n, _ in parameter_type.elements) if unpack else None
+    if kind == "federated":
+        ir = trace_federated(fn, parameter_type, unpack, name)
+    else:
+        from fedcore.compiler.tf_function import TFFunction
+
+        function = TFFunction(fn, parameter_type, unpack, name)
+        ir = bb.TensorFlowComputation(function, FunctionType(parameter_type, function.result_type), name)
+    return Computation(ir, name, packed_names)
+
+
+def trace_federated(fn: Callable, parameter_type: Optional[Type], unpack: bool, name: str) -> bb.Lambda:
+    """Runs ``fn`` on proxy values and returns the traced Lambda."""
+    names = _python_parameter_names(fn)
+    pname = names[0] if len(names) == 1 and not unpack else "arg"
+    if pname.startswith("fc") and pname[2:].isdigit():
+        pname = "arg"
+    ctx = context.TracingContext(name)
+    with context.pushed(ctx):
+        if parameter_type is None:
+            result = fn()
+        else:
+            ref = bb.Reference(pname, parameter_type)
+            if unpack:
+                args = [Value(bb.Selection(ref, i, n)) for i, (n, _) in enumerate(parameter_type.elements)]
+                result = fn(*args)
+            else:
+                result = fn(Value(ref))
+        if result is None:
+            raise context.type_error(f"federated computation {name} returned None; it must return a value")
+        result_node = to_node(result, f"result of {name}")
+    body = bb.Block(ctx.locals, result_node) if ctx.locals else result_node
+    if parameter_type is None:
+        return bb.Lambda(None, None, body)
+    return bb.Lambda(pname, parameter_type, body)
+
+
+def call_traced(fn_node, name, fn_type: FunctionType, args, kwargs, parameter_names) -> Value:
+    """Appends a call of a computation to the current trace, checking the argument type."""
+    ctx = context.current_tracing()
+    location = context.user_location()
+    argument = pack_arguments_as_node(name, fn_type, args, kwargs, parameter_names)
+    if fn_type.parameter is not None and not fn_type.parameter.is_assignable_from(argument.type_signature):
+        raise context.type_error(
+            f"{name} expects an argument of type {fn_type.parameter}, got {argument.type_signature}", location
+        )
+    call = bb.Call(fn_node, argument, source=location)
+    return Value(ctx.bind(call))
+
+
+def pack_arguments_as_node(name, fn_type: FunctionType, args, kwargs, parameter_names):
+    parameter = fn_type.parameter
+    if parameter is None:
+        if args or kwargs:
+            raise context.type_error(f"{name} takes no arguments, got {len(args) + len(kwargs)}")
+        return None
+    if not args and not kwargs:
+        raise context.type_error(f"{name} expects an argument of type {parameter}, got none")
+    if len(args) == 1 and not kwargs and parameter_names is None:
+        return to_node(args[0], f"argument of {name}")
+    if not isinstance(parameter, StructType):
+        raise context.type_error(f"{name} expects one argument of type {parameter}, got {len(args) + len(kwargs)}")
+    items = _match_arguments(name, parameter, args, kwargs)
+    return bb.Struct([(n, to_node(v, f"argument of {name}")) for n, v in items])
+
+
+def _match_arguments(name: str, parameter: StructType, args, kwargs) -> List[Tuple[Optional[str], Any]]:
+    """Maps positional and keyword arguments onto the elements of a struct parameter."""
+    if len(args) + len(kwargs) != len(parameter):
+        raise context.type_error(
+            f"{name} expects {len(parameter)} arguments for its parameter of type {parameter}, "
+            f"got {len(args) + len(kwargs)}"
+        )
+    items: List[Tuple[Optional[str], Any]] = []
+    for i, (n, _) in enumerate(parameter.elements):
+        if i < len(args):
+            if n is not None and n in kwargs:
+                raise context.type_error(f"{name} got two values for argument {n!r}")
+            items.append((n, args[i]))
+        else:
+            if n is None or n not in kwargs:
+                raise context.type_error(f"{name} is missing argument {n if n else i!r} of parameter type {parameter}")
+            items.append((n, kwargs[n]))
+    unknown = set(kwargs) - set(parameter.names())
+    if unknown:
+        raise context.type_error(f"{name} got unexpected keyword arguments {sorted(unknown)}; parameter type is {parameter}")
+    return items
+
+
+def call_inside_tf(comp: Computation, args, kwargs):
+    """A tf_computation called from TF code being traced: inline its TF function."""
+    ir = comp.ir
+    if not isinstance(ir, bb.TensorFlowComputation):
+        raise context.type_error(f"{comp.name} is a federated computation; it cannot be called from TensorFlow code")
+    parameter = comp.type_signature.parameter
+    if parameter is None:
+        value = None
+    elif len(args) == 1 and not kwargs and comp._parameter_names is None:
+        value = args[0]
+    else:
+        value = Struct(_match_arguments(comp.name, parameter, args, kwargs))
+    return ir.function.call_structured(value)
+
+
+def _decorator(kind: str, args: Tuple[Any, ...]):
+    def wrap(fn: Callable, types: Tuple[Any, ...]):
+        if not callable(fn):
+            raise TypeError(f"{kind}_computation decorates a function, got {fn!r}")
+        name = getattr(fn, "__name__", kind)
+        if name == "<lambda>":
+            name = "lambda"
+        if not types and _python_parameter_names(fn):
+            return PolymorphicComputation(fn, kind, name)
+        if not types and _has_varargs(fn):
+            return PolymorphicComputation(fn, kind, name)
+        parameter_type, unpack = _parameter_type_from_decorator(fn, types)
+        return _build(fn, kind, parameter_type, name, unpack)
+
+    if len(args) == 1 and inspect.isroutine(args[0]):
+        return wrap(args[0], ())
+    if len(args) >= 2 and inspect.isroutine(args[0]):
+        # federated_computation(fn, T): the function and its parameter types.
+        return wrap(args[0], args[1:])
+    return lambda fn: wrap(fn, args)
+
+
+def federated_computation(*args):
+    """Decorates a Python function as a federated computation.
+
+    Forms: ``@federated_computation``, ``@federated_computation(T, ...)`` with
+    types or type strings, and ``federated_computation(fn)``.
+    """
+    return _decorator("federated", args)
+
+
+def tf_computation(*args):
+    """Decorates TensorFlow code as a computation; same forms as federated_computation."""
+    return _decorator("tf", args)

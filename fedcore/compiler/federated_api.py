@@ -1,0 +1,227 @@
+"""The public intrinsic functions, used inside federated computations.
+
+Each one converts its arguments to IR nodes, type-checks them against the
+intrinsic's generic signature from the registry, and appends a typed call to
+the current tracing context.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from fedcore.compiler import building_blocks as bb
+from fedcore.compiler import context
+from fedcore.compiler.intrinsics import lookup
+from fedcore.compiler.tracing import Value, to_node
+from fedcore.types import (
+    CLIENTS,
+    SERVER,
+    FederatedType,
+    FunctionType,
+    SequenceType,
+    StructType,
+    Type,
+    to_placement,
+)
+
+
+def call_intrinsic(uri: str, argument: Optional[bb.BuildingBlock], public_name: Optional[str] = None) -> Value:
+    name = public_name or uri
+    ctx = context.current_tracing()
+    if ctx is None:
+        raise RuntimeError(
+            f"{name} can only be used while tracing a federated_computation; "
+            "call it from inside a function decorated with @fedcore.federated_computation"
+        )
+    location = context.user_location()
+    argument_type = None if argument is None else argument.type_signature
+    try:
+        fn_type = lookup(uri).instantiate(argument_type)
+    except TypeError as e:
+        message = str(e)
+        if public_name and public_name != uri:
+            message = f"{public_name}: {message}"
+        raise context.type_error(message, location) from None
+    node = bb.Call(bb.Intrinsic(uri, fn_type), argument, source=location)
+    return Value(ctx.bind(node))
+
+
+def map_uri(t: Type) -> str:
+    if isinstance(t, FederatedType):
+        if t.placement is SERVER:
+            return "federated_apply"
+        return "federated_map_all_equal" if t.all_equal else "federated_map"
+    return "federated_map"
+
+
+def _federated(value: Any, name: str) -> bb.BuildingBlock:
+    node = to_node(value, f"argument of {name}")
+    if not isinstance(node.type_signature, FederatedType):
+        raise context.type_error(f"{name} expects a federated value, got a value of type {node.type_signature}")
+    return node
+
+
+def function_node(fn: Any, parameter_type: Optional[Type], name: str) -> bb.BuildingBlock:
+    """A function node for ``fn``: a computation, a polymorphic one specialized at
+    ``parameter_type``, or a plain Python function traced as a tf_computation."""
+    if isinstance(fn, Value):
+        return fn._node
+    specialize = getattr(fn, "_fedcore_specialize", None)
+    if specialize is not None:
+        return specialize(parameter_type)._fedcore_ir()
+    ir = getattr(fn, "_fedcore_ir", None)
+    if ir is not None:
+        return ir()
+    if callable(fn):
+        from fedcore.compiler.computation import tf_computation
+
+        if parameter_type is None:
+            return tf_computation(fn)._fedcore_ir()
+        return tf_computation(fn, parameter_type)._fedcore_ir()
+    raise context.type_error(f"{name} expects a function, got {fn!r}")
+
+
+def _struct(*nodes: bb.BuildingBlock) -> bb.Struct:
+    return bb.Struct([(None, n) for n in nodes])
+
+
+def federated_value(value: Any, placement: Any) -> Value:
+    """Places an unplaced value at SERVER (``T@SERVER``) or at all CLIENTS (``T@CLIENTS``)."""
+    try:
+        placement = to_placement(placement)
+    except ValueError as e:
+        raise context.type_error(f"federated_value: {e}") from None
+    uri = "federated_value_at_server" if placement is SERVER else "federated_value_at_clients"
+    return call_intrinsic(uri, to_node(value, "argument of federated_value"), "federated_value")
+
+
+def federated_broadcast(value: Any) -> Value:
+    """``T@SERVER -> T@CLIENTS``."""
+    return call_intrinsic("federated_broadcast", _federated(value, "federated_broadcast"))
+
+
+def federated_eval(fn: Any, placement: Any) -> Value:
+    """Runs a no-argument function at the placement."""
+    try:
+        placement = to_placement(placement)
+    except ValueError as e:
+        raise context.type_error(f"federated_eval: {e}") from None
+    uri = "federated_eval_at_server" if placement is SERVER else "federated_eval_at_clients"
+    return call_intrinsic(uri, function_node(fn, None, "federated_eval"), "federated_eval")
+
+
+def federated_map(fn: Any, value: Any) -> Value:
+    """Applies ``fn`` to each member: ``{T}@CLIENTS -> {U}@CLIENTS`` (or at SERVER)."""
+    node = _federated(value, "federated_map")
+    fn_node = function_node(fn, node.type_signature.member, "federated_map")
+    return call_intrinsic(map_uri(node.type_signature), _struct(fn_node, node), "federated_map")
+
+
+def federated_apply(fn: Any, value: Any) -> Value:
+    """``<(T -> U),T@SERVER> -> U@SERVER``."""
+    node = _federated(value, "federated_apply")
+    fn_node = function_node(fn, node.type_signature.member, "federated_apply")
+    return call_intrinsic("federated_apply", _struct(fn_node, node))
+
+
+def federated_zip(value: Any) -> Value:
+    """A struct of federated values -> a federated struct, at CLIENTS or SERVER."""
+    node = to_node(value, "argument of federated_zip")
+    t = node.type_signature
+    if not isinstance(t, StructType) or len(t) == 0 or not isinstance(t[0], FederatedType):
+        raise context.type_error(f"federated_zip expects a non-empty struct of federated values, got {t}")
+    uri = "federated_zip_at_server" if t[0].placement is SERVER else "federated_zip_at_clients"
+    return call_intrinsic(uri, node, "federated_zip")
+
+
+def federated_sum(value: Any) -> Value:
+    """``{T}@CLIENTS -> T@SERVER``."""
+    return call_intrinsic("federated_sum", _federated(value, "federated_sum"))
+
+
+def federated_mean(value: Any, weight: Any = None) -> Value:
+    """The mean of client values at the server; weighted by ``weight`` if given."""
+    node = _federated(value, "federated_mean")
+    if weight is None:
+        return call_intrinsic("federated_mean", node)
+    weight_node = _federated(weight, "federated_mean (weight)")
+    return call_intrinsic("federated_weighted_mean", _struct(node, weight_node), "federated_mean")
+
+
+def federated_min(value: Any) -> Value:
+    return call_intrinsic("federated_min", _federated(value, "federated_min"))
+
+
+def federated_max(value: Any) -> Value:
+    return call_intrinsic("federated_max", _federated(value, "federated_max"))
+
+
+def federated_aggregate(value: Any, zero: Any, accumulate: Any, merge: Any, report: Any) -> Value:
+    """Folds client values into an accumulator starting at ``zero``, merges, reports."""
+    node = _federated(value, "federated_aggregate")
+    zero_node = to_node(zero, "zero of federated_aggregate")
+    a, v = zero_node.type_signature, node.type_signature.member
+    acc_node = function_node(accumulate, StructType([(None, a), (None, v)]), "federated_aggregate accumulate")
+    # The accumulator type is what accumulate returns, which may generalize zero's.
+    if isinstance(acc_node.type_signature, FunctionType):
+        a = acc_node.type_signature.result
+    merge_node = function_node(merge, StructType([(None, a), (None, a)]), "federated_aggregate merge")
+    report_node = function_node(report, a, "federated_aggregate report")
+    return call_intrinsic("federated_aggregate", _struct(node, zero_node, acc_node, merge_node, report_node))
+
+
+def federated_secure_sum(value: Any, max_input: Any) -> Value:
+    """Sums integer client values, each at most ``max_input``."""
+    node = _federated(value, "federated_secure_sum")
+    max_node = to_node(max_input, "max_input of federated_secure_sum")
+    return call_intrinsic("federated_secure_sum", _struct(node, max_node))
+
+
+def _sequence(value: Any, name: str) -> bb.BuildingBlock:
+    node = to_node(value, f"argument of {name}")
+    if not isinstance(node.type_signature, SequenceType):
+        raise context.type_error(f"{name} expects a sequence, got a value of type {node.type_signature}")
+    return node
+
+
+def sequence_map(fn: Any, value: Any) -> Value:
+    """``<(T -> U),T*> -> U*``."""
+    node = _sequence(value, "sequence_map")
+    fn_node = function_node(fn, node.type_signature.element, "sequence_map")
+    return call_intrinsic("sequence_map", _struct(fn_node, node))
+
+
+def sequence_reduce(value: Any, zero: Any, op: Any) -> Value:
+    """``<T*,U,(<U,T> -> U)> -> U``."""
+    node = _sequence(value, "sequence_reduce")
+    zero_node = to_node(zero, "zero of sequence_reduce")
+    op_node = function_node(
+        op, StructType([(None, zero_node.type_signature), (None, node.type_signature.element)]), "sequence_reduce"
+    )
+    return call_intrinsic("sequence_reduce", _struct(node, zero_node, op_node))
+
+
+def sequence_sum(value: Any) -> Value:
+    """``T* -> T``."""
+    return call_intrinsic("sequence_sum", _sequence(value, "sequence_sum"))
+
+
+__all__ = [
+    "CLIENTS",
+    "SERVER",
+    "federated_aggregate",
+    "federated_apply",
+    "federated_broadcast",
+    "federated_eval",
+    "federated_map",
+    "federated_max",
+    "federated_mean",
+    "federated_min",
+    "federated_secure_sum",
+    "federated_sum",
+    "federated_value",
+    "federated_zip",
+    "sequence_map",
+    "sequence_reduce",
+    "sequence_sum",
+]

@@ -1,0 +1,190 @@
+"""The bridge between fedcore types and TensorFlow values.
+
+Converts types to TF specs, fedcore values to flat lists of tensors and
+datasets and back, and infers the fedcore type of whatever a user's TF
+function returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import keyword
+from typing import Any, List, Optional, Tuple
+
+import attrs
+import numpy as np
+import tensorflow as tf
+
+from fedcore.structure import Struct, build_container, python_items
+from fedcore.types import SequenceType, StructType, TensorType, Type, to_type
+
+
+# --------------------------------------------------------------------------
+# Records: the element structure of datasets whose struct type has no container.
+
+
+def _record_getitem(self, key):
+    if isinstance(key, str):
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(f"no element named {key!r}; names are {[f.name for f in attrs.fields(type(self))]}") from None
+    return getattr(self, attrs.fields(type(self))[key].name)
+
+
+@functools.lru_cache(maxsize=None)
+def record_class(names: Tuple[str, ...]) -> type:
+    """An attrs class with fields ``names`` that supports ``r.x`` and ``r['x']``."""
+    cls = attrs.make_class("Record", list(names), frozen=True)
+    cls.__getitem__ = _record_getitem
+    cls.keys = lambda self: names
+    return cls
+
+
+def _record_names_ok(t: StructType) -> bool:
+    names = t.names()
+    return bool(names) and all(n is not None and n.isidentifier() and not keyword.iskeyword(n) for n in names)
+
+
+def element_container(t: StructType) -> type:
+    """The Python container that a dataset element of struct type ``t`` uses."""
+    if t.container is not None and t.container is not Struct:
+        return t.container
+    if _record_names_ok(t):
+        return record_class(t.names())
+    if all(n is None for n in t.names()):
+        return tuple
+    return collections.OrderedDict
+
+
+# --------------------------------------------------------------------------
+# Specs.
+
+
+def tensor_spec(t: TensorType) -> tf.TensorSpec:
+    shape = None if t.shape is None else list(t.shape)
+    return tf.TensorSpec(shape=shape, dtype=t.tf_dtype)
+
+
+def element_spec(t: Type) -> Any:
+    """The nested TF spec that datasets of element type ``t`` have."""
+    match t:
+        case TensorType():
+            return tensor_spec(t)
+        case StructType():
+            container = element_container(t)
+            return build_container(container, [(n, element_spec(e)) for n, e in t.elements])
+        case SequenceType(element=e):
+            return tf.data.DatasetSpec(element_spec(e))
+    raise TypeError(f"type {t} cannot be the element of a TensorFlow dataset")
+
+
+def flat_specs(t: Optional[Type]) -> List[Any]:
+    """One TensorSpec or DatasetSpec per leaf of ``t``, in fedcore's leaf order."""
+    if t is None:
+        return []
+    match t:
+        case TensorType():
+            return [tensor_spec(t)]
+        case SequenceType(element=e):
+            return [tf.data.DatasetSpec(element_spec(e))]
+        case StructType():
+            return [spec for e in t for spec in flat_specs(e)]
+    raise TypeError(f"a TensorFlow computation cannot take or return a value of type {t}")
+
+
+# --------------------------------------------------------------------------
+# Values <-> leaves.
+
+
+def flatten(value: Any, t: Optional[Type]) -> List[Any]:
+    """Leaves of an internal value (Struct for structs) in fedcore's leaf order."""
+    if t is None:
+        return []
+    if isinstance(t, StructType):
+        return [leaf for v, e in zip(value, t) for leaf in flatten(v, e)]
+    return [value]
+
+
+def unflatten(leaves: List[Any], t: Optional[Type], leaf_fn=lambda x, _: x) -> Any:
+    """Rebuilds an internal value (Struct for structs) of type ``t`` from leaves."""
+    it = iter(leaves)
+
+    def build(t):
+        if isinstance(t, StructType):
+            return Struct([(n, build(e)) for n, e in t.elements])
+        return leaf_fn(next(it), t)
+
+    return None if t is None else build(t)
+
+
+def to_user_structure(value: Any, t: Type) -> Any:
+    """Internal Struct values -> the user's containers (Struct when none), for TF code."""
+    if isinstance(t, StructType):
+        items = [(n, to_user_structure(v, e)) for (n, e), v in zip(t.elements, value)]
+        if t.container is None:
+            return Struct(items)
+        return build_container(t.container, items)
+    return value
+
+
+def conform_dataset(ds: tf.data.Dataset, element_type: Type) -> tf.data.Dataset:
+    """Maps ``ds`` so that its elements have the nested structure element_spec(element_type) expects."""
+    target = element_spec(element_type)
+    try:
+        tf.nest.assert_same_structure(ds.element_spec, target, check_types=True)
+        return ds
+    except (ValueError, TypeError):
+        pass
+
+    def restructure(*args):
+        element = args[0] if len(args) == 1 else args
+        return _restructure(element, element_type)
+
+    return ds.map(restructure)
+
+
+def _restructure(value: Any, t: Type) -> Any:
+    if isinstance(t, StructType):
+        items = python_items(value)
+        if items is None or len(items) != len(t):
+            raise TypeError(f"dataset element {value!r} does not match element type {t}")
+        if isinstance(value, dict):
+            items = [(n, value[n]) if n is not None and n in value else item for n, item in zip(t.names(), items)]
+        return build_container(
+            element_container(t), [(n, _restructure(v, e)) for (n, e), (_, v) in zip(t.elements, items)]
+        )
+    return value
+
+
+# --------------------------------------------------------------------------
+# Inferring types of values returned by TF code.
+
+
+def infer_tf_result(value: Any) -> Tuple[Type, List[Any]]:
+    """Returns (type, leaves) for a value returned by user TF code, inside a graph."""
+    if isinstance(value, tf.data.Dataset):
+        return SequenceType(to_type(value.element_spec)), [value]
+    if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "dtype") and hasattr(value, "shape") and not isinstance(value, np.ndarray):
+        tensor = tf.convert_to_tensor(value)
+        return TensorType(tensor.dtype, tensor.shape), [tensor]
+    if isinstance(value, (np.ndarray, np.generic, int, float, bool, str, bytes)):
+        tensor = tf.constant(value)
+        return TensorType(tensor.dtype, tensor.shape), [tensor]
+    items = python_items(value)
+    if items is not None:
+        elements, leaves = [], []
+        for name, v in items:
+            if name is not None and not isinstance(name, str):
+                raise TypeError(f"dict keys returned from a TensorFlow computation must be strings, got {name!r}")
+            et, el = infer_tf_result(v)
+            elements.append((name, et))
+            leaves.extend(el)
+        container = type(value) if not isinstance(value, Struct) else None
+        return StructType(elements, container=container), leaves
+    raise TypeError(
+        f"a TensorFlow computation returned {value!r} of Python type {type(value).__name__}; expected "
+        "tensors, datasets, or lists, tuples, dicts, namedtuples or attrs instances of them"
+    )
+

@@ -1,0 +1,83 @@
+"""``TFFunction``: a user's TensorFlow code, traced once at a fedcore parameter type.
+
+The traced tf.function takes and returns flat lists of leaves (tensors and
+datasets) in fedcore's leaf order; the user's code sees and returns its own
+structures.  The result type is inferred when the function is traced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional
+
+import tensorflow as tf
+
+from fedcore.compiler import context
+from fedcore.compiler import tf_bridge
+from fedcore.structure import python_items
+from fedcore.types import SequenceType, StructType, TensorType, Type
+
+
+class TFFunction:
+    def __init__(self, python_fn: Callable, parameter_type: Optional[Type], unpack: bool, name: str):
+        self.python_fn = python_fn
+        self.parameter_type = parameter_type
+        self.unpack = unpack
+        self.name = name
+        self.result_type: Optional[Type] = None
+        self._tf_function = tf.function(
+            self._flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=True
+        )
+        location = context.user_location()
+        try:
+            self.concrete_function = self._tf_function.get_concrete_function()
+        except (TypeError, ValueError) as e:
+            where = f"\n  at {location}" if location else ""
+            raise TypeError(f"tf_computation {name} failed to trace at parameter type {parameter_type}: {e}{where}") from e
+
+    def _call_user(self, value: Any):
+        user_value = None if value is None else tf_bridge.to_user_structure(value, self.parameter_type)
+        with context.pushed(context.TFTracingContext(self.name)):
+            if self.parameter_type is None:
+                return self.python_fn()
+            if self.unpack:
+                return self.python_fn(*[v for v in user_value] if not isinstance(user_value, dict) else user_value.values())
+            return self.python_fn(user_value)
+
+    def _flat_call(self, *leaves):
+        value = tf_bridge.unflatten(list(leaves), self.parameter_type)
+        result = self._call_user(value)
+        result_type, result_leaves = tf_bridge.infer_tf_result(result)
+        self.result_type = result_type
+        return result_leaves
+
+    def call_leaves(self, leaves: List[Any]) -> List[Any]:
+        """Runs the traced function on flat leaves; returns flat result leaves."""
+        out = self.concrete_function(*leaves)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def call_structured(self, value: Any) -> Any:
+        """Calls from inside other TF code being traced: takes and returns user structures."""
+        leaves = _leaves_of_user_value(value, self.parameter_type, self.name)
+        out = self._tf_function(*leaves)
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        return tf_bridge.to_user_structure(tf_bridge.unflatten(out, self.result_type), self.result_type)
+
+
+def _leaves_of_user_value(value: Any, t: Optional[Type], name: str) -> List[Any]:
+    if t is None:
+        return []
+    match t:
+        case StructType():
+            items = python_items(value)
+            if items is None or len(items) != len(t):
+                raise context.type_error(f"{name} expects a value of type {t}, got {value!r}")
+            if isinstance(value, dict):
+                items = [(n, value[n]) if n in value else item for n, item in zip(t.names(), items)]
+            return [leaf for (_, v), e in zip(items, t) for leaf in _leaves_of_user_value(v, e, name)]
+        case SequenceType(element=e):
+            if not isinstance(value, tf.data.Dataset):
+                raise context.type_error(f"{name} expects a dataset of type {t}, got {value!r}")
+            return [tf_bridge.conform_dataset(value, e)]
+        case TensorType():
+            return [tf.convert_to_tensor(value, dtype=t.tf_dtype)]
+    raise context.type_error(f"{name} cannot take a value of type {t}")

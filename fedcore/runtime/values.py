@@ -1,0 +1,221 @@
+"""Values at the boundary between users and executors.
+
+Executors see one canonical form of every value:
+  * a tensor is a numpy array (0-d for scalars) or a Python ``str`` for strings;
+  * a struct is a ``fedcore.Struct`` whose names are those of its type;
+  * a sequence is a Python list of elements or a ``tf.data.Dataset``;
+  * an all-equal federated value is its one member value, and a
+    ``{T}@CLIENTS`` value is a list with one member value per client.
+
+``to_internal`` checks and converts a user's argument to that form;
+``to_python`` converts a result back into the declared containers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import numpy as np
+
+from fedcore.structure import Struct, build_container, python_items
+from fedcore.types import (
+    CLIENTS,
+    FederatedType,
+    FunctionType,
+    SequenceType,
+    StructType,
+    TensorType,
+    Type,
+    to_type,
+)
+
+
+class ArgumentError(TypeError):
+    """A value passed to a computation does not match its parameter type."""
+
+
+def _is_dataset(value: Any) -> bool:
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(value, tf.data.Dataset)
+
+
+def infer_type(value: Any) -> Type:
+    """The fedcore type of a Python value, for polymorphic computations."""
+    if _is_dataset(value):
+        return SequenceType(to_type(value.element_spec))
+    if isinstance(value, bool):
+        return TensorType("bool")
+    if isinstance(value, int):
+        return TensorType("int32")
+    if isinstance(value, float):
+        return TensorType("float32")
+    if isinstance(value, (str, bytes)):
+        return TensorType("string")
+    if isinstance(value, (np.ndarray, np.generic)):
+        if value.dtype.kind in ("U", "S", "O"):
+            return TensorType("string", np.shape(value))
+        return TensorType(value.dtype, np.shape(value))
+    if hasattr(value, "numpy") and hasattr(value, "dtype") and hasattr(value, "shape"):
+        return TensorType(value.dtype, tuple(value.shape))
+    items = python_items(value)
+    if items is not None:
+        container = None if isinstance(value, Struct) else type(value)
+        return StructType([(n, infer_type(v)) for n, v in items], container=container)
+    raise ArgumentError(
+        f"cannot infer a fedcore type for {value!r} of Python type {type(value).__name__}; "
+        "pass tensors, numbers, strings, datasets or containers of them, or declare the parameter types"
+    )
+
+
+def _tensor(value: Any, t: TensorType, where: str) -> Any:
+    if t.dtype == "string":
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, str):
+            if t.shape not in ((), None):
+                raise ArgumentError(f"{where}: expected {t}, got the string {value!r}")
+            return value
+        arr = np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=object)
+        if arr.ndim == 0:
+            item = arr.item()
+            if not isinstance(item, (str, bytes)):
+                raise ArgumentError(f"{where}: expected {t}, got {value!r}")
+            return item.decode() if isinstance(item, bytes) else item
+        _check_shape(arr.shape, t, where, value)
+        return arr
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        value = value.numpy()
+    if isinstance(value, (str, bytes)):
+        raise ArgumentError(f"{where}: expected {t}, got the string {value!r}")
+    try:
+        source = np.asarray(value)
+    except (ValueError, TypeError):
+        raise ArgumentError(f"{where}: expected {t}, got {value!r}, which is not a rectangular array") from None
+    if source.dtype.kind not in "biufc":
+        raise ArgumentError(f"{where}: expected {t}, got {value!r}")
+    target = t.np_dtype
+    if source.dtype.kind == "b" and t.dtype != "bool":
+        raise ArgumentError(f"{where}: expected {t}, got booleans {value!r}")
+    if t.dtype == "bool" and source.dtype.kind != "b":
+        raise ArgumentError(f"{where}: expected {t}, got {value!r}")
+    converted = source.astype(target)
+    if source.dtype.kind in "fc" and np.dtype(target).kind in "iu":
+        if not np.array_equal(converted, source):
+            raise ArgumentError(f"{where}: expected {t}, got {value!r}, which has a fractional part")
+    if source.dtype.kind in "iu" and np.dtype(target).kind in "iu" and not np.array_equal(converted.astype(source.dtype), source):
+        raise ArgumentError(f"{where}: expected {t}, got {value!r}, which does not fit in {t.dtype}")
+    _check_shape(converted.shape, t, where, value)
+    return converted
+
+
+def _check_shape(shape, t: TensorType, where: str, value: Any) -> None:
+    if t.shape is None:
+        return
+    if len(shape) != len(t.shape) or any(d is not None and d != s for d, s in zip(t.shape, shape)):
+        dims = ",".join(str(s) for s in shape)
+        raise ArgumentError(f"{where}: expected {t}, got a value of shape [{dims}]")
+
+
+def to_internal(value: Any, t: Type, where: str = "argument") -> Any:
+    """Checks ``value`` against ``t`` and converts it to the canonical form."""
+    match t:
+        case TensorType():
+            return _tensor(value, t, where)
+        case StructType():
+            if _is_dataset(value):
+                raise ArgumentError(f"{where}: expected {t}, got a dataset")
+            items = python_items(value)
+            if items is None:
+                raise ArgumentError(f"{where}: expected a struct of type {t}, got {value!r}")
+            if len(items) != len(t):
+                raise ArgumentError(f"{where}: expected {t} with {len(t)} elements, got {len(items)}: {value!r}")
+            if isinstance(value, dict):
+                missing = [n for n in t.names() if n is not None and n not in value]
+                if missing:
+                    raise ArgumentError(f"{where}: expected {t}, got a dict without {missing}")
+                items = [(n, value[n]) if n is not None else item for n, item in zip(t.names(), items)]
+            result = []
+            for (name, element_type), (given_name, element) in zip(t.elements, items):
+                if given_name is not None and name is not None and given_name != name:
+                    raise ArgumentError(f"{where}: expected {t}, got element named {given_name!r} instead of {name!r}")
+                label = name if name is not None else str(len(result))
+                result.append((name, to_internal(element, element_type, f"{where}.{label}")))
+            return Struct(result)
+        case SequenceType(element=element_type):
+            if _is_dataset(value):
+                given = to_type(value.element_spec)
+                if not element_type.is_assignable_from(given):
+                    raise ArgumentError(f"{where}: expected a dataset of {t}, got a dataset of {SequenceType(given)}")
+                return value
+            if isinstance(value, (list, tuple)):
+                return [to_internal(v, element_type, f"{where}[{i}]") for i, v in enumerate(value)]
+            raise ArgumentError(f"{where}: expected a sequence {t} (a list or a tf.data.Dataset), got {value!r}")
+        case FederatedType(member=member, placement=placement, all_equal=all_equal):
+            if placement is CLIENTS and not all_equal:
+                if not isinstance(value, (list, tuple)) or (value and isinstance(value, tuple) and hasattr(value, "_fields")):
+                    raise ArgumentError(f"{where}: expected {t}, a list with one value per client, got {value!r}")
+                return [to_internal(v, member, f"{where}[client {i}]") for i, v in enumerate(value)]
+            return to_internal(value, member, where)
+        case FunctionType():
+            raise ArgumentError(f"{where}: passing functions of type {t} as arguments is not supported")
+    raise ArgumentError(f"{where}: cannot pass a value for parameter type {t}")
+
+
+def count_clients(value: Any, t: Optional[Type]) -> Optional[int]:
+    """The number of clients implied by a canonical value, or None if it implies none.
+
+    Raises ArgumentError if two client-placed values disagree.
+    """
+    counts: List[int] = []
+
+    def visit(v, t):
+        match t:
+            case FederatedType(placement=placement, all_equal=False) if placement is CLIENTS:
+                counts.append(len(v))
+            case StructType():
+                for element, element_type in zip(v, t):
+                    visit(element, element_type)
+
+    if t is not None:
+        visit(value, t)
+    if not counts:
+        return None
+    if len(set(counts)) > 1:
+        raise ArgumentError(f"client-placed arguments disagree on the number of clients: {sorted(set(counts))}")
+    return counts[0]
+
+
+def to_python(value: Any, t: Type) -> Any:
+    """Converts a canonical result to Python and numpy values in their declared containers."""
+    match t:
+        case TensorType(dtype="string"):
+            if isinstance(value, bytes):
+                return value.decode()
+            if isinstance(value, np.ndarray) and value.ndim == 0:
+                item = value.item()
+                return item.decode() if isinstance(item, bytes) else item
+            if isinstance(value, np.ndarray):
+                return np.vectorize(lambda x: x.decode() if isinstance(x, bytes) else x, otypes=[object])(value)
+            return value
+        case TensorType():
+            arr = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+            if arr.ndim == 0:
+                return arr.astype(t.np_dtype)[()]
+            return arr.astype(t.np_dtype, copy=False)
+        case StructType():
+            items = [(n, to_python(v, e)) for (n, e), v in zip(t.elements, value)]
+            return build_container(t.container, items)
+        case SequenceType(element=e):
+            if _is_dataset(value):
+                from fedcore.runtime.datasets import dataset_elements
+
+                return [to_python(v, e) for v in dataset_elements(value, e)]
+            return [to_python(v, e) for v in value]
+        case FederatedType(member=member, placement=placement, all_equal=all_equal):
+            if placement is CLIENTS and not all_equal:
+                return [to_python(v, member) for v in value]
+            return to_python(value, member)
+    return value
