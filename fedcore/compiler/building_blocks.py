@@ -237,34 +237,43 @@ def _literal_text(node: Literal) -> str:
     return f"{np.array2string(arr, separator=',').replace(chr(10), '').replace(' ', '')}:{node.type_signature}"
 
 
-def to_string(node: BuildingBlock) -> str:
-    """The compact one-line form of ``node``."""
-    match node:
-        case Reference(name=name):
-            return name
-        case Selection(source=source, index=index, name=name):
-            base = to_string(source)
-            return f"{base}.{name}" if name is not None else f"{base}[{index}]"
-        case Struct(elements=elements):
-            return "<" + ",".join(to_string(e) if n is None else f"{n}={to_string(e)}" for n, e in elements) + ">"
-        case Call(function=fn, argument=arg):
-            return f"{to_string(fn)}({'' if arg is None else to_string(arg)})"
-        case Lambda(parameter_name=p, result=r):
-            return f"({'' if p is None else p} -> {to_string(r)})"
-        case Block(locals=locs, result=r):
-            bindings = ",".join(f"{n}={to_string(v)}" for n, v in locs)
-            return f"(let {bindings} in {to_string(r)})"
-        case Intrinsic(uri=uri):
-            return uri
-        case Literal():
-            return _literal_text(node)
-        case Placement(placement=p):
-            return p.name
-        case Data(uri=uri):
-            return f"data#{uri}"
-        case TensorFlowComputation(id=cid):
-            return f"comp#{cid}"
-    raise TypeError(f"not an IR node: {node!r}")
+def to_string(node: BuildingBlock, annotated: bool = False) -> str:
+    """The compact one-line form of ``node``.
+
+    With ``annotated``, lambda parameters and data carry their types, so that
+    ``fedcore.compiler.ir_parser.parse_ir`` can read the text back.
+    """
+
+    def text(node: BuildingBlock) -> str:
+        match node:
+            case Reference(name=name):
+                return name
+            case Selection(source=source, index=index, name=name):
+                base = text(source)
+                return f"{base}.{name}" if name is not None else f"{base}[{index}]"
+            case Struct(elements=elements):
+                return "<" + ",".join(text(e) if n is None else f"{n}={text(e)}" for n, e in elements) + ">"
+            case Call(function=fn, argument=arg):
+                return f"{text(fn)}({'' if arg is None else text(arg)})"
+            case Lambda(parameter_name=p, parameter_type=t, result=r):
+                param = "" if p is None else (f"{p}:{t}" if annotated else p)
+                return f"({param} -> {text(r)})"
+            case Block(locals=locs, result=r):
+                bindings = ",".join(f"{n}={text(v)}" for n, v in locs)
+                return f"(let {bindings} in {text(r)})"
+            case Intrinsic(uri=uri):
+                return uri
+            case Literal():
+                return _literal_text(node)
+            case Placement(placement=p):
+                return p.name
+            case Data(uri=uri, type_signature=t):
+                return f"data#{uri}:{t}" if annotated else f"data#{uri}"
+            case TensorFlowComputation(id=cid):
+                return f"comp#{cid}"
+        raise TypeError(f"not an IR node: {node!r}")
+
+    return text(node)
 
 
 def to_formatted_string(node: BuildingBlock, indent: int = 0) -> str:

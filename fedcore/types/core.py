@@ -45,7 +45,10 @@ def canonical_dtype(dtype: Any) -> str:
         raise TypeError(
             f"unknown dtype None; expected a numpy or TensorFlow dtype or one of {', '.join(DTYPE_NAMES)}"
         )
-    if isinstance(dtype, str):
+    if any(dtype is python_type for python_type in (bool, int, float, str)):
+        # Python's own types map the way TensorFlow maps Python values.
+        name = {bool: "bool", int: "int32", float: "float32", str: "string"}[dtype]
+    elif isinstance(dtype, str):
         name = dtype
     elif hasattr(type(dtype), "as_numpy_dtype") and hasattr(type(dtype), "name"):
         # A tf.DType, recognized without importing TensorFlow.  Looked up on the class:

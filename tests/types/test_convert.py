@@ -172,7 +172,11 @@ def test_unbatched_datasets():
         (collections.OrderedDict(b=tf.bool, a=np.int32), "<b=bool,a=int32>", collections.OrderedDict),
         (Point(np.int32, "bool"), "<x=int32,y=bool>", Point),
         (Batch(x=(np.float32, [None, 784]), y=np.int32), "<x=float32[?,784],y=int32>", Batch),
-        (Weights(kernel=tf.TensorSpec([2, 3], tf.float32), bias="float32[3]"), "<kernel=float32[2,3],bias=float32[3]>", Weights),
+        (
+            Weights(kernel=tf.TensorSpec([2, 3], tf.float32), bias="float32[3]"),
+            "<kernel=float32[2,3],bias=float32[3]>",
+            Weights,
+        ),
         ([], "<>", list),
         ((), "<>", tuple),
         ({}, "<>", dict),
