@@ -53,31 +53,70 @@ def _source_field():
     return attrs.field(default=None, kw_only=True, eq=False, repr=False)
 
 
+# Construction checks: a malformed node fails with a TypeError where it is built.
+_is_node = attrs.validators.instance_of(BuildingBlock)
+_is_optional_node = attrs.validators.optional(_is_node)
+_is_type = attrs.validators.instance_of(Type)
+_is_str = attrs.validators.instance_of(str)
+_is_optional_str = attrs.validators.optional(_is_str)
+
+
+def _check_named_nodes(names_optional: bool):
+    def check(instance, attribute, items):
+        for item in items:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise TypeError(f"{attribute.name} must hold (name, node) pairs, got {item!r}")
+            name, node = item
+            if not (isinstance(name, str) or (names_optional and name is None)):
+                raise TypeError(f"{attribute.name}: a name must be a string, got {name!r}")
+            if not isinstance(node, BuildingBlock):
+                raise TypeError(f"{attribute.name}: {name!r} must be bound to an IR node, got {node!r}")
+
+    return check
+
+
 @attrs.frozen(eq=False)
 class Reference(BuildingBlock):
     """A name bound by an enclosing Lambda or Block."""
 
-    name: str
-    type_signature: Type
+    name: str = attrs.field(validator=_is_str)
+    type_signature: Type = attrs.field(validator=_is_type)
     source: Optional[SourceLocation] = _source_field()
 
 
 @attrs.frozen(eq=False)
 class Selection(BuildingBlock):
-    """``source.name`` or ``source[index]`` of a struct."""
+    """``source.name`` or ``source[index]`` of a struct.
 
-    source: BuildingBlock
-    index: int
-    name: Optional[str] = None
+    Give the index, the name, or both (they must then agree); the other is filled in.
+    """
+
+    source: BuildingBlock = attrs.field(validator=_is_node)
+    index: Optional[int] = None
+    name: Optional[str] = attrs.field(default=None, validator=_is_optional_str)
     type_signature: Type = attrs.field(init=False)
     loc: Optional[SourceLocation] = _source_field()
 
     def __attrs_post_init__(self):
         struct = self.source.type_signature
+        what = repr(self.name) if self.index is None else self.index
         if not isinstance(struct, StructType):
-            raise TypeError(f"cannot select element {self.index} from a value of type {struct}, which is not a struct")
-        if not 0 <= self.index < len(struct):
+            raise TypeError(f"cannot select element {what} from a value of type {struct}, which is not a struct")
+        if self.index is None:
+            if self.name is None:
+                raise TypeError("a Selection needs an index or a name")
+            if not struct.has_name(self.name):
+                raise TypeError(f"a value of type {struct} has no element named {self.name!r}")
+            object.__setattr__(self, "index", struct.index_of(self.name))
+        elif not isinstance(self.index, int) or isinstance(self.index, bool):
+            raise TypeError(f"a selection index must be an int, got {self.index!r}")
+        elif not 0 <= self.index < len(struct):
             raise TypeError(f"index {self.index} is out of range for a value of type {struct}")
+        elif self.name is not None and struct.elements[self.index][0] != self.name:
+            raise TypeError(
+                f"element {self.index} of a value of type {struct} is named "
+                f"{struct.elements[self.index][0]!r}, not {self.name!r}"
+            )
         object.__setattr__(self, "type_signature", struct[self.index])
 
     def children(self):
@@ -88,7 +127,9 @@ class Selection(BuildingBlock):
 class Struct(BuildingBlock):
     """``<a=x,y>``: builds a struct from elements."""
 
-    elements: Tuple[Tuple[Optional[str], BuildingBlock], ...] = attrs.field(converter=tuple)
+    elements: Tuple[Tuple[Optional[str], BuildingBlock], ...] = attrs.field(
+        converter=tuple, validator=_check_named_nodes(names_optional=True)
+    )
     container: Optional[type] = attrs.field(default=None, kw_only=True)
     type_signature: Type = attrs.field(init=False)
 
@@ -107,8 +148,8 @@ class Struct(BuildingBlock):
 class Call(BuildingBlock):
     """``fn(arg)`` or ``fn()``."""
 
-    function: BuildingBlock
-    argument: Optional[BuildingBlock] = None
+    function: BuildingBlock = attrs.field(validator=_is_node)
+    argument: Optional[BuildingBlock] = attrs.field(default=None, validator=_is_optional_node)
     type_signature: Type = attrs.field(init=False)
     source: Optional[SourceLocation] = _source_field()
 
@@ -137,9 +178,9 @@ class Call(BuildingBlock):
 class Lambda(BuildingBlock):
     """``(x -> result)``; ``( -> result)`` when it takes no parameter."""
 
-    parameter_name: Optional[str]
-    parameter_type: Optional[Type]
-    result: BuildingBlock
+    parameter_name: Optional[str] = attrs.field(validator=_is_optional_str)
+    parameter_type: Optional[Type] = attrs.field(validator=attrs.validators.optional(_is_type))
+    result: BuildingBlock = attrs.field(validator=_is_node)
     type_signature: Type = attrs.field(init=False)
 
     def __attrs_post_init__(self):
@@ -155,8 +196,10 @@ class Lambda(BuildingBlock):
 class Block(BuildingBlock):
     """``(let a=x,b=y in result)``: sequential let-bindings."""
 
-    locals: Tuple[Tuple[str, BuildingBlock], ...] = attrs.field(converter=tuple)
-    result: BuildingBlock
+    locals: Tuple[Tuple[str, BuildingBlock], ...] = attrs.field(
+        converter=tuple, validator=_check_named_nodes(names_optional=False)
+    )
+    result: BuildingBlock = attrs.field(validator=_is_node)
     type_signature: Type = attrs.field(init=False)
 
     def __attrs_post_init__(self):
@@ -170,8 +213,8 @@ class Block(BuildingBlock):
 class Intrinsic(BuildingBlock):
     """A federated or sequence operator, e.g. ``federated_map``, at a concrete type."""
 
-    uri: str
-    type_signature: Type
+    uri: str = attrs.field(validator=_is_str)
+    type_signature: Type = attrs.field(validator=_is_type)
 
 
 @attrs.frozen(eq=False)
@@ -198,8 +241,8 @@ class Placement(BuildingBlock):
 class Data(BuildingBlock):
     """A value supplied at run time, named by ``uri``."""
 
-    uri: str
-    type_signature: Type
+    uri: str = attrs.field(validator=_is_str)
+    type_signature: Type = attrs.field(validator=_is_type)
 
 
 _comp_ids = itertools.count(1)
@@ -214,7 +257,7 @@ class TensorFlowComputation(BuildingBlock):
     """
 
     function: Any
-    type_signature: FunctionType
+    type_signature: FunctionType = attrs.field(validator=attrs.validators.instance_of(FunctionType))
     name: str = ""
     id: str = attrs.field(factory=lambda: f"{next(_comp_ids):x}")
 

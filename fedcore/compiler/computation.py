@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import tensorflow as tf
+
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import context
 from fedcore.compiler.tracing import Value, to_node
@@ -44,6 +46,9 @@ class Computation:
     def __repr__(self) -> str:
         return f"<fedcore.Computation {self.name}: {self.type_signature}>"
 
+    # Called from a tf_computation's body, a computation must run as plain Python:
+    # AutoGraph would otherwise try to convert fedcore's own code (and warn that it can't).
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, *args, **kwargs):
         top = context.current()
         if isinstance(top, context.TracingContext):
@@ -81,6 +86,7 @@ class PolymorphicComputation:
     def __repr__(self) -> str:
         return f"<fedcore.PolymorphicComputation {self.name} ({self._kind})>"
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, *args, **kwargs):
         top = context.current()
         if isinstance(top, context.TFTracingContext):
@@ -91,11 +97,24 @@ class PolymorphicComputation:
             type_of = lambda v: to_node(v).type_signature  # noqa: E731
         else:
             from fedcore.runtime.values import infer_type as type_of
+        _check_binds(self._fn, self.name, args, kwargs)
         names = _python_parameter_names(self._fn)
         parameter_type = _packed_type(
             [type_of(a) for a in args], [(k, type_of(v)) for k, v in kwargs.items()], names
         )
         return self._fedcore_specialize(parameter_type)(*args, **kwargs)
+
+
+def _check_binds(fn: Callable, name: str, args, kwargs) -> None:
+    """A FederatedTypeError, before any tracing, when the arguments don't fit ``fn``'s parameters."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as e:
+        raise context.type_error(f"{name}: {e}") from None
 
 
 def _packed_type(arg_types: List[Type], kw_types: List[Tuple[str, Type]], names: List[str]) -> Optional[Type]:
@@ -105,7 +124,10 @@ def _packed_type(arg_types: List[Type], kw_types: List[Tuple[str, Type]], names:
     if len(arg_types) == 1 and not kw_types and len(names) <= 1:
         return arg_types[0]
     elements = [(names[i] if i < len(names) else None, t) for i, t in enumerate(arg_types)]
-    elements.extend(kw_types)
+    # Keyword arguments take their places in the Python signature, whatever order they came in:
+    # the traced function receives the struct's elements positionally.
+    order = {n: i for i, n in enumerate(names)}
+    elements.extend(sorted(kw_types, key=lambda item: order.get(item[0], len(names))))
     return StructType(elements)
 
 
@@ -240,6 +262,9 @@ def _match_arguments(name: str, parameter: StructType, args, kwargs) -> List[Tup
             f"{name} expects {len(parameter)} arguments for its parameter of type {parameter}, "
             f"got {len(args) + len(kwargs)}"
         )
+    unknown = set(kwargs) - set(parameter.names())
+    if unknown:
+        raise context.type_error(f"{name} got unexpected keyword arguments {sorted(unknown)}; parameter type is {parameter}")
     items: List[Tuple[Optional[str], Any]] = []
     for i, (n, _) in enumerate(parameter.elements):
         if i < len(args):
@@ -250,9 +275,6 @@ def _match_arguments(name: str, parameter: StructType, args, kwargs) -> List[Tup
             if n is None or n not in kwargs:
                 raise context.type_error(f"{name} is missing argument {n if n else i!r} of parameter type {parameter}")
             items.append((n, kwargs[n]))
-    unknown = set(kwargs) - set(parameter.names())
-    if unknown:
-        raise context.type_error(f"{name} got unexpected keyword arguments {sorted(unknown)}; parameter type is {parameter}")
     return items
 
 

@@ -90,6 +90,12 @@ def user_location() -> Optional[SourceLocation]:
 class FederatedTypeError(TypeError):
     """A type mismatch in a federated computation, located in the user's code."""
 
+    # Raised inside a tf_computation's body (a computation called with the wrong
+    # structure), the error passes through AutoGraph, which re-raises an error of the
+    # same type only if that type is built like Exception; otherwise it turns it into
+    # a StagingError, which is no TypeError.
+    __init__ = Exception.__init__
+
 
 def type_error(message: str, location: Optional[SourceLocation] = None) -> FederatedTypeError:
     location = location or user_location()

@@ -25,14 +25,24 @@ from fedcore.types import (
 )
 
 
-def call_intrinsic(uri: str, argument: Optional[bb.BuildingBlock], public_name: Optional[str] = None) -> Value:
-    name = public_name or uri
+def _require_tracing(name: str) -> context.TracingContext:
+    """The current tracing context; RuntimeError when no federated computation is being traced.
+
+    Called before any argument is checked, so that an intrinsic used outside a
+    federated computation says so instead of complaining about its arguments.
+    """
     ctx = context.current_tracing()
     if ctx is None:
         raise RuntimeError(
             f"{name} can only be used while tracing a federated_computation; "
             "call it from inside a function decorated with @fedcore.federated_computation"
         )
+    return ctx
+
+
+def call_intrinsic(uri: str, argument: Optional[bb.BuildingBlock], public_name: Optional[str] = None) -> Value:
+    name = public_name or uri
+    ctx = _require_tracing(name)
     location = context.user_location()
     argument_type = None if argument is None else argument.type_signature
     try:
@@ -55,6 +65,7 @@ def map_uri(t: Type) -> str:
 
 
 def _federated(value: Any, name: str) -> bb.BuildingBlock:
+    _require_tracing(name.split(" ")[0])
     node = to_node(value, f"argument of {name}")
     if not isinstance(node.type_signature, FederatedType):
         raise context.type_error(f"{name} expects a federated value, got a value of type {node.type_signature}")
@@ -87,6 +98,7 @@ def _struct(*nodes: bb.BuildingBlock) -> bb.Struct:
 
 def federated_value(value: Any, placement: Any) -> Value:
     """Places an unplaced value at SERVER (``T@SERVER``) or at all CLIENTS (``T@CLIENTS``)."""
+    _require_tracing("federated_value")
     try:
         placement = to_placement(placement)
     except ValueError as e:
@@ -102,6 +114,7 @@ def federated_broadcast(value: Any) -> Value:
 
 def federated_eval(fn: Any, placement: Any) -> Value:
     """Runs a no-argument function at the placement."""
+    _require_tracing("federated_eval")
     try:
         placement = to_placement(placement)
     except ValueError as e:
@@ -126,6 +139,7 @@ def federated_apply(fn: Any, value: Any) -> Value:
 
 def federated_zip(value: Any) -> Value:
     """A struct of federated values -> a federated struct, at CLIENTS or SERVER."""
+    _require_tracing("federated_zip")
     node = to_node(value, "argument of federated_zip")
     t = node.type_signature
     if not isinstance(t, StructType) or len(t) == 0 or not isinstance(t[0], FederatedType):
@@ -178,6 +192,7 @@ def federated_secure_sum(value: Any, max_input: Any) -> Value:
 
 
 def _sequence(value: Any, name: str) -> bb.BuildingBlock:
+    _require_tracing(name)
     node = to_node(value, f"argument of {name}")
     if not isinstance(node.type_signature, SequenceType):
         raise context.type_error(f"{name} expects a sequence, got a value of type {node.type_signature}")

@@ -15,6 +15,7 @@ import attrs
 from fedcore.types import (
     FederatedType,
     FunctionType,
+    SequenceType,
     StructType,
     TensorType,
     Type,
@@ -48,6 +49,8 @@ class IntrinsicDef:
         if self.infer is not None:
             return self.infer(self, argument_type)
         generic = self.generic_type
+        if not isinstance(generic, FunctionType):
+            raise TypeError(f"{self.uri} is not a function; use it at a concrete type, as Intrinsic({self.uri!r}, T)")
         if generic.parameter is None:
             if argument_type is not None:
                 raise TypeError(f"{self.uri} takes no argument, got one of type {argument_type}")
@@ -115,13 +118,26 @@ def _numeric_leaves(t: Type, what: str, allow_int: bool = True) -> None:
             raise TypeError(f"{what} needs tensors or structs of tensors, got {t}")
 
 
+def _member_error(definition: IntrinsicDef, argument_type: Type, error: TypeError) -> TypeError:
+    """A member check's complaint, with the expected and the actual argument types."""
+    return TypeError(
+        f"{error}: {definition.uri} expects an argument of type {definition.generic_type.parameter}, "
+        f"got {argument_type}"
+    )
+
+
 def _with_numeric_member(check_float: bool):
     def infer(definition: IntrinsicDef, argument_type):
         result = IntrinsicDef.instantiate(attrs.evolve(definition, infer=None), argument_type)
         member = result.parameter if not isinstance(result.parameter, StructType) else result.parameter[0]
         if isinstance(member, FederatedType):
             member = member.member
-        _numeric_leaves(member, definition.uri, allow_int=not check_float)
+        elif isinstance(member, SequenceType):  # sequence_sum: check the element type
+            member = member.element
+        try:
+            _numeric_leaves(member, definition.uri, allow_int=not check_float)
+        except TypeError as e:
+            raise _member_error(definition, argument_type, e) from None
         return result
 
     return infer
@@ -130,17 +146,25 @@ def _with_numeric_member(check_float: bool):
 def _infer_weighted_mean(definition: IntrinsicDef, argument_type):
     result = IntrinsicDef.instantiate(attrs.evolve(definition, infer=None), argument_type)
     value_type, weight_type = result.parameter[0].member, result.parameter[1].member
-    _numeric_leaves(value_type, definition.uri, allow_int=False)
+    try:
+        _numeric_leaves(value_type, definition.uri, allow_int=False)
+    except TypeError as e:
+        raise _member_error(definition, argument_type, e) from None
     if not (isinstance(weight_type, TensorType) and weight_type.shape == () and weight_type.dtype not in ("string", "bool")):
-        raise TypeError(f"{definition.uri} needs a numeric scalar weight, got {weight_type}")
+        raise _member_error(
+            definition, argument_type, TypeError(f"{definition.uri} needs a numeric scalar weight, got {weight_type}")
+        )
     return result
 
 
 def _infer_secure_sum(definition: IntrinsicDef, argument_type):
     result = IntrinsicDef.instantiate(attrs.evolve(definition, infer=None), argument_type)
     value_type, max_type = result.parameter[0].member, result.parameter[1]
-    _check_integer_like(value_type, definition.uri)
-    _check_integer_like(max_type, definition.uri + " max_input")
+    try:
+        _check_integer_like(value_type, definition.uri)
+        _check_integer_like(max_type, definition.uri + " max_input")
+    except TypeError as e:
+        raise _member_error(definition, argument_type, e) from None
     if isinstance(value_type, StructType) and isinstance(max_type, StructType) and len(value_type) != len(max_type):
         raise TypeError(f"{definition.uri}: max_input of type {max_type} does not match values of type {value_type}")
     return result

@@ -188,3 +188,20 @@ def infer_tf_result(value: Any) -> Tuple[Type, List[Any]]:
         "tensors, datasets, or lists, tuples, dicts, namedtuples or attrs instances of them"
     )
 
+
+
+def to_dataset_structure(value: Any, t: Type) -> Any:
+    """Internal Struct values -> the containers that dataset elements of type ``t`` use."""
+    if isinstance(t, StructType):
+        return build_container(element_container(t), [(n, to_dataset_structure(v, e)) for (n, e), v in zip(t.elements, value)])
+    return value
+
+
+def from_dataset_structure(value: Any, t: Type) -> Any:
+    """Dataset element containers -> internal Struct values."""
+    if isinstance(t, StructType):
+        items = python_items(value)
+        if isinstance(value, dict):
+            items = [(n, value[n]) if n in value else item for n, item in zip(t.names(), items)]
+        return Struct([(n, from_dataset_structure(v, e)) for (n, e), (_, v) in zip(t.elements, items)])
+    return value

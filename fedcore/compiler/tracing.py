@@ -140,7 +140,8 @@ def literal(value: Any, dtype: Optional[str] = None) -> bb.Literal:
         arr = np.asarray(value)
     elif isinstance(value, int) and dtype is None:
         arr = np.asarray(value, np.int32)
-    elif isinstance(value, float) and dtype is None:
+    elif isinstance(value, float) and not isinstance(value, np.generic) and dtype is None:
+        # Python floats are float32, as in TF; np.float64 (a float subclass) keeps its dtype.
         arr = np.asarray(value, np.float32)
     else:
         arr = np.asarray(value) if dtype is None else np.asarray(value, dtype)

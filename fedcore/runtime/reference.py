@@ -313,20 +313,20 @@ def _federated_weighted_mean(interp, arg, t):
     return reduce_leaves(values, member, weighted)
 
 
-@rule("federated_min")
-def _federated_min(interp, arg, t):
-    values = interp.client_values(arg, t.parameter)
-    if not values:
-        return _fill(t.result.member, _highest)
-    return reduce_leaves(values, t.result.member, lambda s, _: np.min(s, axis=0))
+def _extremum(identity: Callable[[TensorType], Any], reduce: Callable):
+    """min or max over clients; over zero clients, the identity of the operation."""
+
+    def apply(interp, arg, t):
+        values = interp.client_values(arg, t.parameter)
+        if not values:
+            return _fill(t.result.member, identity)
+        return reduce_leaves(values, t.result.member, lambda s, _: reduce(s, axis=0))
+
+    return apply
 
 
-@rule("federated_max")
-def _federated_max(interp, arg, t):
-    values = interp.client_values(arg, t.parameter)
-    if not values:
-        return _fill(t.result.member, _lowest)
-    return reduce_leaves(values, t.result.member, lambda s, _: np.max(s, axis=0))
+rule("federated_min")(_extremum(_highest, np.min))
+rule("federated_max")(_extremum(_lowest, np.max))
 
 
 @rule("federated_aggregate")

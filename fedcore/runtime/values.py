@@ -46,6 +46,11 @@ def infer_type(value: Any) -> Type:
     """The fedcore type of a Python value, for polymorphic computations."""
     if _is_dataset(value):
         return SequenceType(to_type(value.element_spec))
+    # numpy first: np.float64 is a subclass of Python's float, but keeps its dtype.
+    if isinstance(value, (np.ndarray, np.generic)):
+        if value.dtype.kind in ("U", "S", "O"):
+            return TensorType("string", np.shape(value))
+        return TensorType(value.dtype, np.shape(value))
     if isinstance(value, bool):
         return TensorType("bool")
     if isinstance(value, int):
@@ -54,16 +59,16 @@ def infer_type(value: Any) -> Type:
         return TensorType("float32")
     if isinstance(value, (str, bytes)):
         return TensorType("string")
-    if isinstance(value, (np.ndarray, np.generic)):
-        if value.dtype.kind in ("U", "S", "O"):
-            return TensorType("string", np.shape(value))
-        return TensorType(value.dtype, np.shape(value))
     if hasattr(value, "numpy") and hasattr(value, "dtype") and hasattr(value, "shape"):
         return TensorType(value.dtype, tuple(value.shape))
     items = python_items(value)
     if items is not None:
         container = None if isinstance(value, Struct) else type(value)
-        return StructType([(n, infer_type(v)) for n, v in items], container=container)
+        elements = [(n, infer_type(v)) for n, v in items]
+        try:
+            return StructType(elements, container=container)
+        except ValueError as e:  # e.g. dict keys that are not names
+            raise ArgumentError(f"cannot infer a fedcore type for {value!r}: {e}") from None
     raise ArgumentError(
         f"cannot infer a fedcore type for {value!r} of Python type {type(value).__name__}; "
         "pass tensors, numbers, strings, datasets or containers of them, or declare the parameter types"

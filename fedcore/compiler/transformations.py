@@ -1,0 +1,274 @@
+"""Compiler passes: each a pure function from IR to IR.
+
+Every pass preserves the type signature and the meaning of the program; the
+tests run the conformance cases on the reference interpreter before and
+after each one.  A pipeline is a list of passes (see ``PIPELINE``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Dict, List, Optional, Sequence
+
+from fedcore.compiler import building_blocks as bb
+from fedcore.compiler.intrinsics import lookup
+from fedcore.types import StructType
+
+Pass = Callable[[bb.BuildingBlock], bb.BuildingBlock]
+
+
+def transform_postorder(node: bb.BuildingBlock, fn: Callable[[bb.BuildingBlock], bb.BuildingBlock]) -> bb.BuildingBlock:
+    """Rebuilds ``node`` bottom-up, applying ``fn`` to every rebuilt node."""
+    match node:
+        case bb.Selection(source=source, index=index, name=name):
+            new = bb.Selection(transform_postorder(source, fn), index, name)
+        case bb.Struct(elements=elements, container=container):
+            new = bb.Struct([(n, transform_postorder(e, fn)) for n, e in elements], container=container)
+        case bb.Call(function=f, argument=a):
+            new = bb.Call(transform_postorder(f, fn), None if a is None else transform_postorder(a, fn), source=node.source)
+        case bb.Lambda(parameter_name=p, parameter_type=t, result=r):
+            new = bb.Lambda(p, t, transform_postorder(r, fn))
+        case bb.Block(locals=locs, result=r):
+            new = bb.Block([(n, transform_postorder(v, fn)) for n, v in locs], transform_postorder(r, fn))
+        case _:
+            new = node
+    return fn(new)
+
+
+def free_names(node: bb.BuildingBlock) -> set:
+    """Names referenced in ``node`` and not bound inside it."""
+    match node:
+        case bb.Reference(name=name):
+            return {name}
+        case bb.Lambda(parameter_name=p, result=r):
+            return free_names(r) - {p}
+        case bb.Block(locals=locs, result=r):
+            names: set = set()
+            bound: set = set()
+            for n, v in locs:
+                names |= free_names(v) - bound
+                bound.add(n)
+            return names | (free_names(r) - bound)
+    result: set = set()
+    for child in node.children():
+        result |= free_names(child)
+    return result
+
+
+def count_references(node: bb.BuildingBlock, name: str) -> int:
+    """How many free references to ``name`` occur in ``node``."""
+    match node:
+        case bb.Reference(name=n):
+            return 1 if n == name else 0
+        case bb.Lambda(parameter_name=p, result=r):
+            return 0 if p == name else count_references(r, name)
+        case bb.Block(locals=locs, result=r):
+            total = 0
+            for n, v in locs:
+                total += count_references(v, name)
+                if n == name:
+                    return total
+            return total + count_references(r, name)
+    return sum(count_references(c, name) for c in node.children())
+
+
+def substitute(node: bb.BuildingBlock, name: str, value: bb.BuildingBlock) -> bb.BuildingBlock:
+    """Replaces free references to ``name`` by ``value``; renames binders that would capture it."""
+    match node:
+        case bb.Reference(name=n):
+            return value if n == name else node
+        case bb.Lambda(parameter_name=p, parameter_type=t, result=r):
+            if p == name:
+                return node
+            if p is not None and p in free_names(value):
+                fresh = _fresh(p, free_names(r) | free_names(value))
+                r = substitute(r, p, bb.Reference(fresh, t))
+                p = fresh
+            return bb.Lambda(p, t, substitute(r, name, value))
+        case bb.Block(locals=locs, result=r):
+            new_locals = []
+            captured = free_names(value)
+            rest_locals = list(locs)
+            shadowed = False
+            while rest_locals:
+                n, v = rest_locals.pop(0)
+                v = v if shadowed else substitute(v, name, value)
+                if not shadowed and n in captured:
+                    fresh = _fresh(n, captured | {x for x, _ in locs} | free_names(r))
+                    rest_locals = [(m, substitute(w, n, bb.Reference(fresh, v.type_signature))) for m, w in rest_locals]
+                    r = substitute(r, n, bb.Reference(fresh, v.type_signature))
+                    n = fresh
+                new_locals.append((n, v))
+                if n == name:
+                    shadowed = True
+            return bb.Block(new_locals, r if shadowed else substitute(r, name, value))
+        case bb.Selection(source=s, index=i, name=n):
+            return bb.Selection(substitute(s, name, value), i, n)
+        case bb.Struct(elements=elements, container=container):
+            return bb.Struct([(n, substitute(e, name, value)) for n, e in elements], container=container)
+        case bb.Call(function=f, argument=a):
+            return bb.Call(substitute(f, name, value), None if a is None else substitute(a, name, value), source=node.source)
+    return node
+
+
+def _fresh(base: str, taken: set) -> str:
+    for i in itertools.count(1):
+        candidate = f"{base}_{i}"
+        if candidate not in taken:
+            return candidate
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------
+# The passes.
+
+
+def _is_trivial(node: bb.BuildingBlock) -> bool:
+    """Nodes that cost nothing to duplicate."""
+    match node:
+        case bb.Reference() | bb.Intrinsic() | bb.Placement() | bb.TensorFlowComputation() | bb.Data():
+            return True
+        case bb.Selection(source=s):
+            return _is_trivial(s)
+        case bb.Lambda():
+            return True
+    return False
+
+
+def inline_blocks(node: bb.BuildingBlock) -> bb.BuildingBlock:
+    """Inlines let-bindings that are trivial or used at most once, then drops empty blocks.
+
+    Bindings used several times and costing work stay bound, so nothing is
+    computed twice.
+    """
+
+    def visit(n: bb.BuildingBlock) -> bb.BuildingBlock:
+        if not isinstance(n, bb.Block):
+            return n
+        locs = list(n.locals)
+        result = n.result
+        kept: List[tuple] = []
+        while locs:
+            name, value = locs.pop(0)
+            uses = sum(count_references(v, name) for _, v in locs) + count_references(result, name)
+            if _is_trivial(value) or uses <= 1:
+                # Substitute in what follows as one block, so later rebindings shadow correctly.
+                rest = substitute(bb.Block(locs, result), name, value)
+                locs, result = list(rest.locals), rest.result
+            else:
+                kept.append((name, value))
+        return bb.Block(kept, result) if kept else result
+
+    return transform_postorder(node, visit)
+
+
+def remove_unused_locals(node: bb.BuildingBlock) -> bb.BuildingBlock:
+    """Drops let-bindings that nothing refers to."""
+
+    def visit(n: bb.BuildingBlock) -> bb.BuildingBlock:
+        if not isinstance(n, bb.Block):
+            return n
+        kept: List[tuple] = []
+        needed = free_names(n.result)
+        for name, value in reversed(n.locals):
+            if name in needed:
+                kept.append((name, value))
+                needed = (needed - {name}) | free_names(value)
+        kept.reverse()
+        return bb.Block(kept, n.result) if kept else n.result
+
+    return transform_postorder(node, visit)
+
+
+def _beta_reduce(n: bb.BuildingBlock) -> bb.BuildingBlock:
+    """``(x -> body)(arg)`` becomes ``body[x := arg]`` when arg is trivial, else a block."""
+    if isinstance(n, bb.Call) and isinstance(n.function, bb.Lambda) and n.argument is not None:
+        fn = n.function
+        if n.argument.type_signature != fn.parameter_type:
+            return n
+        if _is_trivial(n.argument):
+            return substitute(fn.result, fn.parameter_name, n.argument)
+        return bb.Block([(fn.parameter_name, n.argument)], fn.result)
+    if isinstance(n, bb.Call) and isinstance(n.function, bb.Lambda) and n.argument is None:
+        return n.function.result
+    if isinstance(n, bb.Selection) and isinstance(n.source, bb.Struct):
+        return n.source.elements[n.index][1]
+    return n
+
+
+def reduce_calls(node: bb.BuildingBlock) -> bb.BuildingBlock:
+    """Applies lambdas to their arguments and selections to literal structs."""
+    return transform_postorder(node, _beta_reduce)
+
+
+_MAPS = ("federated_map", "federated_map_all_equal", "federated_apply")
+
+
+def _intrinsic_call(n: bb.BuildingBlock, uris: Sequence[str]) -> Optional[str]:
+    if isinstance(n, bb.Call) and isinstance(n.function, bb.Intrinsic) and n.function.uri in uris:
+        return n.function.uri
+    return None
+
+
+def merge_chained_maps(node: bb.BuildingBlock) -> bb.BuildingBlock:
+    """``federated_map(f, federated_map(g, x))`` becomes ``federated_map((a -> f(g(a))), x)``."""
+
+    def visit(n: bb.BuildingBlock) -> bb.BuildingBlock:
+        outer = _intrinsic_call(n, _MAPS)
+        if outer is None or not isinstance(n.argument, bb.Struct):
+            return n
+        f, inner_call = n.argument.elements[0][1], n.argument.elements[1][1]
+        inner = _intrinsic_call(inner_call, _MAPS)
+        if inner is None or not isinstance(inner_call.argument, bb.Struct):
+            return n
+        if inner != outer:
+            return n
+        g, x = inner_call.argument.elements[0][1], inner_call.argument.elements[1][1]
+        g_type, f_type = g.type_signature, f.type_signature
+        if not f_type.parameter.is_assignable_from(g_type.result):
+            return n
+        param = _fresh("m", free_names(f) | free_names(g))
+        composed = bb.Lambda(param, g_type.parameter, bb.Call(f, bb.Call(g, bb.Reference(param, g_type.parameter))))
+        uri = inner
+        fn_type = lookup(uri).instantiate(StructType([(None, composed.type_signature), (None, x.type_signature)]))
+        return bb.Call(bb.Intrinsic(uri, fn_type), bb.Struct([(None, composed), (None, x)]), source=n.source)
+
+    return transform_postorder(node, visit)
+
+
+_REDUCES = ("federated_sum", "federated_mean", "federated_aggregate", "federated_weighted_mean")
+
+
+def fused_map_reduce(n: bb.BuildingBlock) -> Optional[Dict[str, bb.BuildingBlock]]:
+    """Recognizes ``reduce(federated_map(f, x))``: returns its parts, or None.
+
+    The TF backend and the distributed runtime run such a pair as one per-client
+    reduce, so client results are never materialized for all clients at once.
+    """
+    uri = _intrinsic_call(n, _REDUCES)
+    if uri is None:
+        return None
+    if uri == "federated_sum" or uri == "federated_mean":
+        mapped = n.argument
+    else:
+        if not isinstance(n.argument, bb.Struct):
+            return None
+        mapped = n.argument.elements[0][1]
+    if _intrinsic_call(mapped, ("federated_map",)) is None or not isinstance(mapped.argument, bb.Struct):
+        return None
+    return {"reduce": uri, "fn": mapped.argument.elements[0][1], "clients": mapped.argument.elements[1][1]}
+
+
+PIPELINE: List[Pass] = [reduce_calls, inline_blocks, remove_unused_locals, merge_chained_maps, reduce_calls]
+
+
+def run_pipeline(node: bb.BuildingBlock, passes: Sequence[Pass] = tuple(PIPELINE)) -> bb.BuildingBlock:
+    """Applies ``passes`` in order; checks each keeps the type signature."""
+    for p in passes:
+        new = p(node)
+        if new.type_signature != node.type_signature:
+            raise AssertionError(
+                f"pass {p.__name__} changed the type signature from {node.type_signature} to {new.type_signature}"
+            )
+        node = new
+    return node

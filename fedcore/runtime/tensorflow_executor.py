@@ -1,0 +1,808 @@
+"""The TensorFlow backend: a whole federated computation compiled into one tf.function.
+
+The IR first goes through the compiler's pass pipeline.  Then each call is
+lowered, once per (computation, number of clients, input signature), into
+graph code where client values carry a leading clients axis.  federated_map
+runs its function over clients in one of two ways:
+
+* ``sequential``: a ``tf.map_fn`` loop inside the graph; works for any client
+  work, including per-client datasets of any sizes;
+* ``vectorized``: the client function is lowered once for all clients, with
+  TF computations under ``tf.vectorized_map`` and ``sequence_reduce`` over
+  padded client data stepping all clients together, masked where a client's
+  data has ended.
+
+``strategy='auto'`` tries vectorized lowering and falls back to sequential
+where the client work does not allow it.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from fedcore.compiler import building_blocks as bb
+from fedcore.compiler import tf_bridge
+from fedcore.compiler.intrinsics import lookup, register_rule
+from fedcore.compiler.transformations import run_pipeline
+from fedcore.runtime.datasets import make_dataset
+from fedcore.runtime.executor import ExecutionError
+from fedcore.runtime.tf_values import (
+    Batched,
+    ClientSequences,
+    SequenceData,
+    Stacked,
+    leaf_types,
+    leaves,
+    materialize,
+    rebuild,
+    sequence_tensor_specs,
+)
+from fedcore.structure import Struct
+from fedcore.types import (
+    CLIENTS,
+    FederatedType,
+    FunctionType,
+    SequenceType,
+    StructType,
+    TensorType,
+    Type,
+)
+
+NAME = "tensorflow"
+STRATEGIES = ("auto", "sequential", "vectorized")
+
+
+class NotVectorizable(Exception):
+    """Raised while lowering client work that cannot run on a clients axis."""
+
+
+# --------------------------------------------------------------------------
+# Encoding canonical arguments into graph inputs.
+
+
+class _Layout:
+    """How flat graph inputs rebuild one value of a type inside the graph."""
+
+    def __init__(self):
+        self.specs: List[Any] = []
+        self.key: List[Any] = []
+        self.arrays: List[Any] = []
+
+    def add(self, array: Any, spec: Any, key: Any) -> None:
+        self.arrays.append(array)
+        self.specs.append(spec)
+        self.key.append(key)
+
+
+def _tensor_input(value: Any, t: TensorType) -> Tuple[Any, tf.TensorSpec]:
+    if t.dtype == "string":
+        arr = np.asarray(value, dtype=object)
+        return arr, tf.TensorSpec(arr.shape, tf.string)
+    arr = np.asarray(value, dtype=t.np_dtype)
+    return arr, tf.TensorSpec(arr.shape, t.tf_dtype)
+
+
+def _encode(value: Any, t: Type, n: int, layout: _Layout) -> Callable[[List[Any]], Any]:
+    """Adds the inputs for ``value`` to ``layout``; returns a builder of the in-graph value."""
+    match t:
+        case TensorType():
+            arr, spec = _tensor_input(value, t)
+            layout.add(arr, spec, ("t", spec.dtype.name, tuple(spec.shape)))
+            return lambda it: next(it)
+        case StructType():
+            builders = [_encode(v, e, n, layout) for v, e in zip(value, t)]
+            names = t.names()
+            return lambda it: Struct([(name, b(it)) for name, b in zip(names, builders)])
+        case SequenceType(element=e):
+            ds = make_dataset(value, e)
+            spec = tf.data.DatasetSpec(tf_bridge.element_spec(e))
+            layout.add(ds, spec, ("d", str(t)))
+            return lambda it: next(it)
+        case FederatedType(member=member, all_equal=True):
+            return _encode(value, member, n, layout)
+        case FederatedType(member=member, placement=p) if p is CLIENTS:
+            build = _encode_clients(list(value), member, n, layout)
+            return lambda it: Stacked(build(it))
+    raise ExecutionError(f"the TensorFlow executor cannot take an argument of type {t}")
+
+
+def _encode_clients(values: List[Any], t: Type, n: int, layout: _Layout):
+    match t:
+        case TensorType():
+            arrays = [_tensor_input(v, t)[0] for v in values]
+            shapes = {a.shape for a in arrays}
+            if len(shapes) > 1:
+                raise ExecutionError(
+                    f"the TensorFlow executor needs equal shapes across clients for {{{t}}}@CLIENTS, got "
+                    f"{sorted(shapes)}"
+                )
+            shape = shapes.pop() if shapes else tuple(0 if d is None else d for d in (t.shape or ()))
+            dtype = object if t.dtype == "string" else t.np_dtype
+            stacked = np.stack(arrays) if arrays else np.zeros((0,) + shape, dtype)
+            spec = tf.TensorSpec(stacked.shape, tf.string if t.dtype == "string" else t.tf_dtype)
+            layout.add(stacked, spec, ("t", spec.dtype.name, tuple(spec.shape)))
+            return lambda it: next(it)
+        case StructType():
+            builders = [_encode_clients([v[i] for v in values], e, n, layout) for i, e in enumerate(t)]
+            names = t.names()
+            return lambda it: Struct([(name, b(it)) for name, b in zip(names, builders)])
+        case SequenceType(element=e):
+            data = materialize(values, e)
+            specs = sequence_tensor_specs(data)
+            has_dense = data.dense is not None
+            for array, spec in zip(data.tensors(), specs):
+                layout.add(array, spec, ("s", spec.dtype.name, tuple(spec.shape)))
+
+            def build(it):
+                tensors = [next(it) for _ in specs]
+                return ClientSequences.from_tensors(e, tensors, has_dense)
+
+            return build
+    raise ExecutionError(f"the TensorFlow executor cannot take client values of type {t}")
+
+
+# --------------------------------------------------------------------------
+# In-graph helpers.
+
+
+def _map_leaves(value: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(value, Struct):
+        return Struct([(n, _map_leaves(v, fn)) for n, v in value.items()])
+    return fn(value)
+
+
+def _flat(value: Any) -> List[Any]:
+    if isinstance(value, Struct):
+        return [leaf for v in value for leaf in _flat(v)]
+    return [value]
+
+
+def _client_view(value: Any, i: tf.Tensor) -> Any:
+    """Client ``i``'s member of a stacked value."""
+    if isinstance(value, Struct):
+        return Struct([(n, _client_view(v, i)) for n, v in value.items()])
+    if isinstance(value, ClientSequences):
+        return value.dataset(i)
+    return value[i]
+
+
+def _batched_view(value: Any) -> Any:
+    if isinstance(value, Struct):
+        return Struct([(n, _batched_view(v)) for n, v in value.items()])
+    if isinstance(value, ClientSequences):
+        if value.dense is None:
+            raise NotVectorizable("client datasets whose elements differ in shape")
+        return BatchedSequence(value)
+    return Batched(value)
+
+
+class BatchedSequence:
+    """All clients' sequences as padded steps: ``dense[k]`` is ``[clients, steps, ...]``."""
+
+    def __init__(self, data: ClientSequences):
+        self.data = data
+
+    @property
+    def element_type(self) -> Type:
+        return self.data.element_type
+
+
+def _tile(value: Any, n: int) -> Any:
+    return _map_leaves(value, lambda x: tf.repeat(tf.expand_dims(tf.convert_to_tensor(x), 0), n, axis=0))
+
+
+def _is_batched(value: Any) -> bool:
+    if isinstance(value, (Batched, BatchedSequence)):
+        return True
+    if isinstance(value, Struct):
+        return any(_is_batched(v) for v in value)
+    return False
+
+
+def _unwrap_batched(value: Any, n: int) -> Any:
+    """A (partly) batched value as one value whose every leaf has the clients axis."""
+    if isinstance(value, Batched):
+        return value.value
+    if isinstance(value, Struct):
+        return Struct([(name, _unwrap_batched(v, n)) for name, v in value.items()])
+    if isinstance(value, (BatchedSequence, tf.data.Dataset)):
+        raise NotVectorizable("a dataset inside a vectorized value")
+    return _tile(value, n)
+
+
+def _spec_of(t: Type) -> List[tf.TensorSpec]:
+    out = []
+    for leaf in leaf_types(t):
+        if not isinstance(leaf, TensorType):
+            raise ExecutionError(f"client work returning {leaf} is not supported by the TensorFlow executor")
+        out.append(tf.TensorSpec(None if leaf.shape is None else list(leaf.shape), leaf.tf_dtype))
+    return out
+
+
+def _structure_to_internal(value: Any, t: Type) -> Any:
+    """Values the user's TF code returns (containers) -> Struct-based internal values."""
+    return tf_bridge.from_dataset_structure(value, t)
+
+
+# --------------------------------------------------------------------------
+# Lowered functions.
+
+
+class Lowered:
+    """A function value inside the graph."""
+
+    def __init__(self, fn_type: FunctionType, call: Callable[[Any], Any], call_batched: Optional[Callable[[Any], Any]]):
+        self.type_signature = fn_type
+        self._call = call
+        self._call_batched = call_batched
+
+    def __call__(self, arg: Any = None) -> Any:
+        return self._call(arg)
+
+    def batched(self, arg: Any) -> Any:
+        if self._call_batched is None:
+            raise NotVectorizable(f"a function of type {self.type_signature}")
+        return self._call_batched(arg)
+
+
+class Compiler:
+    """Lowers IR to graph code for one call signature."""
+
+    def __init__(self, num_clients: int, strategy: str):
+        self.n = num_clients
+        self.strategy = strategy
+
+    # -- function values --------------------------------------------------
+
+    def tf_function(self, node: bb.TensorFlowComputation) -> Lowered:
+        fn = node.function
+        t = node.type_signature
+
+        def call(arg):
+            leaves_in = [] if t.parameter is None else _leaves_for_tf(arg, t.parameter)
+            out = fn._tf_function(*leaves_in)
+            out = list(out) if isinstance(out, (list, tuple)) else [out]
+            return rebuild(out, t.result) if isinstance(t.result, StructType) else out[0]
+
+        def call_batched(arg):
+            if t.parameter is None:
+                raise NotVectorizable("a computation with no parameter")
+            if any(isinstance(leaf, SequenceType) for leaf in leaf_types(t.parameter)):
+                raise NotVectorizable(f"{node.name or 'a TF computation'} takes a dataset")
+            if not _is_batched(arg):
+                return call(arg)
+            flat_types = leaf_types(t.parameter)
+            arg_leaves = leaves(arg, t.parameter)
+            batched_idx = [i for i, a in enumerate(arg_leaves) if isinstance(a, Batched)]
+
+            def per_client(batched_leaves):
+                full = list(arg_leaves)
+                for i, v in zip(batched_idx, batched_leaves):
+                    full[i] = v
+                full = [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(full, flat_types)]
+                out = fn._tf_function(*full)
+                return list(out) if isinstance(out, (list, tuple)) else [out]
+
+            out = tf.vectorized_map(per_client, [arg_leaves[i].value for i in batched_idx])
+            out = [Batched(o) for o in out]
+            return rebuild(out, t.result) if isinstance(t.result, StructType) else out[0]
+
+        return Lowered(t, call, call_batched)
+
+    def lambda_(self, node: bb.Lambda, env: Dict[str, Any]) -> Lowered:
+        p, body = node.parameter_name, node.result
+
+        def call(arg):
+            return self.lower(body, env if p is None else {**env, p: arg})
+
+        return Lowered(node.type_signature, call, call)
+
+    # -- expressions ------------------------------------------------------
+
+    def lower(self, node: bb.BuildingBlock, env: Dict[str, Any]) -> Any:
+        match node:
+            case bb.Reference(name=name):
+                return env[name]
+            case bb.Selection(source=source, index=index):
+                value = self.lower(source, env)
+                if isinstance(value, Batched):
+                    return Batched(value.value[index])
+                if isinstance(value, Stacked):
+                    return Stacked(value.value[index])
+                return value[index]
+            case bb.Struct(elements=elements):
+                return Struct([(n, self.lower(e, env)) for n, e in elements])
+            case bb.Call(function=fn_node, argument=arg_node):
+                fn = self.lower(fn_node, env)
+                if arg_node is None:
+                    return fn(None)
+                arg = self.lower(arg_node, env)
+                if _is_batched(arg):
+                    return fn.batched(arg)
+                return fn(arg)
+            case bb.Lambda():
+                return self.lambda_(node, env)
+            case bb.Block(locals=locals_, result=result):
+                scope = dict(env)
+                for name, value in locals_:
+                    scope[name] = self.lower(value, scope)
+                return self.lower(result, scope)
+            case bb.Intrinsic(uri=uri, type_signature=t):
+                rule = lookup(uri).rules.get(NAME)
+                if rule is None:
+                    raise ExecutionError(f"the TensorFlow executor has no rule for {uri}")
+                if isinstance(t, FunctionType):
+                    batched_rule = BATCHED_RULES.get(uri)
+                    return Lowered(
+                        t,
+                        lambda arg: rule(self, arg, t),
+                        None if batched_rule is None else (lambda arg: batched_rule(self, arg, t)),
+                    )
+                return rule(self, None, t)
+            case bb.Literal(value=value, type_signature=t):
+                return tf.constant(value, dtype=t.tf_dtype)
+            case bb.Placement(placement=p):
+                return p
+            case bb.TensorFlowComputation():
+                return self.tf_function(node)
+        raise ExecutionError(f"the TensorFlow executor cannot lower {bb.to_string(node)}")
+
+    # -- clients ----------------------------------------------------------
+
+    def stacked(self, value: Any, t: FederatedType) -> Any:
+        """The stacked (clients-axis) form of a CLIENTS value, tiling all-equal ones."""
+        if isinstance(value, Stacked):
+            return value.value
+        if t.all_equal:
+            return _tile(value, self.n)
+        return value
+
+    def map_clients(self, fn: Lowered, value: Any, value_type: FederatedType, result_member: Type) -> Stacked:
+        members = self.stacked(value, value_type)
+        if self.strategy in ("auto", "vectorized") and self.n > 0:
+            try:
+                return Stacked(self._map_vectorized(fn, members))
+            except NotVectorizable as e:
+                if self.strategy == "vectorized":
+                    raise ExecutionError(f"strategy='vectorized' cannot run this client work: {e}") from None
+        return Stacked(self._map_sequential(fn, members, result_member))
+
+    def _map_vectorized(self, fn: Lowered, members: Any) -> Any:
+        out = fn.batched(_batched_view(members))
+        return _unwrap_batched(out, self.n)
+
+    def _map_sequential(self, fn: Lowered, members: Any, result_member: Type) -> Any:
+        specs = _spec_of(result_member)
+
+        def body(i):
+            out = fn(_client_view(members, i))
+            flat = _flat(out)
+            return [tf.convert_to_tensor(v, dtype=s.dtype) for v, s in zip(flat, specs)]
+
+        if self.n == 0:
+            flat = [tf.zeros([0] + [0 if d is None else d for d in (s.shape.as_list() or [])], s.dtype) for s in specs]
+        else:
+            flat = tf.map_fn(body, tf.range(self.n), fn_output_signature=specs)
+        return rebuild(list(flat), result_member) if isinstance(result_member, StructType) else flat[0]
+
+
+def _leaves_for_tf(value: Any, t: Type) -> List[Any]:
+    match t:
+        case StructType():
+            return [leaf for v, e in zip(value, t) for leaf in _leaves_for_tf(v, e)]
+        case SequenceType(element=e):
+            if not isinstance(value, tf.data.Dataset):
+                raise ExecutionError(f"expected a dataset for {t}, got {value!r}")
+            return [tf_bridge.conform_dataset(value, e)]
+        case TensorType():
+            return [tf.convert_to_tensor(value, dtype=t.tf_dtype)]
+    raise ExecutionError(f"cannot pass a value of type {t} to TensorFlow")
+
+
+# --------------------------------------------------------------------------
+# The executor.
+
+
+class TensorFlowExecutor:
+    """Compiles each computation into one tf.function and runs it.
+
+    ``strategy`` is 'auto' (vectorized where the client work allows it,
+    sequential elsewhere), 'sequential' or 'vectorized' (an error where it
+    can't apply).  ``num_clients`` is used when no argument is placed at CLIENTS.
+    """
+
+    name = NAME
+
+    def __init__(self, num_clients: Optional[int] = None, strategy: str = "auto"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if num_clients is not None and (not isinstance(num_clients, int) or num_clients < 0):
+            raise ValueError(f"num_clients must be a non-negative int, got {num_clients!r}")
+        self.num_clients = num_clients
+        self.strategy = strategy
+        self._programs: "weakref.WeakKeyDictionary[bb.BuildingBlock, Dict[Any, Any]]" = weakref.WeakKeyDictionary()
+        self.trace_count = 0
+
+    def __repr__(self) -> str:
+        return f"TensorFlowExecutor(num_clients={self.num_clients}, strategy={self.strategy!r})"
+
+    def execute(self, comp, argument, num_clients: Optional[int] = None):
+        n = num_clients if num_clients is not None else self.num_clients
+        t = comp.type_signature
+        layout = _Layout()
+        builder = None
+        if t.parameter is not None:
+            if n is None and _needs_clients(t.parameter):
+                raise ExecutionError("the number of clients is unknown; set TensorFlowExecutor(num_clients=N)")
+            builder = _encode(argument, t.parameter, n or 0, layout)
+        if n is None:
+            if _needs_clients(t.result) or _uses_client_count(comp.ir):
+                raise ExecutionError(
+                    "the number of clients cannot be inferred, since no argument is placed at CLIENTS; "
+                    "set it with TensorFlowExecutor(num_clients=N)"
+                )
+            n = 0
+        programs = self._programs.setdefault(comp.ir, {})
+        key = (n, tuple(layout.key))
+        program = programs.get(key)
+        if program is None:
+            program = self._compile(comp, builder, layout.specs, n)
+            programs[key] = program
+        try:
+            out = program(*layout.arrays)
+        except tf.errors.InvalidArgumentError as e:
+            raise ExecutionError(f"{comp.name} failed in the TensorFlow executor: {e.message}") from None
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        return _decode(out, t.result, n)
+
+    def _compile(self, comp, builder, specs, n: int):
+        ir = run_pipeline(comp.ir)
+        compiler = Compiler(n, self.strategy)
+        result_type = comp.type_signature.result
+
+        def program(*inputs):
+            self.trace_count += 1
+            fn = compiler.lower(ir, {})
+            if builder is None:
+                value = fn(None)
+            else:
+                value = fn(builder(iter(inputs)))
+            return _graph_outputs(value, result_type)
+
+        return tf.function(program, input_signature=specs, autograph=False)
+
+
+def _needs_clients(t: Type) -> bool:
+    match t:
+        case FederatedType(placement=p, all_equal=False):
+            return p is CLIENTS
+        case StructType():
+            return any(_needs_clients(e) for e in t)
+    return False
+
+
+def _uses_client_count(ir: bb.BuildingBlock) -> bool:
+    for node in bb.walk(ir):
+        if isinstance(node, bb.Intrinsic) and isinstance(node.type_signature, FunctionType):
+            if _needs_clients(node.type_signature.result) or _needs_clients(node.type_signature.parameter or StructType([])):
+                return True
+            if node.uri in ("federated_sum", "federated_mean", "federated_weighted_mean", "federated_aggregate",
+                            "federated_min", "federated_max", "federated_secure_sum"):
+                return True
+    return False
+
+
+def _graph_outputs(value: Any, t: Type) -> List[Any]:
+    match t:
+        case StructType():
+            return [leaf for v, e in zip(value, t) for leaf in _graph_outputs(v, e)]
+        case FederatedType(member=m, all_equal=False, placement=p) if p is CLIENTS:
+            stacked = value.value if isinstance(value, Stacked) else value
+            out = _graph_outputs(stacked, m)
+            return out
+        case FederatedType(member=m):
+            return _graph_outputs(value, m)
+        case SequenceType():
+            return [value]
+        case TensorType():
+            return [tf.convert_to_tensor(value, dtype=t.tf_dtype)]
+    raise ExecutionError(f"the TensorFlow executor cannot return a value of type {t}")
+
+
+def _decode_leaf(x: Any, t: Type) -> Any:
+    if isinstance(t, SequenceType):
+        return x
+    value = x.numpy() if hasattr(x, "numpy") else x
+    if t.dtype == "string":
+        if isinstance(value, bytes):
+            return value.decode()
+        return np.asarray(value, dtype=object)
+    return np.asarray(value)
+
+
+def _decode(out: List[Any], t: Type, n: int) -> Any:
+    it = iter(out)
+
+    def build(t, clients: bool):
+        match t:
+            case StructType():
+                parts = [(name, build(e, clients)) for name, e in t.elements]
+                if clients:
+                    return [Struct([(name, p[i]) for name, p in parts]) for i in range(n)]
+                return Struct(parts)
+            case FederatedType(member=m, all_equal=False, placement=p) if p is CLIENTS:
+                return build(m, True)
+            case FederatedType(member=m):
+                return build(m, clients)
+            case _:
+                leaf = _decode_leaf(next(it), t)
+                if clients:
+                    return [leaf[i] for i in range(n)]
+                return leaf
+
+    return build(t, False)
+
+
+# --------------------------------------------------------------------------
+# Intrinsic rules.
+
+rule = functools.partial(register_rule, NAME)
+BATCHED_RULES: Dict[str, Callable] = {}
+
+
+def batched_rule(uri: str):
+    def decorator(fn):
+        BATCHED_RULES[uri] = fn
+        return fn
+
+    return decorator
+
+
+@rule("federated_value_at_server")
+@rule("federated_value_at_clients")
+@rule("federated_broadcast")
+def _identity(c: Compiler, arg, t):
+    return arg
+
+
+@rule("federated_eval_at_server")
+def _eval_at_server(c: Compiler, fn, t):
+    return fn(None)
+
+
+@rule("federated_eval_at_clients")
+def _eval_at_clients(c: Compiler, fn, t):
+    specs = _spec_of(t.result.member)
+    if c.n == 0:
+        flat = [tf.zeros([0] + [0 if d is None else d for d in s.shape.as_list()], s.dtype) for s in specs]
+    else:
+        flat = tf.map_fn(lambda i: _flat(fn(None)), tf.range(c.n), fn_output_signature=specs)
+    member = t.result.member
+    return Stacked(rebuild(list(flat), member) if isinstance(member, StructType) else flat[0])
+
+
+@rule("federated_map")
+def _federated_map(c: Compiler, arg, t):
+    fn, value = arg
+    return c.map_clients(fn, value, t.parameter[1], t.result.member)
+
+
+@rule("federated_map_all_equal")
+@rule("federated_apply")
+def _apply(c: Compiler, arg, t):
+    fn, value = arg
+    return fn(value)
+
+
+@rule("federated_zip_at_clients")
+def _zip_at_clients(c: Compiler, arg, t):
+    return Stacked(Struct([(n, c.stacked(v, e)) for (n, e), v in zip(t.parameter.elements, arg)]))
+
+
+@rule("federated_zip_at_server")
+def _zip_at_server(c: Compiler, arg, t):
+    return arg
+
+
+def _reduce(fn: Callable[[tf.Tensor], tf.Tensor]):
+    def apply(c: Compiler, arg, t):
+        return _map_leaves(c.stacked(arg, t.parameter), fn)
+
+    return apply
+
+
+def _sum(x):
+    return tf.reduce_sum(x, axis=0)
+
+
+def _mean(x):
+    if not x.dtype.is_floating:
+        raise ExecutionError("federated_mean needs floating-point values")
+    return tf.reduce_mean(x, axis=0)
+
+
+rule("federated_sum")(_reduce(_sum))
+rule("federated_mean")(_reduce(_mean))
+rule("federated_min")(_reduce(lambda x: tf.reduce_min(x, axis=0)))
+rule("federated_max")(_reduce(lambda x: tf.reduce_max(x, axis=0)))
+
+
+@rule("federated_weighted_mean")
+def _weighted_mean(c: Compiler, arg, t):
+    values = c.stacked(arg[0], t.parameter[0])
+    weights = c.stacked(arg[1], t.parameter[1])
+
+    def weighted(x):
+        w = tf.cast(weights, x.dtype)
+        w = tf.reshape(w, [-1] + [1] * (x.shape.rank - 1))
+        return tf.reduce_sum(x * w, axis=0) / tf.reduce_sum(w)
+
+    return _map_leaves(values, weighted)
+
+
+@rule("federated_aggregate")
+def _aggregate(c: Compiler, arg, t):
+    values, zero, accumulate, merge, report = arg
+    members = c.stacked(values, t.parameter[0])
+    acc_type = t.parameter[1]
+    zero_flat = [tf.convert_to_tensor(z, dtype=lt.tf_dtype) for z, lt in zip(_flat(zero), leaf_types(acc_type))]
+
+    def body(i, *acc_flat):
+        acc = rebuild(list(acc_flat), acc_type) if isinstance(acc_type, StructType) else acc_flat[0]
+        new = accumulate(Struct.unnamed(acc, _client_view(members, i)))
+        return [i + 1] + [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(_flat(new), leaf_types(acc_type))]
+
+    invariants = [tf.TensorShape([])] + [
+        tf.TensorShape(None if lt.shape is None else list(lt.shape)) for lt in leaf_types(acc_type)
+    ]
+    out = tf.while_loop(
+        lambda i, *_: i < c.n, body, [tf.constant(0)] + zero_flat, shape_invariants=invariants
+    )
+    acc_flat = out[1:]
+    acc = rebuild(list(acc_flat), acc_type) if isinstance(acc_type, StructType) else acc_flat[0]
+    return report(acc)
+
+
+@rule("federated_secure_sum")
+def _secure_sum(c: Compiler, arg, t):
+    values, bound = arg
+    stacked = c.stacked(values, t.parameter[0])
+    value_leaves = _flat(stacked)
+    bound_leaves = _flat(bound) if isinstance(bound, Struct) else [bound] * len(value_leaves)
+    checks = []
+    for v, b in zip(value_leaves, bound_leaves):
+        b = tf.cast(b, v.dtype)
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.reduce_all((v >= 0) & (v <= b)),
+                True,
+                message="federated_secure_sum: a client value is outside the allowed range [0, max_input]",
+            )
+        )
+    with tf.control_dependencies(checks):
+        return _map_leaves(stacked, lambda x: tf.identity(tf.reduce_sum(x, axis=0)))
+
+
+def _dataset_fn(fn: Lowered, element_type: Type):
+    def apply(*element):
+        e = element[0] if len(element) == 1 else element
+        out = fn(tf_bridge.from_dataset_structure(e, element_type))
+        return tf_bridge.to_dataset_structure(out, fn.type_signature.result)
+
+    return apply
+
+
+@rule("sequence_map")
+def _sequence_map(c: Compiler, arg, t):
+    fn, ds = arg
+    return ds.map(_dataset_fn(fn, t.parameter[1].element))
+
+
+def _to_nest(value: Any) -> Any:
+    if isinstance(value, Struct):
+        return tuple(_to_nest(v) for v in value)
+    return value
+
+
+def _from_nest(nest: Any, t: Type) -> Any:
+    if isinstance(t, StructType):
+        return Struct([(n, _from_nest(v, e)) for (n, e), v in zip(t.elements, nest)])
+    return nest
+
+
+@rule("sequence_reduce")
+def _sequence_reduce(c: Compiler, arg, t):
+    ds, zero, op = arg
+    element_type, acc_type = t.parameter[0].element, t.parameter[1]
+
+    def step(acc, *element):
+        e = element[0] if len(element) == 1 else element
+        new = op(Struct.unnamed(_from_nest(acc, acc_type), tf_bridge.from_dataset_structure(e, element_type)))
+        return _to_nest(_cast_like(new, acc_type))
+
+    return _from_nest(ds.reduce(_to_nest(_cast_like(zero, acc_type)), step), acc_type)
+
+
+def _cast_like(value: Any, t: Type) -> Any:
+    if isinstance(t, StructType):
+        return Struct([(n, _cast_like(v, e)) for (n, e), v in zip(t.elements, value)])
+    return tf.convert_to_tensor(value, dtype=t.tf_dtype)
+
+
+@rule("sequence_sum")
+def _sequence_sum(c: Compiler, ds, t):
+    element_type = t.parameter.element
+    zero = _zeros(element_type)
+    return _from_nest(
+        ds.reduce(
+            _to_nest(zero),
+            lambda acc, *e: _to_nest(
+                _add(_from_nest(acc, element_type), tf_bridge.from_dataset_structure(e[0] if len(e) == 1 else e, element_type))
+            ),
+        ),
+        element_type,
+    )
+
+
+def _zeros(t: Type) -> Any:
+    if isinstance(t, StructType):
+        return Struct([(n, _zeros(e)) for n, e in t.elements])
+    if t.shape is None or any(d is None for d in t.shape):
+        raise ExecutionError(f"cannot build a zero of type {t}, whose shape is not fully known")
+    return tf.zeros(t.shape, t.tf_dtype)
+
+
+def _add(a: Any, b: Any) -> Any:
+    if isinstance(a, Struct):
+        return Struct([(n, _add(x, y)) for (n, x), y in zip(a.items(), b)])
+    return a + b
+
+
+@rule("generic_plus")
+def _generic_plus(c: Compiler, arg, t):
+    return _add(arg[0], arg[1])
+
+
+@rule("generic_zero")
+def _generic_zero(c: Compiler, arg, t):
+    return _zeros(t)
+
+
+# -- vectorized (clients-axis) rules for client-local intrinsics ------------
+
+
+@batched_rule("sequence_reduce")
+def _sequence_reduce_batched(c: Compiler, arg, t):
+    seq, zero, op = arg
+    if not isinstance(seq, BatchedSequence):
+        raise NotVectorizable("sequence_reduce over a dataset that is not client data")
+    element_type, acc_type = t.parameter[0].element, t.parameter[1]
+    acc_types = leaf_types(acc_type)
+    acc0 = [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(_flat(_unwrap_batched(zero, c.n)), acc_types)]
+    data = seq.data
+    dense = data.dense
+    steps = tf.shape(dense[0])[1]
+    lengths = data.lengths
+
+    def body(s, *acc_flat):
+        element = rebuild([Batched(d[:, s]) for d in dense], element_type)
+        if not isinstance(element_type, StructType):
+            element = _flat(element)[0]
+        acc = rebuild([Batched(a) for a in acc_flat], acc_type) if isinstance(acc_type, StructType) else Batched(acc_flat[0])
+        new = op.batched(Struct.unnamed(acc, element))
+        new_flat = [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(_flat(_unwrap_batched(new, c.n)), acc_types)]
+        active = tf.cast(s, lengths.dtype) < lengths
+        out = []
+        for old, updated in zip(acc_flat, new_flat):
+            mask = tf.reshape(active, [-1] + [1] * (updated.shape.rank - 1))
+            out.append(tf.where(mask, updated, old))
+        return [s + 1] + out
+
+    result = tf.while_loop(lambda s, *_: s < steps, body, [tf.constant(0)] + acc0)
+    flat = [Batched(a) for a in result[1:]]
+    return rebuild(flat, acc_type) if isinstance(acc_type, StructType) else flat[0]

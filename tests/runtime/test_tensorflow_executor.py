@@ -1,0 +1,116 @@
+"""The TensorFlow backend: conformance, compilation caching and both client strategies."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fedcore
+from fedcore.runtime.execution import execute
+from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.testing import conformance
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "auto"])
+@conformance.parametrize("case")
+def test_conformance(case, strategy):
+    conformance.run_case(case, lambda n: TensorFlowExecutor(num_clients=n, strategy=strategy))
+
+
+def test_unknown_strategy_is_rejected():
+    with pytest.raises(ValueError, match="unknown strategy 'fast'"):
+        TensorFlowExecutor(strategy="fast")
+
+
+# A client update written as a fold over the client's batches: the shape of
+# local training, which the vectorized strategy steps for all clients at once.
+@fedcore.tf_computation(tf.float32, fedcore.to_type((tf.float32, [None])))
+def _step(total, batch):
+    return total + tf.reduce_sum(batch) * 0.5
+
+
+@fedcore.federated_computation(fedcore.SequenceType(fedcore.to_type((tf.float32, [None]))))
+def _client_work(batches):
+    return fedcore.sequence_reduce(batches, 0.0, _step)
+
+
+@fedcore.federated_computation(fedcore.type_at_clients(fedcore.SequenceType(fedcore.to_type((tf.float32, [None])))))
+def _round(data):
+    return fedcore.federated_sum(fedcore.federated_map(_client_work, data))
+
+
+def _client_datasets(sizes, batch):
+    return [tf.data.Dataset.from_tensor_slices(np.arange(s, dtype=np.float32)).batch(batch) for s in sizes]
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "vectorized", "auto"])
+def test_unequal_dataset_lengths_match_the_reference(strategy):
+    # 2, 5 and 0 full batches of 4: unequal numbers of steps, equal element shapes.
+    data = _client_datasets([8, 20, 0], batch=4)
+    expected = _round(data)
+    got = execute(_round, (data,), {}, executor=TensorFlowExecutor(strategy=strategy))
+    assert got == pytest.approx(expected)
+    assert got == pytest.approx(0.5 * (sum(range(8)) + sum(range(20))))
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "auto"])
+def test_ragged_batches_run_sequentially(strategy):
+    # A partial last batch makes element shapes differ: only the sequential loop applies.
+    data = _client_datasets([7, 10], batch=4)
+    got = execute(_round, (data,), {}, executor=TensorFlowExecutor(strategy=strategy))
+    assert got == pytest.approx(0.5 * (sum(range(7)) + sum(range(10))))
+
+
+def test_forced_vectorized_strategy_reports_what_it_cannot_run():
+    data = _client_datasets([7, 10], batch=4)
+    with pytest.raises(fedcore.ExecutionError, match="strategy='vectorized'"):
+        execute(_round, (data,), {}, executor=TensorFlowExecutor(strategy="vectorized"))
+
+
+def test_repeated_rounds_never_retrace():
+    executor = TensorFlowExecutor()
+    for sizes in ([8, 12, 4], [4, 4, 16], [12, 8, 8]):
+        execute(_round, (_client_datasets(sizes, batch=4),), {}, executor=executor)
+    assert executor.trace_count == 1
+    # A different number of clients is a different program.
+    execute(_round, (_client_datasets([4, 4], batch=4),), {}, executor=executor)
+    assert executor.trace_count == 2
+
+
+def test_materialized_datasets_are_cached_and_shuffled_ones_are_not():
+    from fedcore.runtime import tf_values
+
+    plain = tf.data.Dataset.range(5).map(lambda x: tf.cast(x, tf.float32)).batch(5)
+    shuffled = tf.data.Dataset.range(5).map(lambda x: tf.cast(x, tf.float32)).shuffle(5).batch(5)
+    t = fedcore.to_type((tf.float32, [None]))
+    assert tf_values.client_elements(plain, t) is tf_values.client_elements(plain, t)
+    assert tf_values.client_elements(shuffled, t) is not tf_values.client_elements(shuffled, t)
+    assert tf_values._dataset_shuffles(shuffled)
+    assert not tf_values._dataset_shuffles(plain)
+
+
+def test_vectorized_and_sequential_agree_on_a_model_step():
+    @fedcore.tf_computation(fedcore.to_type((tf.float32, [3])), fedcore.to_type((tf.float32, [None, 3])))
+    def sgd_step(w, x):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            loss = tf.reduce_mean(tf.square(tf.linalg.matvec(x, w) - 1.0))
+        return w - 0.1 * tape.gradient(loss, w)
+
+    @fedcore.federated_computation(
+        fedcore.type_at_server(fedcore.to_type((tf.float32, [3]))),
+        fedcore.type_at_clients(fedcore.SequenceType(fedcore.to_type((tf.float32, [None, 3])))),
+    )
+    def train(w, data):
+        @fedcore.federated_computation(fedcore.to_type((tf.float32, [3])), fedcore.SequenceType(fedcore.to_type((tf.float32, [None, 3]))))
+        def local(w, batches):
+            return fedcore.sequence_reduce(batches, w, sgd_step)
+
+        return fedcore.federated_mean(fedcore.federated_map(local, fedcore.federated_zip([fedcore.federated_broadcast(w), data])))
+
+    rng = np.random.default_rng(0)
+    data = [tf.data.Dataset.from_tensor_slices(rng.normal(size=(n, 3)).astype(np.float32)).batch(2) for n in (4, 8, 2)]
+    w = np.zeros(3, np.float32)
+    expected = train(w, data)
+    for strategy in ("sequential", "vectorized"):
+        got = execute(train, (w, data), {}, executor=TensorFlowExecutor(strategy=strategy))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
