@@ -1,0 +1,244 @@
+"""Seconds per FedAvg round: fedcore's executors against hand-written TensorFlow.
+
+The workload is the seed tutorial's: EMNIST-shaped examples (pixels
+float32[28,28], label int32), 92 per client, preprocessed with repeat(10),
+flatten to 784, shuffle(500), batch(20); a Dense(10, softmax) layer with zero
+initial weights; client SGD at 0.02 and server SGD at 1.0.
+
+Run by hand:  python benchmarks/fedavg_round.py [--cohorts 3 10 100 1000] [--rounds 5]
+It prints a table of steady-state seconds per round (median over rounds after
+a warm-up round), milliseconds per client, and each figure's ratio to the
+hand-vectorized floor measured in the same run, and writes docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+import tensorflow as tf
+
+import fedcore
+from fedcore.runtime.execution import execute
+from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+
+EXAMPLES_PER_CLIENT = 92
+EPOCHS = 10
+SHUFFLE_BUFFER = 500
+BATCH = 20
+CLIENT_LR = 0.02
+SERVER_LR = 1.0
+
+MODEL_TYPE = fedcore.to_type(collections.OrderedDict(kernel=(tf.float32, [784, 10]), bias=(tf.float32, [10])))
+BATCH_TYPE = fedcore.to_type(collections.OrderedDict(x=(tf.float32, [None, 784]), y=(tf.int32, [None])))
+STATE_TYPE = fedcore.to_type(collections.OrderedDict(model=MODEL_TYPE, examples=tf.float32))
+
+
+def make_client_arrays(num_clients: int, seed: int = 0) -> List[Dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        dict(
+            pixels=rng.random((EXAMPLES_PER_CLIENT, 28, 28), dtype=np.float32),
+            label=rng.integers(0, 10, EXAMPLES_PER_CLIENT).astype(np.int32),
+        )
+        for _ in range(num_clients)
+    ]
+
+
+def preprocess(arrays: Dict[str, np.ndarray]) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices(arrays)
+    return (
+        ds.repeat(EPOCHS)
+        .map(lambda e: collections.OrderedDict(x=tf.reshape(e["pixels"], [784]), y=e["label"]))
+        .shuffle(SHUFFLE_BUFFER)
+        .batch(BATCH)
+    )
+
+
+def loss_fn(kernel, bias, x, y):
+    probs = tf.nn.softmax(tf.matmul(x, kernel) + bias)
+    return tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, probs))
+
+
+# --------------------------------------------------------------------------
+# FedAvg written on fedcore's public core.
+
+
+@fedcore.tf_computation(STATE_TYPE, BATCH_TYPE)
+def batch_train(state, batch):
+    model = state["model"] if isinstance(state, dict) else state.model
+    with tf.GradientTape() as tape:
+        tape.watch([model["kernel"], model["bias"]])
+        loss = loss_fn(model["kernel"], model["bias"], batch["x"], batch["y"])
+    g_kernel, g_bias = tape.gradient(loss, [model["kernel"], model["bias"]])
+    return collections.OrderedDict(
+        model=collections.OrderedDict(kernel=model["kernel"] - CLIENT_LR * g_kernel, bias=model["bias"] - CLIENT_LR * g_bias),
+        examples=state["examples"] + tf.cast(tf.shape(batch["y"])[0], tf.float32),
+    )
+
+
+@fedcore.tf_computation(MODEL_TYPE)
+def start_state(model):
+    return collections.OrderedDict(model=model, examples=tf.constant(0.0))
+
+
+@fedcore.federated_computation(MODEL_TYPE, fedcore.SequenceType(BATCH_TYPE))
+def client_update(model, batches):
+    return fedcore.sequence_reduce(batches, start_state(model), batch_train)
+
+
+@fedcore.tf_computation(MODEL_TYPE, MODEL_TYPE)
+def server_update(model, mean_client_model):
+    return collections.OrderedDict(
+        kernel=model["kernel"] + SERVER_LR * (mean_client_model["kernel"] - model["kernel"]),
+        bias=model["bias"] + SERVER_LR * (mean_client_model["bias"] - model["bias"]),
+    )
+
+
+@fedcore.federated_computation(fedcore.type_at_server(MODEL_TYPE), fedcore.type_at_clients(fedcore.SequenceType(BATCH_TYPE)))
+def fedavg_round(model, data):
+    states = fedcore.federated_map(client_update, fedcore.federated_zip([fedcore.federated_broadcast(model), data]))
+    mean_model = fedcore.federated_mean(states.model, states.examples)
+    return fedcore.federated_map(server_update, fedcore.federated_zip([model, mean_model]))
+
+
+# --------------------------------------------------------------------------
+# Hand-written baselines.
+
+
+@tf.function
+def _client_train(kernel, bias, ds):
+    examples = tf.constant(0.0)
+    for batch in ds:
+        with tf.GradientTape() as tape:
+            tape.watch([kernel, bias])
+            loss = loss_fn(kernel, bias, batch["x"], batch["y"])
+        g_kernel, g_bias = tape.gradient(loss, [kernel, bias])
+        kernel = kernel - CLIENT_LR * g_kernel
+        bias = bias - CLIENT_LR * g_bias
+        examples += tf.cast(tf.shape(batch["y"])[0], tf.float32)
+    return kernel, bias, examples
+
+
+def plain_tf_round(model, datasets):
+    kernels, biases, weights = [], [], []
+    for ds in datasets:
+        k, b, n = _client_train(model["kernel"], model["bias"], ds)
+        kernels.append(k)
+        biases.append(b)
+        weights.append(n)
+    w = tf.stack(weights)
+    mean_k = tf.tensordot(w, tf.stack(kernels), 1) / tf.reduce_sum(w)
+    mean_b = tf.tensordot(w, tf.stack(biases), 1) / tf.reduce_sum(w)
+    return dict(kernel=model["kernel"] + SERVER_LR * (mean_k - model["kernel"]), bias=model["bias"] + SERVER_LR * (mean_b - model["bias"]))
+
+
+@tf.function
+def _vectorized_round(kernel, bias, xs, ys):
+    # xs: [clients, steps, batch, 784], ys: [clients, steps, batch]
+    n = tf.shape(xs)[0]
+    k = tf.repeat(kernel[None], n, axis=0)
+    b = tf.repeat(bias[None], n, axis=0)
+    for s in tf.range(tf.shape(xs)[1]):
+        x, y = xs[:, s], ys[:, s]
+        with tf.GradientTape() as tape:
+            tape.watch([k, b])
+            probs = tf.nn.softmax(tf.einsum("cbi,cio->cbo", x, k) + b[:, None, :])
+            per_client = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, probs), axis=1)
+            loss = tf.reduce_sum(per_client)
+        g_k, g_b = tape.gradient(loss, [k, b])
+        k = k - CLIENT_LR * g_k
+        b = b - CLIENT_LR * g_b
+    mean_k, mean_b = tf.reduce_mean(k, axis=0), tf.reduce_mean(b, axis=0)
+    return kernel + SERVER_LR * (mean_k - kernel), bias + SERVER_LR * (mean_b - bias)
+
+
+def materialize_for_floor(datasets):
+    xs, ys = [], []
+    for ds in datasets:
+        batches = list(ds.as_numpy_iterator())
+        xs.append(np.stack([b["x"] for b in batches]))
+        ys.append(np.stack([b["y"] for b in batches]))
+    return tf.constant(np.stack(xs)), tf.constant(np.stack(ys))
+
+
+# --------------------------------------------------------------------------
+# Timing.
+
+
+def time_rounds(run_round: Callable[[], None], rounds: int) -> float:
+    run_round()  # warm-up: tracing, compilation, first materialization
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run_round()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def zero_model():
+    return collections.OrderedDict(kernel=np.zeros((784, 10), np.float32), bias=np.zeros(10, np.float32))
+
+
+def bench_cohort(n: int, rounds: int, include_reference: bool) -> Dict[str, float]:
+    arrays = make_client_arrays(n)
+    datasets = [preprocess(a) for a in arrays]
+    results: Dict[str, float] = {}
+    xs, ys = materialize_for_floor(datasets)
+    z = zero_model()
+    results["hand-vectorized floor"] = time_rounds(lambda: _vectorized_round(z["kernel"], z["bias"], xs, ys), rounds)
+    results["plain TF loop (per-client tf.function)"] = time_rounds(lambda: plain_tf_round(z, datasets), rounds)
+    for strategy in ("vectorized", "sequential"):
+        executor = TensorFlowExecutor(strategy=strategy)
+        results[f"fedcore TF executor, {strategy}"] = time_rounds(
+            lambda: execute(fedavg_round, (z, datasets), {}, executor=executor), rounds
+        )
+    if include_reference:
+        ref = fedcore.ReferenceExecutor()
+        results["fedcore reference executor"] = time_rounds(
+            lambda: execute(fedavg_round, (z, datasets), {}, executor=ref), max(1, min(rounds, 2))
+        )
+    return results
+
+
+def machine() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    device = f"{len(gpus)} GPU(s): {', '.join(g.name for g in gpus)}" if gpus else "CPU only"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {device}, Python {platform.python_version()}, TensorFlow {tf.__version__}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cohorts", type=int, nargs="+", default=[3, 10, 100, 1000])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reference-max", type=int, default=100, help="largest cohort to time the reference executor on")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"))
+    args = parser.parse_args(argv)
+    lines = [
+        "| clients | executor | s / round | ms / client | × floor |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for n in args.cohorts:
+        results = bench_cohort(n, args.rounds, n <= args.reference_max)
+        floor = results["hand-vectorized floor"]
+        for name, seconds in results.items():
+            row = f"| {n} | {name} | {seconds:.4f} | {1000 * seconds / n:.3f} | {seconds / floor:.2f} |"
+            lines.append(row)
+            print(row, flush=True)
+    text = "\n".join(lines)
+    print(text)
+    with open(args.out, "w") as f:
+        f.write("# Benchmarks\n\nGenerated by `python benchmarks/fedavg_round.py`.\n\n")
+        f.write(f"Machine: {machine()}\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
