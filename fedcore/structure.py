@@ -146,3 +146,14 @@ def build_container(container: Optional[type], items: Sequence[Tuple[Optional[st
     if issubclass(container, (list, tuple)):
         return container(v for _, v in items)
     return Struct(items)
+
+
+def items_by_names(value: Any, names: Sequence[Optional[str]]) -> Optional[Sequence[Tuple[Optional[str], Any]]]:
+    """``python_items(value)``, with a dict's items put in the order of ``names`` where they are keys.
+
+    Dicts may list their keys in any order; a struct type fixes the order.
+    """
+    items = python_items(value)
+    if items is not None and isinstance(value, dict):
+        items = [(n, value[n]) if n is not None and n in value else item for n, item in zip(names, items)]
+    return items

@@ -16,7 +16,7 @@ import attrs
 import numpy as np
 import tensorflow as tf
 
-from fedcore.structure import Struct, build_container, python_items
+from fedcore.structure import Struct, build_container, items_by_names, python_items
 from fedcore.types import SequenceType, StructType, TensorType, Type, to_type
 
 
@@ -147,11 +147,9 @@ def conform_dataset(ds: tf.data.Dataset, element_type: Type) -> tf.data.Dataset:
 
 def _restructure(value: Any, t: Type) -> Any:
     if isinstance(t, StructType):
-        items = python_items(value)
+        items = items_by_names(value, t.names())
         if items is None or len(items) != len(t):
             raise TypeError(f"dataset element {value!r} does not match element type {t}")
-        if isinstance(value, dict):
-            items = [(n, value[n]) if n is not None and n in value else item for n, item in zip(t.names(), items)]
         return build_container(
             element_container(t), [(n, _restructure(v, e)) for (n, e), (_, v) in zip(t.elements, items)]
         )
@@ -200,8 +198,6 @@ def to_dataset_structure(value: Any, t: Type) -> Any:
 def from_dataset_structure(value: Any, t: Type) -> Any:
     """Dataset element containers -> internal Struct values."""
     if isinstance(t, StructType):
-        items = python_items(value)
-        if isinstance(value, dict):
-            items = [(n, value[n]) if n in value else item for n, item in zip(t.names(), items)]
+        items = items_by_names(value, t.names())
         return Struct([(n, from_dataset_structure(v, e)) for (n, e), (_, v) in zip(t.elements, items)])
     return value

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from fedcore.compiler import context
 from fedcore.compiler import tf_bridge
-from fedcore.structure import python_items
+from fedcore.structure import items_by_names, python_items
 from fedcore.types import SequenceType, StructType, TensorType, Type
 
 
@@ -68,11 +68,9 @@ def _leaves_of_user_value(value: Any, t: Optional[Type], name: str) -> List[Any]
         return []
     match t:
         case StructType():
-            items = python_items(value)
+            items = items_by_names(value, t.names())
             if items is None or len(items) != len(t):
                 raise context.type_error(f"{name} expects a value of type {t}, got {value!r}")
-            if isinstance(value, dict):
-                items = [(n, value[n]) if n in value else item for n, item in zip(t.names(), items)]
             return [leaf for (_, v), e in zip(items, t) for leaf in _leaves_of_user_value(v, e, name)]
         case SequenceType(element=e):
             if not isinstance(value, tf.data.Dataset):

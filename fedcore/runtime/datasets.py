@@ -9,15 +9,13 @@ import numpy as np
 import tensorflow as tf
 
 from fedcore.compiler import tf_bridge
-from fedcore.structure import Struct, python_items
+from fedcore.structure import Struct, items_by_names, python_items
 from fedcore.types import StructType, TensorType, Type
 
 
 def _canonical_element(value: Any, t: Type) -> Any:
     if isinstance(t, StructType):
-        items = python_items(value)
-        if isinstance(value, dict):
-            items = [(n, value[n]) if n in value else item for n, item in zip(t.names(), items)]
+        items = items_by_names(value, t.names())
         return Struct([(n, _canonical_element(v, e)) for (n, e), (_, v) in zip(t.elements, items)])
     if isinstance(t, TensorType) and t.dtype == "string":
         arr = np.asarray(value)
@@ -64,3 +62,15 @@ def make_dataset(seq: Any, element_type: Type) -> tf.data.Dataset:
     parts = [tf.data.Dataset.from_tensors(_user_element(e, element_type)) for e in seq]
     ds = functools.reduce(lambda a, b: a.concatenate(b), parts)
     return ds
+
+
+def from_tf_leaf(leaf: Any, t: Type) -> Any:
+    """A tensor (or dataset) that TensorFlow returned, as a canonical value of type ``t``."""
+    if not isinstance(t, TensorType):
+        return leaf
+    value = leaf.numpy() if hasattr(leaf, "numpy") else leaf
+    if t.dtype == "string":
+        if isinstance(value, bytes):
+            return value.decode()
+        return np.asarray(value, dtype=object)
+    return np.asarray(value)

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler.intrinsics import register_rule
-from fedcore.runtime.datasets import make_dataset, sequence_elements
+from fedcore.runtime.datasets import from_tf_leaf, make_dataset, sequence_elements
 from fedcore.runtime.executor import ExecutionError
 from fedcore.structure import Struct
 from fedcore.types import (
@@ -149,17 +149,6 @@ def _to_tf_leaves(value: Any, t: Type) -> List[Any]:
     raise ExecutionError(f"cannot pass a value of type {t} to TensorFlow")
 
 
-def _from_tf_leaf(leaf: Any, t: Type) -> Any:
-    if isinstance(t, SequenceType):
-        return leaf
-    value = leaf.numpy()
-    if t.dtype == "string":
-        if isinstance(value, bytes):
-            return value.decode()
-        return value.astype(object)
-    return np.asarray(value)
-
-
 def call_tf(node: bb.TensorFlowComputation, arg: Any) -> Any:
     fn = node.function
     parameter = node.type_signature.parameter
@@ -171,7 +160,7 @@ def call_tf(node: bb.TensorFlowComputation, arg: Any) -> Any:
     def build(t):
         if isinstance(t, StructType):
             return Struct([(n, build(e)) for n, e in t.elements])
-        return _from_tf_leaf(next(it), t)
+        return from_tf_leaf(next(it), t)
 
     return build(result_type)
 

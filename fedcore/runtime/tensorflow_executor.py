@@ -29,7 +29,7 @@ from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.intrinsics import lookup, register_rule
 from fedcore.compiler.transformations import run_pipeline
-from fedcore.runtime.datasets import make_dataset
+from fedcore.runtime.datasets import from_tf_leaf, make_dataset
 from fedcore.runtime.executor import ExecutionError
 from fedcore.runtime.tf_values import (
     Batched,
@@ -514,17 +514,6 @@ def _graph_outputs(value: Any, t: Type) -> List[Any]:
     raise ExecutionError(f"the TensorFlow executor cannot return a value of type {t}")
 
 
-def _decode_leaf(x: Any, t: Type) -> Any:
-    if isinstance(t, SequenceType):
-        return x
-    value = x.numpy() if hasattr(x, "numpy") else x
-    if t.dtype == "string":
-        if isinstance(value, bytes):
-            return value.decode()
-        return np.asarray(value, dtype=object)
-    return np.asarray(value)
-
-
 def _decode(out: List[Any], t: Type, n: int) -> Any:
     it = iter(out)
 
@@ -540,7 +529,7 @@ def _decode(out: List[Any], t: Type, n: int) -> Any:
             case FederatedType(member=m):
                 return build(m, clients)
             case _:
-                leaf = _decode_leaf(next(it), t)
+                leaf = from_tf_leaf(next(it), t)
                 if clients:
                     return [leaf[i] for i in range(n)]
                 return leaf
