@@ -239,20 +239,35 @@ def call_traced(fn_node, name, fn_type: FunctionType, args, kwargs, parameter_na
     return Value(ctx.bind(call))
 
 
-def pack_arguments_as_node(name, fn_type: FunctionType, args, kwargs, parameter_names):
-    parameter = fn_type.parameter
+def arrange_arguments(name, parameter: Optional[Type], args, kwargs, parameter_names, error=context.type_error):
+    """Arranges a call's Python arguments for a computation's one parameter.
+
+    Returns ``(None, False)`` for no parameter, ``(argument, False)`` when the
+    single argument is the whole parameter, and ``(Struct, True)`` when several
+    arguments (or keywords) fill the elements of a struct parameter.  Shared by
+    tracing, execution and calls from inside TF code; ``error`` makes the
+    exception for a wrong number of arguments.
+    """
     if parameter is None:
         if args or kwargs:
-            raise context.type_error(f"{name} takes no arguments, got {len(args) + len(kwargs)}")
-        return None
+            raise error(f"{name} takes no arguments, got {len(args) + len(kwargs)}")
+        return None, False
     if not args and not kwargs:
-        raise context.type_error(f"{name} expects an argument of type {parameter}, got none")
+        raise error(f"{name} expects an argument of type {parameter}, got none")
     if len(args) == 1 and not kwargs and parameter_names is None:
-        return to_node(args[0], f"argument of {name}")
+        return args[0], False
     if not isinstance(parameter, StructType):
-        raise context.type_error(f"{name} expects one argument of type {parameter}, got {len(args) + len(kwargs)}")
-    items = _match_arguments(name, parameter, args, kwargs)
-    return bb.Struct([(n, to_node(v, f"argument of {name}")) for n, v in items])
+        raise error(f"{name} expects one argument of type {parameter}, got {len(args) + len(kwargs)}")
+    return Struct(_match_arguments(name, parameter, args, kwargs)), True
+
+
+def pack_arguments_as_node(name, fn_type: FunctionType, args, kwargs, parameter_names):
+    value, packed = arrange_arguments(name, fn_type.parameter, args, kwargs, parameter_names)
+    if value is None and not packed:
+        return None
+    if packed:
+        return bb.Struct([(n, to_node(v, f"argument of {name}")) for n, v in value.items()])
+    return to_node(value, f"argument of {name}")
 
 
 def _match_arguments(name: str, parameter: StructType, args, kwargs) -> List[Tuple[Optional[str], Any]]:
@@ -283,13 +298,7 @@ def call_inside_tf(comp: Computation, args, kwargs):
     ir = comp.ir
     if not isinstance(ir, bb.TensorFlowComputation):
         raise context.type_error(f"{comp.name} is a federated computation; it cannot be called from TensorFlow code")
-    parameter = comp.type_signature.parameter
-    if parameter is None:
-        value = None
-    elif len(args) == 1 and not kwargs and comp._parameter_names is None:
-        value = args[0]
-    else:
-        value = Struct(_match_arguments(comp.name, parameter, args, kwargs))
+    value, _ = arrange_arguments(comp.name, comp.type_signature.parameter, args, kwargs, comp._parameter_names)
     return ir.function.call_structured(value)
 
 

@@ -119,14 +119,16 @@ def unflatten(leaves: List[Any], t: Optional[Type], leaf_fn=lambda x, _: x) -> A
     return None if t is None else build(t)
 
 
+def _to_containers(value: Any, t: Type, container_of) -> Any:
+    if isinstance(t, StructType):
+        items = [(n, _to_containers(v, e, container_of)) for (n, e), v in zip(t.elements, value)]
+        return build_container(container_of(t), items)
+    return value
+
+
 def to_user_structure(value: Any, t: Type) -> Any:
     """Internal Struct values -> the user's containers (Struct when none), for TF code."""
-    if isinstance(t, StructType):
-        items = [(n, to_user_structure(v, e)) for (n, e), v in zip(t.elements, value)]
-        if t.container is None:
-            return Struct(items)
-        return build_container(t.container, items)
-    return value
+    return _to_containers(value, t, lambda s: s.container or Struct)
 
 
 def conform_dataset(ds: tf.data.Dataset, element_type: Type) -> tf.data.Dataset:
@@ -190,9 +192,7 @@ def infer_tf_result(value: Any) -> Tuple[Type, List[Any]]:
 
 def to_dataset_structure(value: Any, t: Type) -> Any:
     """Internal Struct values -> the containers that dataset elements of type ``t`` use."""
-    if isinstance(t, StructType):
-        return build_container(element_container(t), [(n, to_dataset_structure(v, e)) for (n, e), v in zip(t.elements, value)])
-    return value
+    return _to_containers(value, t, element_container)
 
 
 def from_dataset_structure(value: Any, t: Type) -> Any:

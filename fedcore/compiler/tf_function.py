@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from fedcore.compiler import context
 from fedcore.compiler import tf_bridge
-from fedcore.structure import items_by_names, python_items
+from fedcore.structure import items_by_names
 from fedcore.types import SequenceType, StructType, TensorType, Type
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from fedcore.compiler import tf_bridge
-from fedcore.structure import Struct, items_by_names, python_items
-from fedcore.types import StructType, TensorType, Type
+from fedcore.structure import Struct, items_by_names
+from fedcore.types import SequenceType, StructType, TensorType, Type
 
 
 def _canonical_element(value: Any, t: Type) -> Any:
@@ -62,6 +62,17 @@ def make_dataset(seq: Any, element_type: Type) -> tf.data.Dataset:
     parts = [tf.data.Dataset.from_tensors(_user_element(e, element_type)) for e in seq]
     ds = functools.reduce(lambda a, b: a.concatenate(b), parts)
     return ds
+
+
+def to_tf_leaves(value: Any, t: Type) -> List[Any]:
+    """The flat tensors and datasets that a TF computation of parameter type ``t`` takes."""
+    if isinstance(t, StructType):
+        return [leaf for v, e in zip(value, t) for leaf in to_tf_leaves(v, e)]
+    if isinstance(t, SequenceType):
+        return [make_dataset(value, t.element)]
+    if isinstance(t, TensorType):
+        return [tf.convert_to_tensor(value, dtype=t.tf_dtype)]
+    raise TypeError(f"cannot pass a value of type {t} to TensorFlow")
 
 
 def from_tf_leaf(leaf: Any, t: Type) -> Any:

@@ -54,25 +54,13 @@ def current_executor():
 
 def pack_argument(comp, args, kwargs) -> Any:
     """Packs Python arguments into one canonical value of the parameter type."""
-    from fedcore.compiler.computation import _match_arguments
+    from fedcore.compiler.computation import arrange_arguments
 
     parameter = comp.type_signature.parameter
+    value, packed = arrange_arguments(comp.name, parameter, args, kwargs, comp._parameter_names, values.ArgumentError)
     if parameter is None:
-        if args or kwargs:
-            raise values.ArgumentError(f"{comp.name} takes no arguments, got {len(args) + len(kwargs)}")
         return None
-    if not args and not kwargs:
-        raise values.ArgumentError(f"{comp.name} expects an argument of type {parameter}, got none")
-    if len(args) == 1 and not kwargs and comp._parameter_names is None:
-        return values.to_internal(args[0], parameter, f"argument of {comp.name}")
-    if not isinstance(parameter, values.StructType):
-        raise values.ArgumentError(
-            f"{comp.name} expects one argument of type {parameter}, got {len(args) + len(kwargs)}"
-        )
-    items = _match_arguments(comp.name, parameter, args, kwargs)
-    from fedcore.structure import Struct
-
-    return values.to_internal(Struct(items), parameter, f"arguments of {comp.name}")
+    return values.to_internal(value, parameter, f"arguments of {comp.name}" if packed else f"argument of {comp.name}")
 
 
 def execute(comp, args, kwargs, executor: Optional[Any] = None) -> Any:

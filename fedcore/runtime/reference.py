@@ -14,18 +14,17 @@ import functools
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from fedcore.compiler import building_blocks as bb
+from fedcore.compiler import tf_bridge
 from fedcore.compiler.intrinsics import register_rule
-from fedcore.runtime.datasets import from_tf_leaf, make_dataset, sequence_elements
+from fedcore.runtime.datasets import from_tf_leaf, sequence_elements, to_tf_leaves
 from fedcore.runtime.executor import ExecutionError
 from fedcore.structure import Struct
 from fedcore.types import (
     CLIENTS,
     FederatedType,
     FunctionType,
-    SequenceType,
     StructType,
     TensorType,
     Type,
@@ -138,31 +137,10 @@ class Interpreter:
 # TensorFlow computations.
 
 
-def _to_tf_leaves(value: Any, t: Type) -> List[Any]:
-    match t:
-        case StructType():
-            return [leaf for v, e in zip(value, t) for leaf in _to_tf_leaves(v, e)]
-        case SequenceType(element=e):
-            return [make_dataset(value, e)]
-        case TensorType():
-            return [tf.constant(value, dtype=t.tf_dtype)]
-    raise ExecutionError(f"cannot pass a value of type {t} to TensorFlow")
-
-
 def call_tf(node: bb.TensorFlowComputation, arg: Any) -> Any:
-    fn = node.function
     parameter = node.type_signature.parameter
-    leaves = [] if parameter is None else _to_tf_leaves(arg, parameter)
-    out = fn.call_leaves(leaves)
-    result_type = node.type_signature.result
-    it = iter(out)
-
-    def build(t):
-        if isinstance(t, StructType):
-            return Struct([(n, build(e)) for n, e in t.elements])
-        return from_tf_leaf(next(it), t)
-
-    return build(result_type)
+    leaves = [] if parameter is None else to_tf_leaves(arg, parameter)
+    return tf_bridge.unflatten(node.function.call_leaves(leaves), node.type_signature.result, from_tf_leaf)
 
 
 # --------------------------------------------------------------------------

@@ -29,20 +29,19 @@ from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.intrinsics import lookup, register_rule
 from fedcore.compiler.transformations import run_pipeline
-from fedcore.runtime.datasets import from_tf_leaf, make_dataset
+from fedcore.runtime.datasets import from_tf_leaf, make_dataset, to_tf_leaves
 from fedcore.runtime.executor import ExecutionError
 from fedcore.runtime.tf_values import (
     Batched,
     ClientSequences,
-    SequenceData,
     Stacked,
     leaf_types,
-    leaves,
     materialize,
-    rebuild,
     sequence_tensor_specs,
 )
 from fedcore.structure import Struct
+
+flatten, unflatten = tf_bridge.flatten, tf_bridge.unflatten
 from fedcore.types import (
     CLIENTS,
     FederatedType,
@@ -215,6 +214,21 @@ def _unwrap_batched(value: Any, n: int) -> Any:
     return _tile(value, n)
 
 
+def _cast_flat(value: Any, t: Type) -> List[tf.Tensor]:
+    """The leaves of an in-graph value as tensors of ``t``'s dtypes."""
+    return [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(_flat(value), leaf_types(t))]
+
+
+def _over_clients(n: int, body: Callable[[tf.Tensor], List[Any]], t: Type) -> Any:
+    """``body(i)`` for every client i in a graph loop, stacked into a value of member type ``t``."""
+    specs = _spec_of(t)
+    if n == 0:
+        flat = [tf.zeros([0] + [0 if d is None else d for d in (s.shape.as_list() or [])], s.dtype) for s in specs]
+    else:
+        flat = tf.map_fn(lambda i: _cast_flat(body(i), t), tf.range(n), fn_output_signature=specs)
+    return unflatten(list(flat), t)
+
+
 def _spec_of(t: Type) -> List[tf.TensorSpec]:
     out = []
     for leaf in leaf_types(t):
@@ -264,10 +278,10 @@ class Compiler:
         t = node.type_signature
 
         def call(arg):
-            leaves_in = [] if t.parameter is None else _leaves_for_tf(arg, t.parameter)
+            leaves_in = [] if t.parameter is None else to_tf_leaves(arg, t.parameter)
             out = fn._tf_function(*leaves_in)
             out = list(out) if isinstance(out, (list, tuple)) else [out]
-            return rebuild(out, t.result) if isinstance(t.result, StructType) else out[0]
+            return unflatten(out, t.result)
 
         def call_batched(arg):
             if t.parameter is None:
@@ -277,7 +291,7 @@ class Compiler:
             if not _is_batched(arg):
                 return call(arg)
             flat_types = leaf_types(t.parameter)
-            arg_leaves = leaves(arg, t.parameter)
+            arg_leaves = flatten(arg, t.parameter)
             batched_idx = [i for i, a in enumerate(arg_leaves) if isinstance(a, Batched)]
 
             def per_client(batched_leaves):
@@ -290,7 +304,7 @@ class Compiler:
 
             out = tf.vectorized_map(per_client, [arg_leaves[i].value for i in batched_idx])
             out = [Batched(o) for o in out]
-            return rebuild(out, t.result) if isinstance(t.result, StructType) else out[0]
+            return unflatten(out, t.result)
 
         return Lowered(t, call, call_batched)
 
@@ -377,31 +391,7 @@ class Compiler:
         return _unwrap_batched(out, self.n)
 
     def _map_sequential(self, fn: Lowered, members: Any, result_member: Type) -> Any:
-        specs = _spec_of(result_member)
-
-        def body(i):
-            out = fn(_client_view(members, i))
-            flat = _flat(out)
-            return [tf.convert_to_tensor(v, dtype=s.dtype) for v, s in zip(flat, specs)]
-
-        if self.n == 0:
-            flat = [tf.zeros([0] + [0 if d is None else d for d in (s.shape.as_list() or [])], s.dtype) for s in specs]
-        else:
-            flat = tf.map_fn(body, tf.range(self.n), fn_output_signature=specs)
-        return rebuild(list(flat), result_member) if isinstance(result_member, StructType) else flat[0]
-
-
-def _leaves_for_tf(value: Any, t: Type) -> List[Any]:
-    match t:
-        case StructType():
-            return [leaf for v, e in zip(value, t) for leaf in _leaves_for_tf(v, e)]
-        case SequenceType(element=e):
-            if not isinstance(value, tf.data.Dataset):
-                raise ExecutionError(f"expected a dataset for {t}, got {value!r}")
-            return [tf_bridge.conform_dataset(value, e)]
-        case TensorType():
-            return [tf.convert_to_tensor(value, dtype=t.tf_dtype)]
-    raise ExecutionError(f"cannot pass a value of type {t} to TensorFlow")
+        return _over_clients(self.n, lambda i: fn(_client_view(members, i)), result_member)
 
 
 # --------------------------------------------------------------------------
@@ -566,13 +556,7 @@ def _eval_at_server(c: Compiler, fn, t):
 
 @rule("federated_eval_at_clients")
 def _eval_at_clients(c: Compiler, fn, t):
-    specs = _spec_of(t.result.member)
-    if c.n == 0:
-        flat = [tf.zeros([0] + [0 if d is None else d for d in s.shape.as_list()], s.dtype) for s in specs]
-    else:
-        flat = tf.map_fn(lambda i: _flat(fn(None)), tf.range(c.n), fn_output_signature=specs)
-    member = t.result.member
-    return Stacked(rebuild(list(flat), member) if isinstance(member, StructType) else flat[0])
+    return Stacked(_over_clients(c.n, lambda i: fn(None), t.result.member))
 
 
 @rule("federated_map")
@@ -639,12 +623,12 @@ def _aggregate(c: Compiler, arg, t):
     values, zero, accumulate, merge, report = arg
     members = c.stacked(values, t.parameter[0])
     acc_type = t.parameter[1]
-    zero_flat = [tf.convert_to_tensor(z, dtype=lt.tf_dtype) for z, lt in zip(_flat(zero), leaf_types(acc_type))]
+    zero_flat = _cast_flat(zero, acc_type)
 
     def body(i, *acc_flat):
-        acc = rebuild(list(acc_flat), acc_type) if isinstance(acc_type, StructType) else acc_flat[0]
+        acc = unflatten(list(acc_flat), acc_type)
         new = accumulate(Struct.unnamed(acc, _client_view(members, i)))
-        return [i + 1] + [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(_flat(new), leaf_types(acc_type))]
+        return [i + 1] + _cast_flat(new, acc_type)
 
     invariants = [tf.TensorShape([])] + [
         tf.TensorShape(None if lt.shape is None else list(lt.shape)) for lt in leaf_types(acc_type)
@@ -653,7 +637,7 @@ def _aggregate(c: Compiler, arg, t):
         lambda i, *_: i < c.n, body, [tf.constant(0)] + zero_flat, shape_invariants=invariants
     )
     acc_flat = out[1:]
-    acc = rebuild(list(acc_flat), acc_type) if isinstance(acc_type, StructType) else acc_flat[0]
+    acc = unflatten(list(acc_flat), acc_type)
     return report(acc)
 
 
@@ -771,20 +755,17 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
     if not isinstance(seq, BatchedSequence):
         raise NotVectorizable("sequence_reduce over a dataset that is not client data")
     element_type, acc_type = t.parameter[0].element, t.parameter[1]
-    acc_types = leaf_types(acc_type)
-    acc0 = [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(_flat(_unwrap_batched(zero, c.n)), acc_types)]
+    acc0 = _cast_flat(_unwrap_batched(zero, c.n), acc_type)
     data = seq.data
     dense = data.dense
     steps = tf.shape(dense[0])[1]
     lengths = data.lengths
 
     def body(s, *acc_flat):
-        element = rebuild([Batched(d[:, s]) for d in dense], element_type)
-        if not isinstance(element_type, StructType):
-            element = _flat(element)[0]
-        acc = rebuild([Batched(a) for a in acc_flat], acc_type) if isinstance(acc_type, StructType) else Batched(acc_flat[0])
+        element = unflatten([Batched(d[:, s]) for d in dense], element_type)
+        acc = unflatten([Batched(a) for a in acc_flat], acc_type)
         new = op.batched(Struct.unnamed(acc, element))
-        new_flat = [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(_flat(_unwrap_batched(new, c.n)), acc_types)]
+        new_flat = _cast_flat(_unwrap_batched(new, c.n), acc_type)
         active = tf.cast(s, lengths.dtype) < lengths
         out = []
         for old, updated in zip(acc_flat, new_flat):
@@ -794,4 +775,4 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
 
     result = tf.while_loop(lambda s, *_: s < steps, body, [tf.constant(0)] + acc0)
     flat = [Batched(a) for a in result[1:]]
-    return rebuild(flat, acc_type) if isinstance(acc_type, StructType) else flat[0]
+    return unflatten(flat, acc_type)

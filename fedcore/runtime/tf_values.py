@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from fedcore.compiler import tf_bridge
 from fedcore.runtime.datasets import sequence_elements
-from fedcore.structure import Struct
 from fedcore.types import SequenceType, StructType, TensorType, Type
 
 
@@ -41,23 +40,6 @@ def leaf_types(t: Type) -> List[Type]:
     if isinstance(t, StructType):
         return [leaf for e in t for leaf in leaf_types(e)]
     return [t]
-
-
-def leaves(value: Any, t: Type) -> List[Any]:
-    if isinstance(t, StructType):
-        return [leaf for v, e in zip(value, t) for leaf in leaves(v, e)]
-    return [value]
-
-
-def rebuild(flat: List[Any], t: Type) -> Any:
-    it = iter(flat)
-
-    def build(t):
-        if isinstance(t, StructType):
-            return Struct([(n, build(e)) for n, e in t.elements])
-        return next(it)
-
-    return build(t)
 
 
 # --------------------------------------------------------------------------
@@ -150,7 +132,7 @@ def materialize(client_seqs: List[Any], element_type: Type) -> SequenceData:
         elements = client_elements(seq, element_type)
         counts.append(len(elements))
         for element in elements:
-            for k, (leaf, t) in enumerate(zip(leaves(element, element_type), types)):
+            for k, (leaf, t) in enumerate(zip(tf_bridge.flatten(element, element_type), types)):
                 per_leaf[k].append(_leaf_array(leaf, t))
     rows, splits, dense = [], [], []
     uniform = True
@@ -210,7 +192,7 @@ class ClientSequences:
                 out.append(rows[e])
             else:
                 out.append(rows[splits[e] : splits[e + 1]])
-        return tf_bridge.to_dataset_structure(rebuild(out, self.element_type), self.element_type)
+        return tf_bridge.to_dataset_structure(tf_bridge.unflatten(out, self.element_type), self.element_type)
 
     def dataset(self, client: tf.Tensor) -> tf.data.Dataset:
         """Client ``client``'s dataset, with the element structure its type asks for."""
