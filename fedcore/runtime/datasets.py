@@ -13,10 +13,10 @@ from fedcore.structure import Struct, items_by_names
 from fedcore.types import SequenceType, StructType, TensorType, Type
 
 
-def _canonical_element(value: Any, t: Type) -> Any:
+def canonical_element(value: Any, t: Type) -> Any:
     if isinstance(t, StructType):
         items = items_by_names(value, t.names())
-        return Struct([(n, _canonical_element(v, e)) for (n, e), (_, v) in zip(t.elements, items)])
+        return Struct([(n, canonical_element(v, e)) for (n, e), (_, v) in zip(t.elements, items)])
     if isinstance(t, TensorType) and t.dtype == "string":
         arr = np.asarray(value)
         if arr.ndim == 0:
@@ -30,7 +30,7 @@ def _canonical_element(value: Any, t: Type) -> Any:
 
 def dataset_elements(ds: tf.data.Dataset, element_type: Type) -> List[Any]:
     """All elements of ``ds`` in canonical form."""
-    return [_canonical_element(e, element_type) for e in ds.as_numpy_iterator()]
+    return [canonical_element(e, element_type) for e in ds.as_numpy_iterator()]
 
 
 def sequence_elements(seq: Any, element_type: Type) -> List[Any]:

@@ -34,10 +34,10 @@ from fedcore.runtime.executor import ExecutionError
 from fedcore.runtime.tf_values import (
     Batched,
     ClientSequences,
+    ShuffledSequences,
     Stacked,
     leaf_types,
     materialize,
-    sequence_tensor_specs,
 )
 from fedcore.structure import Struct
 
@@ -132,14 +132,13 @@ def _encode_clients(values: List[Any], t: Type, n: int, layout: _Layout):
             return lambda it: Struct([(name, b(it)) for name, b in zip(names, builders)])
         case SequenceType(element=e):
             data = materialize(values, e)
-            specs = sequence_tensor_specs(data)
-            has_dense = data.dense is not None
+            specs = data.specs()
+            layout.key.append(data.signature_key())
             for array, spec in zip(data.tensors(), specs):
                 layout.add(array, spec, ("s", spec.dtype.name, tuple(spec.shape)))
 
             def build(it):
-                tensors = [next(it) for _ in specs]
-                return ClientSequences.from_tensors(e, tensors, has_dense)
+                return data.in_graph([next(it) for _ in specs])
 
             return build
     raise ExecutionError(f"the TensorFlow executor cannot take client values of type {t}")
@@ -165,7 +164,7 @@ def _client_view(value: Any, i: tf.Tensor) -> Any:
     """Client ``i``'s member of a stacked value."""
     if isinstance(value, Struct):
         return Struct([(n, _client_view(v, i)) for n, v in value.items()])
-    if isinstance(value, ClientSequences):
+    if isinstance(value, (ClientSequences, ShuffledSequences)):
         return value.dataset(i)
     return value[i]
 
@@ -173,22 +172,23 @@ def _client_view(value: Any, i: tf.Tensor) -> Any:
 def _batched_view(value: Any) -> Any:
     if isinstance(value, Struct):
         return Struct([(n, _batched_view(v)) for n, v in value.items()])
-    if isinstance(value, ClientSequences):
-        if value.dense is None:
+    if isinstance(value, (ClientSequences, ShuffledSequences)):
+        stepper = value.stepper()
+        if stepper is None:
             raise NotVectorizable("client datasets whose elements differ in shape")
-        return BatchedSequence(value)
+        return BatchedSequence(value.element_type, value.lengths, *stepper)
     return Batched(value)
 
 
 class BatchedSequence:
-    """All clients' sequences as padded steps: ``dense[k]`` is ``[clients, steps, ...]``."""
+    """All clients' sequences stepped together: ``step(s)`` gives every client's element ``s``
+    (leaves with a leading clients axis) for ``s < num_steps``; ``lengths`` says where each ends."""
 
-    def __init__(self, data: ClientSequences):
-        self.data = data
-
-    @property
-    def element_type(self) -> Type:
-        return self.data.element_type
+    def __init__(self, element_type: Type, lengths: tf.Tensor, num_steps: tf.Tensor, step: Callable[[Any], List[Any]]):
+        self.element_type = element_type
+        self.lengths = lengths
+        self.num_steps = num_steps
+        self.step = step
 
 
 def _tile(value: Any, n: int) -> Any:
@@ -212,6 +212,13 @@ def _unwrap_batched(value: Any, n: int) -> Any:
     if isinstance(value, (BatchedSequence, tf.data.Dataset)):
         raise NotVectorizable("a dataset inside a vectorized value")
     return _tile(value, n)
+
+
+def _with_clients_axis(x: Any, n: int) -> tf.Tensor:
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank is None or x.shape[0] == n:
+        return x
+    return tf.ensure_shape(x, [n] + x.shape.as_list()[1:])
 
 
 def _cast_flat(value: Any, t: Type) -> List[tf.Tensor]:
@@ -302,7 +309,9 @@ class Compiler:
                 out = fn._tf_function(*full)
                 return list(out) if isinstance(out, (list, tuple)) else [out]
 
-            out = tf.vectorized_map(per_client, [arg_leaves[i].value for i in batched_idx])
+            # A static clients axis lets pfor read each client's slice without copying the inputs.
+            inputs = [_with_clients_axis(arg_leaves[i].value, self.n) for i in batched_idx]
+            out = tf.vectorized_map(per_client, inputs)
             out = [Batched(o) for o in out]
             return unflatten(out, t.result)
 
@@ -756,22 +765,24 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
         raise NotVectorizable("sequence_reduce over a dataset that is not client data")
     element_type, acc_type = t.parameter[0].element, t.parameter[1]
     acc0 = _cast_flat(_unwrap_batched(zero, c.n), acc_type)
-    data = seq.data
-    dense = data.dense
-    steps = tf.shape(dense[0])[1]
-    lengths = data.lengths
+    steps, lengths = seq.num_steps, seq.lengths
 
     def body(s, *acc_flat):
-        element = unflatten([Batched(d[:, s]) for d in dense], element_type)
+        element = unflatten([Batched(x) for x in seq.step(s)], element_type)
         acc = unflatten([Batched(a) for a in acc_flat], acc_type)
         new = op.batched(Struct.unnamed(acc, element))
         new_flat = _cast_flat(_unwrap_batched(new, c.n), acc_type)
         active = tf.cast(s, lengths.dtype) < lengths
-        out = []
-        for old, updated in zip(acc_flat, new_flat):
-            mask = tf.reshape(active, [-1] + [1] * (updated.shape.rank - 1))
-            out.append(tf.where(mask, updated, old))
-        return [s + 1] + out
+
+        def masked():
+            out = []
+            for old, updated in zip(acc_flat, new_flat):
+                mask = tf.reshape(active, [-1] + [1] * (updated.shape.rank - 1))
+                out.append(tf.where(mask, updated, old))
+            return out
+
+        # Clients whose data has ended keep their state; while all are active, no mask is needed.
+        return [s + 1] + list(tf.cond(tf.reduce_all(active), lambda: new_flat, masked))
 
     result = tf.while_loop(lambda s, *_: s < steps, body, [tf.constant(0)] + acc0)
     flat = [Batched(a) for a in result[1:]]

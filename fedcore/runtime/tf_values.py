@@ -3,22 +3,31 @@
 * unplaced and all-equal values: tensors, ``Struct``s of them, datasets;
 * ``{T}@CLIENTS`` with tensor members: ``Stacked``, tensors with a leading
   clients axis;
-* ``{T*}@CLIENTS``: ``ClientSequences``, every client's elements materialized
-  once into flat tensors, from which the graph rebuilds a client's dataset
-  (sequential strategy) or reads padded steps (vectorized strategy).
+* ``{T*}@CLIENTS``: every client's data read once into tensors, from which the
+  graph rebuilds each client's dataset (sequential strategy) or reads all
+  clients' step ``s`` at once (vectorized strategy).  Two layouts:
+
+  - ``StaticData``: the elements themselves, for pipelines that give the same
+    elements on every pass (cached across calls);
+  - ``ShuffledData``: the examples before a reshuffling ``shuffle`` (cached),
+    plus this call's order of them, drawn with tf.data's buffer algorithm, and
+    the batch size; the graph gathers each batch.
 """
 
 from __future__ import annotations
 
+import collections
 import weakref
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import attrs
 import numpy as np
 import tensorflow as tf
 
 from fedcore.compiler import tf_bridge
-from fedcore.runtime.datasets import sequence_elements
+from fedcore.runtime import pipelines
+from fedcore.runtime.datasets import canonical_element, sequence_elements
+from fedcore.runtime.executor import ExecutionError
 from fedcore.types import SequenceType, StructType, TensorType, Type
 
 
@@ -42,13 +51,184 @@ def leaf_types(t: Type) -> List[Type]:
     return [t]
 
 
+def _np_dtype(t: TensorType):
+    return object if t.dtype == "string" else t.np_dtype
+
+
+def _leaf_array(value: Any, t: TensorType) -> np.ndarray:
+    return np.asarray(value, dtype=_np_dtype(t))
+
+
+def _spec(array: Any, open_dims: int) -> tf.TensorSpec:
+    dtype = array.dtype if isinstance(array, tf.Tensor) else (tf.string if array.dtype == object else tf.as_dtype(array.dtype))
+    shape = list(array.shape)
+    return tf.TensorSpec([None] * open_dims + shape[open_dims:], dtype)
+
+
 # --------------------------------------------------------------------------
-# Client sequences.
+# Reading client datasets once.
 
 
 @attrs.frozen
-class SequenceData:
-    """Host-side materialization of every client's sequence of one element type.
+class _Read:
+    """What one client dataset yields, read once: its plan and its base's leaves."""
+
+    plan: Optional[pipelines.Plan]
+    examples: Optional[Tuple[np.ndarray, ...]]  # per leaf [L, ...] (shuffled plans)
+    elements: Optional[list]  # canonical elements (static plans)
+
+
+_reads: "weakref.WeakKeyDictionary[tf.data.Dataset, _Read]" = weakref.WeakKeyDictionary()
+
+
+def _example_type(element_type: Type, batched: bool) -> Optional[Type]:
+    """The type of one example before batching: each leaf without its leading dimension."""
+    if not batched:
+        return element_type
+    if isinstance(element_type, StructType):
+        parts = [(n, _example_type(e, True)) for n, e in element_type.elements]
+        if any(p is None for _, p in parts):
+            return None
+        return StructType(parts, container=element_type.container)
+    if isinstance(element_type, TensorType):
+        if element_type.shape is None:
+            return TensorType(element_type.dtype, None)
+        if len(element_type.shape) == 0:
+            return None
+        return TensorType(element_type.dtype, element_type.shape[1:])
+    return None
+
+
+def _check_finite(ds: tf.data.Dataset) -> None:
+    if int(ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise ExecutionError(
+            "a client dataset is infinite (e.g. repeat() with no count); federated computations need "
+            "finite client datasets: use repeat(n) or take(n)"
+        )
+
+
+def _stack_examples(ds: tf.data.Dataset, example_type: Type) -> Optional[Tuple[np.ndarray, ...]]:
+    """All of ``ds``'s examples stacked per leaf, or None when their shapes differ."""
+    types = leaf_types(example_type)
+    count = int(ds.cardinality())
+    if count == 0:
+        return tuple(_empty(t) for t in types)
+    if count > 0:  # one batch holding everything: a single pass through tf.data
+        try:
+            whole = next(ds.batch(count).as_numpy_iterator())
+        except tf.errors.InvalidArgumentError:  # examples of different shapes
+            return None
+        leaves = tf_bridge.flatten(canonical_element(whole, example_type), example_type)
+        return tuple(_leaf_array(x, t) for x, t in zip(leaves, types))
+    elements = sequence_elements(ds, example_type)
+    per_leaf = list(zip(*[tf_bridge.flatten(e, example_type) for e in elements])) or [() for _ in types]
+    arrays = [[_leaf_array(x, t) for x in leaf] for leaf, t in zip(per_leaf, types)]
+    if any(len({a.shape for a in leaf}) > 1 for leaf in arrays):
+        return None
+    return tuple(np.stack(leaf) if leaf else _empty(t) for leaf, t in zip(arrays, types))
+
+
+def _empty(t: TensorType) -> np.ndarray:
+    shape = tuple(0 if d is None else d for d in (t.shape or ()))
+    return np.zeros((0,) + shape, _np_dtype(t))
+
+
+def read(ds: tf.data.Dataset, element_type: Type) -> _Read:
+    """Reads ``ds`` once (cached per dataset object): its elements, or its base examples and plan."""
+    cached = _reads.get(ds)
+    if cached is not None:
+        return cached
+    _check_finite(ds)
+    plan = pipelines.analyze(ds)
+    result = None
+    if plan is not None and plan.kind == "shuffled":
+        example_type = _example_type(element_type, plan.batch_size is not None)
+        examples = None if example_type is None else _stack_examples(plan.base, example_type)
+        if examples is not None:
+            result = _Read(plan, examples, None)
+    elif plan is not None:
+        result = _Read(plan, None, sequence_elements(ds, element_type))
+    if result is None:  # randomness the plan cannot replay: read through tf.data on every use
+        return _Read(None, None, None)
+    _reads[ds] = result
+    return result
+
+
+def _order(ds: tf.data.Dataset, r: _Read) -> np.ndarray:
+    """This pass's order of ``ds``'s examples (indices into its base)."""
+    plan = r.plan
+    length = len(r.examples[0]) if r.examples else 0
+    n = length * plan.repeat
+    order = pipelines.buffer_shuffle_orders(n, plan.buffer_size, pipelines.next_rng(ds, plan))[0]
+    return order % max(length, 1)
+
+
+def _usable(plan: pipelines.Plan, n: int) -> int:
+    """How many of ``n`` shuffled examples a pass yields (a partial last batch may be dropped)."""
+    if plan.batch_size is not None and plan.drop_remainder:
+        return n - n % plan.batch_size
+    return n
+
+
+def client_elements(seq: Any, element_type: Type) -> list:
+    """One pass over a client's sequence, as canonical elements."""
+    if not isinstance(seq, tf.data.Dataset):
+        return list(seq)
+    r = read(seq, element_type)
+    if r.plan is None:
+        return sequence_elements(seq, element_type)
+    if r.elements is not None:
+        return r.elements
+    order = _order(seq, r)
+    order = order[: _usable(r.plan, len(order))]
+    b = r.plan.batch_size
+    pieces = order if b is None else [order[i : i + b] for i in range(0, len(order), b)]
+    return [tf_bridge.unflatten([np.take(x, idx, axis=0) for x in r.examples], element_type) for idx in pieces]
+
+
+# --------------------------------------------------------------------------
+# A cohort's data.
+
+
+class _CohortCache:
+    """The last few cohorts' device tensors, keyed by the identity of their datasets."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self.entries: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+
+    def get(self, key: tuple, datasets: Sequence[Any]):
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        refs, value = entry
+        if any(ref() is not ds for ref, ds in zip(refs, datasets)):
+            del self.entries[key]
+            return None
+        self.entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, datasets: Sequence[Any], value: Any) -> None:
+        self.entries[key] = ([weakref.ref(ds) for ds in datasets], value)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+_cohorts = _CohortCache()
+
+
+def _cohort_key(kind: str, seqs: Sequence[Any], element_type: Type) -> tuple:
+    return (kind, str(element_type), tuple(id(s) for s in seqs))
+
+
+def _to_device(arrays: Sequence[np.ndarray]) -> List[Any]:
+    return [a if a.dtype == object else tf.constant(a) for a in arrays]
+
+
+@attrs.frozen
+class StaticData:
+    """Every client's elements, concatenated: the general layout.
 
     ``rows[k]`` holds leaf k of all elements of all clients, concatenated on
     axis 0 (stacked when the leaf is a scalar); ``elem_splits[k]`` delimits the
@@ -58,116 +238,182 @@ class SequenceData:
     """
 
     element_type: Type
-    rows: Tuple[np.ndarray, ...]
-    elem_splits: Tuple[np.ndarray, ...]
-    client_splits: np.ndarray
-    dense: Optional[Tuple[np.ndarray, ...]]
-    lengths: np.ndarray
-
-    @property
-    def num_clients(self) -> int:
-        return len(self.client_splits) - 1
+    rows: Tuple[Any, ...]
+    elem_splits: Tuple[Any, ...]
+    client_splits: Any
+    dense: Optional[Tuple[Any, ...]]
+    lengths: Any
 
     def signature_key(self) -> tuple:
-        return (
-            tuple((r.dtype.str, r.shape[1:]) for r in self.rows),
-            None if self.dense is None else tuple(d.shape[1:] for d in self.dense),
+        return ("static", tuple((_spec(r, 1).dtype.name, tuple(r.shape[1:])) for r in self.rows),
+                None if self.dense is None else tuple(tuple(d.shape[2:]) for d in self.dense))
+
+    def tensors(self) -> List[Any]:
+        out = list(self.rows) + list(self.elem_splits) + [self.client_splits, self.lengths]
+        return out + list(self.dense or ())
+
+    def specs(self) -> List[tf.TensorSpec]:
+        k = len(self.rows)
+        return [_spec(a, 2 if i >= 2 * k + 2 else 1) for i, a in enumerate(self.tensors())]
+
+    def in_graph(self, tensors: List[tf.Tensor]) -> "ClientSequences":
+        k = len(self.rows)
+        dense = tuple(tensors[2 * k + 2 :]) if self.dense is not None else None
+        return ClientSequences(self.element_type, tuple(tensors[:k]), tuple(tensors[k : 2 * k]), tensors[2 * k],
+                               tensors[2 * k + 1], dense)
+
+    @classmethod
+    def build(cls, per_client: List[list], element_type: Type) -> "StaticData":
+        types = leaf_types(element_type)
+        per_leaf: List[List[np.ndarray]] = [[] for _ in types]
+        counts = []
+        for elements in per_client:
+            counts.append(len(elements))
+            for element in elements:
+                for k, (leaf, t) in enumerate(zip(tf_bridge.flatten(element, element_type), types)):
+                    per_leaf[k].append(_leaf_array(leaf, t))
+        rows, splits, dense = [], [], []
+        uniform = True
+        for k, t in enumerate(types):
+            arrays = per_leaf[k]
+            empty_shape = tuple(0 if d is None else d for d in (t.shape or ()))
+            if t.shape == () or (arrays and all(a.ndim == 0 for a in arrays)):
+                rows.append(np.stack(arrays) if arrays else np.zeros((0,), _np_dtype(t)))
+                splits.append(np.arange(len(arrays) + 1, dtype=np.int64))
+            else:
+                rows.append(np.concatenate(arrays, axis=0) if arrays else np.zeros(empty_shape, _np_dtype(t)))
+                splits.append(np.cumsum([0] + [a.shape[0] for a in arrays]).astype(np.int64))
+            if arrays and len({a.shape for a in arrays}) != 1:
+                uniform = False
+        counts_arr = np.asarray(counts, np.int64)
+        client_splits = np.concatenate([[0], np.cumsum(counts_arr)]).astype(np.int64)
+        dense_arrays = None
+        if uniform and all(per_leaf) and all(t.dtype != "string" for t in types):
+            max_len = int(counts_arr.max()) if len(counts_arr) else 0
+            for k, t in enumerate(types):
+                shape = per_leaf[k][0].shape
+                out = np.zeros((len(counts), max_len) + shape, t.np_dtype)
+                for c in range(len(counts)):
+                    start, end = client_splits[c], client_splits[c + 1]
+                    if end > start:
+                        out[c, : end - start] = np.stack(per_leaf[k][start:end])
+                dense.append(out)
+            dense_arrays = tuple(dense)
+        return cls(element_type, tuple(rows), tuple(splits), client_splits, dense_arrays, counts_arr)
+
+    def on_device(self) -> "StaticData":
+        return attrs.evolve(
+            self,
+            rows=tuple(_to_device(self.rows)),
+            elem_splits=tuple(_to_device(self.elem_splits)),
+            client_splits=tf.constant(self.client_splits),
+            lengths=tf.constant(self.lengths),
+            dense=None if self.dense is None else tuple(_to_device(self.dense)),
         )
 
-    def tensors(self) -> List[np.ndarray]:
-        out = list(self.rows) + list(self.elem_splits) + [self.client_splits, self.lengths]
-        if self.dense is not None:
-            out.extend(self.dense)
-        return out
+
+@attrs.frozen
+class ShuffledData:
+    """Every client's examples before the shuffle, plus this pass's order of them.
+
+    ``examples[k]`` is leaf k of all clients' examples (``[R, ...]``, resident
+    on the device across calls); ``order`` is ``[clients, width]`` rows of
+    ``examples`` in the order this pass yields them, padded with row 0;
+    ``counts`` is each client's number of examples in this pass and ``steps``
+    its number of elements (batches when ``batch_size`` is set).
+    """
+
+    element_type: Type
+    examples: Tuple[Any, ...]
+    order: np.ndarray
+    counts: np.ndarray
+    steps: np.ndarray
+    batch_size: Optional[int]
+
+    @property
+    def full_batches(self) -> bool:
+        """True when every element is a full batch, so all clients' step ``s`` stack on one axis."""
+        return self.batch_size is None or bool(np.all(self.counts % self.batch_size == 0))
+
+    def signature_key(self) -> tuple:
+        return ("shuffled", self.batch_size, self.full_batches,
+                tuple((_spec(x, 1).dtype.name, tuple(x.shape[1:])) for x in self.examples))
+
+    def tensors(self) -> List[Any]:
+        return list(self.examples) + [self.order, self.counts, self.steps]
+
+    def specs(self) -> List[tf.TensorSpec]:
+        k = len(self.examples)
+        return [_spec(a, 2 if i == k else 1) for i, a in enumerate(self.tensors())]
+
+    def in_graph(self, tensors: List[tf.Tensor]) -> "ShuffledSequences":
+        k = len(self.examples)
+        return ShuffledSequences(self.element_type, tuple(tensors[:k]), tensors[k], tensors[k + 1], tensors[k + 2],
+                                 self.batch_size, self.full_batches)
 
 
-def _leaf_array(value: Any, t: TensorType) -> np.ndarray:
-    if t.dtype == "string":
-        return np.asarray(value, dtype=object)
-    return np.asarray(value, dtype=t.np_dtype)
+def _examples_on_device(seqs: Sequence[Any], reads: List[_Read], element_type: Type) -> Tuple[Tuple[Any, ...], np.ndarray]:
+    """All clients' base examples concatenated (cached per cohort), and each client's first row."""
+    key = _cohort_key("shuffled", seqs, element_type)
+    cached = _cohorts.get(key, seqs)
+    if cached is None:
+        sizes = np.asarray([len(r.examples[0]) for r in reads], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        examples = tuple(_to_device([np.concatenate(leaf) for leaf in zip(*[r.examples for r in reads])]))
+        cached = (examples, offsets)
+        _cohorts.put(key, seqs, cached)
+    return cached
 
 
-_materialized: "weakref.WeakKeyDictionary[tf.data.Dataset, list]" = weakref.WeakKeyDictionary()
+def _shuffled(seqs: Sequence[Any], reads: List[_Read], element_type: Type) -> Optional[ShuffledData]:
+    batching = {r.plan.batching for r in reads}
+    if len(batching) != 1:
+        return None
+    batch_size, _ = batching.pop()
+    if any(len({x.shape[1:] for x in leaf}) > 1 for leaf in zip(*[r.examples for r in reads])):
+        return None  # clients' examples differ in shape
+    examples, offsets = _examples_on_device(seqs, reads, element_type)
+    orders = [_order(ds, r) for ds, r in zip(seqs, reads)]
+    counts = np.asarray([_usable(r.plan, len(o)) for r, o in zip(reads, orders)], np.int64)
+    b = batch_size or 1
+    steps = -(-counts // b)
+    width = int(steps.max()) * b if len(steps) else 0
+    order = np.zeros((len(seqs), width), np.int64)
+    for c, (o, n) in enumerate(zip(orders, counts)):
+        order[c, :n] = o[:n] + offsets[c]
+    return ShuffledData(element_type, examples, order, counts, steps.astype(np.int64), batch_size)
 
 
-def _dataset_shuffles(ds: tf.data.Dataset) -> bool:
-    """True if ``ds``'s pipeline holds a shuffle that reshuffles on every iteration."""
-    seen = 0
-    node = ds
-    while node is not None and seen < 1000:
-        if type(node).__name__ in ("_ShuffleDataset", "ShuffleDataset"):
-            if getattr(node, "_reshuffle_each_iteration", True):
-                return True
-        inputs = getattr(node, "_inputs", None)
-        if callable(inputs):
-            try:
-                parents = inputs()
-            except Exception:  # noqa: BLE001 - an unknown dataset kind: assume it may shuffle
-                return True
-            node = parents[0] if parents else None
-        else:
-            node = getattr(node, "_input_dataset", None)
-        seen += 1
-    return False
-
-
-def client_elements(seq: Any, element_type: Type) -> list:
-    """A client's elements; finite datasets without reshuffling are read once and cached."""
-    if isinstance(seq, tf.data.Dataset):
-        if _dataset_shuffles(seq):
-            return sequence_elements(seq, element_type)
-        cached = _materialized.get(seq)
+def materialize(client_seqs: List[Any], element_type: Type):
+    """One call's client data: ``ShuffledData`` when every client's pipeline has a replayable shuffle
+    with the same batching, else ``StaticData`` (elements read once where the pipeline allows)."""
+    datasets = all(isinstance(s, tf.data.Dataset) for s in client_seqs) and client_seqs
+    reads = [read(s, element_type) for s in client_seqs] if datasets else []
+    if datasets and all(r.plan is not None and r.plan.kind == "shuffled" for r in reads):
+        data = _shuffled(client_seqs, reads, element_type)
+        if data is not None:
+            return data
+    if datasets and all(r.plan is not None and r.plan.kind == "static" for r in reads):
+        key = _cohort_key("static", client_seqs, element_type)
+        cached = _cohorts.get(key, client_seqs)
         if cached is None:
-            cached = sequence_elements(seq, element_type)
-            _materialized[seq] = cached
+            cached = StaticData.build([r.elements for r in reads], element_type).on_device()
+            _cohorts.put(key, client_seqs, cached)
         return cached
-    return list(seq)
+    return StaticData.build([client_elements(s, element_type) for s in client_seqs], element_type)
 
 
-def materialize(client_seqs: List[Any], element_type: Type) -> SequenceData:
-    types = leaf_types(element_type)
-    per_leaf: List[List[np.ndarray]] = [[] for _ in types]
-    counts = []
-    for seq in client_seqs:
-        elements = client_elements(seq, element_type)
-        counts.append(len(elements))
-        for element in elements:
-            for k, (leaf, t) in enumerate(zip(tf_bridge.flatten(element, element_type), types)):
-                per_leaf[k].append(_leaf_array(leaf, t))
-    rows, splits, dense = [], [], []
-    uniform = True
-    for k, t in enumerate(types):
-        arrays = per_leaf[k]
-        fixed_rank = t.shape if t.shape is not None else None
-        empty_shape = tuple(0 if d is None else d for d in (fixed_rank or ()))
-        if t.shape == () or (arrays and all(a.ndim == 0 for a in arrays)):
-            rows.append(np.stack(arrays) if arrays else np.zeros((0,), t.np_dtype))
-            splits.append(np.arange(len(arrays) + 1, dtype=np.int64))
-        else:
-            rows.append(np.concatenate(arrays, axis=0) if arrays else np.zeros(empty_shape, t.np_dtype))
-            splits.append(np.cumsum([0] + [a.shape[0] for a in arrays]).astype(np.int64))
-        if arrays and len({a.shape for a in arrays}) != 1:
-            uniform = False
-    counts_arr = np.asarray(counts, np.int64)
-    client_splits = np.concatenate([[0], np.cumsum(counts_arr)]).astype(np.int64)
-    dense_arrays = None
-    if uniform and all(per_leaf) and all(t.dtype != "string" for t in types):
-        max_len = int(counts_arr.max()) if len(counts_arr) else 0
-        for k, t in enumerate(types):
-            shape = per_leaf[k][0].shape
-            out = np.zeros((len(counts), max_len) + shape, t.np_dtype)
-            for c in range(len(counts)):
-                start, end = client_splits[c], client_splits[c + 1]
-                if end > start:
-                    out[c, : end - start] = np.stack(per_leaf[k][start:end])
-            dense.append(out)
-        dense_arrays = tuple(dense)
-    return SequenceData(element_type, tuple(rows), tuple(splits), client_splits, dense_arrays, counts_arr)
+# --------------------------------------------------------------------------
+# In-graph views.
+
+
+def _element_from_leaves(leaves: List[Any], element_type: Type) -> Any:
+    return tf_bridge.to_dataset_structure(tf_bridge.unflatten(leaves, element_type), element_type)
 
 
 @attrs.frozen
 class ClientSequences:
-    """In-graph view of a SequenceData: tensors plus how to read them."""
+    """In-graph view of a StaticData."""
 
     element_type: Type
     rows: Tuple[tf.Tensor, ...]
@@ -176,46 +422,64 @@ class ClientSequences:
     lengths: tf.Tensor
     dense: Optional[Tuple[tf.Tensor, ...]]
 
-    @classmethod
-    def from_tensors(cls, element_type: Type, tensors: List[tf.Tensor], has_dense: bool) -> "ClientSequences":
-        k = len(leaf_types(element_type))
-        rows, splits = tuple(tensors[:k]), tuple(tensors[k : 2 * k])
-        client_splits, lengths = tensors[2 * k], tensors[2 * k + 1]
-        dense = tuple(tensors[2 * k + 2 : 3 * k + 2]) if has_dense else None
-        return cls(element_type, rows, splits, client_splits, lengths, dense)
-
     def _element(self, e: tf.Tensor) -> Any:
-        types = leaf_types(self.element_type)
         out = []
-        for rows, splits, t in zip(self.rows, self.elem_splits, types):
-            if t.shape == ():
-                out.append(rows[e])
-            else:
-                out.append(rows[splits[e] : splits[e + 1]])
-        return tf_bridge.to_dataset_structure(tf_bridge.unflatten(out, self.element_type), self.element_type)
+        for rows, splits, t in zip(self.rows, self.elem_splits, leaf_types(self.element_type)):
+            out.append(rows[e] if t.shape == () else rows[splits[e] : splits[e + 1]])
+        return _element_from_leaves(out, self.element_type)
 
     def dataset(self, client: tf.Tensor) -> tf.data.Dataset:
         """Client ``client``'s dataset, with the element structure its type asks for."""
         start, end = self.client_splits[client], self.client_splits[client + 1]
         return tf.data.Dataset.range(start, end).map(self._element)
 
+    def stepper(self) -> Optional[Tuple[tf.Tensor, Any]]:
+        """(number of steps, step(s) -> leaves with a clients axis), or None if shapes differ."""
+        if self.dense is None:
+            return None
+        return tf.shape(self.dense[0])[1], lambda s: [d[:, s] for d in self.dense]
 
-def sequence_tensor_specs(data: SequenceData) -> List[tf.TensorSpec]:
-    """Specs that leave data-dependent sizes open, so new data never retraces."""
-    k = len(data.rows)
-    specs = []
-    for i, a in enumerate(data.tensors()):
-        dtype = tf.string if a.dtype == object else tf.as_dtype(a.dtype)
-        open_dims = 2 if i >= 2 * k + 2 else 1
-        specs.append(tf.TensorSpec(shape=[None] * open_dims + list(a.shape[open_dims:]), dtype=dtype))
-    return specs
+
+@attrs.frozen
+class ShuffledSequences:
+    """In-graph view of a ShuffledData: batches are gathered from the examples in this pass's order."""
+
+    element_type: Type
+    examples: Tuple[tf.Tensor, ...]
+    order: tf.Tensor
+    counts: tf.Tensor
+    lengths: tf.Tensor  # elements per client
+    batch_size: Optional[int]
+    full_batches: bool
+
+    def _gather(self, rows: tf.Tensor) -> List[tf.Tensor]:
+        return [tf.gather(x, rows) for x in self.examples]
+
+    def dataset(self, client: tf.Tensor) -> tf.data.Dataset:
+        client = tf.cast(client, self.counts.dtype)
+        rows = tf.data.Dataset.from_tensor_slices(self.order[client, : self.counts[client]])
+        if self.batch_size is not None:
+            rows = rows.batch(self.batch_size)
+        return rows.map(lambda r: _element_from_leaves(self._gather(r), self.element_type))
+
+    def stepper(self) -> Optional[Tuple[tf.Tensor, Any]]:
+        if not self.full_batches:
+            return None
+        if self.batch_size is None:
+            return tf.shape(self.order)[1], lambda s: self._gather(self.order[:, s])
+        b = self.batch_size
+        return tf.shape(self.order)[1] // b, lambda s: self._gather(self.order[:, s * b : (s + 1) * b])
 
 
 __all__ = [
     "Batched",
     "ClientSequences",
-    "SequenceData",
+    "ShuffledData",
+    "ShuffledSequences",
+    "StaticData",
     "SequenceType",
     "Stacked",
+    "client_elements",
     "materialize",
+    "read",
 ]
