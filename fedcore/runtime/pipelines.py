@@ -148,14 +148,10 @@ def analyze(ds: tf.data.Dataset) -> Optional[Plan]:
     if buffer_size is None or buffer_size < 1 or seed is None or seed2 is None:
         return None
     node = _skip_transparent(node._input_dataset)  # noqa: SLF001
-    repeat = 1
-    if type(node).__name__ in _REPEAT:
-        count = _int(node._count)  # noqa: SLF001
-        if count is None or count < 0:  # repeat() forever has no finite order to replay
-            return None
-        repeat = count
-        node = node._input_dataset  # noqa: SLF001
     if not is_deterministic(node):
+        return None
+    node, repeat = _factor_repeat(node)
+    if node is None:
         return None
     return Plan(
         "shuffled",
@@ -166,6 +162,30 @@ def analyze(ds: tf.data.Dataset) -> Optional[Plan]:
         batch_size=batch_size,
         drop_remainder=drop,
     )
+
+
+_ELEMENTWISE = {"_MapDataset", "MapDataset", "_ParallelMapDataset", "ParallelMapDataset"}
+
+
+def _factor_repeat(prefix: Any) -> Tuple[Optional[Any], int]:
+    """(base, count) with ``prefix`` == ``base`` repeated ``count`` times, reading only one copy.
+
+    A finite ``repeat(count)`` may sit under element-wise maps, as in
+    ``repeat(10).map(f)``; since those maps are deterministic, the prefix's
+    first copy is its first ``len(repeat's input)`` elements.
+    """
+    node = top = _skip_transparent(prefix)
+    while type(node).__name__ in _ELEMENTWISE:
+        node = _skip_transparent(node._input_dataset)  # noqa: SLF001
+    if type(node).__name__ not in _REPEAT:
+        return prefix, 1
+    count = _int(node._count)  # noqa: SLF001
+    if count is None or count < 0:  # repeat() forever has no finite order to replay
+        return None, 0
+    length = int(node._input_dataset.cardinality())  # noqa: SLF001
+    if length < 0:  # unknown length: read every copy
+        return prefix, 1
+    return (node._input_dataset if node is top else prefix.take(length)), count  # noqa: SLF001
 
 
 # --------------------------------------------------------------------------
