@@ -28,7 +28,7 @@ import tensorflow as tf
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.intrinsics import lookup, register_rule
-from fedcore.compiler.transformations import run_pipeline
+from fedcore.compiler.transformations import fused_map_reduce, run_pipeline
 from fedcore.runtime.datasets import from_tf_leaf, make_dataset, to_tf_leaves
 from fedcore.runtime.executor import ExecutionError
 from fedcore.runtime.tf_values import (
@@ -271,6 +271,13 @@ class Lowered:
         return self._call_batched(arg)
 
 
+_FUSABLE = ("federated_sum", "federated_mean", "federated_weighted_mean", "federated_aggregate")
+
+
+def _fully_known(t: Type) -> bool:
+    return all(isinstance(lt, TensorType) and lt.shape is not None and None not in lt.shape for lt in leaf_types(t))
+
+
 class Compiler:
     """Lowers IR to graph code for one call signature."""
 
@@ -340,6 +347,8 @@ class Compiler:
                 return value[index]
             case bb.Struct(elements=elements):
                 return Struct([(n, self.lower(e, env)) for n, e in elements])
+            case bb.Call(function=bb.Intrinsic(uri=uri)) if uri in _FUSABLE and (parts := fused_map_reduce(node)):
+                return self.fused_reduce(node, parts, env)
             case bb.Call(function=fn_node, argument=arg_node):
                 fn = self.lower(fn_node, env)
                 if arg_node is None:
@@ -387,13 +396,82 @@ class Compiler:
 
     def map_clients(self, fn: Lowered, value: Any, value_type: FederatedType, result_member: Type) -> Stacked:
         members = self.stacked(value, value_type)
+        vectorized = self._try_vectorized(fn, members)
+        if vectorized is not None:
+            return vectorized
+        return Stacked(self._map_sequential(fn, members, result_member))
+
+    def _try_vectorized(self, fn: Lowered, members: Any) -> Optional[Stacked]:
+        """The client work on a clients axis, or None where the sequential loop must run it."""
         if self.strategy in ("auto", "vectorized") and self.n > 0:
             try:
                 return Stacked(self._map_vectorized(fn, members))
             except NotVectorizable as e:
                 if self.strategy == "vectorized":
                     raise ExecutionError(f"strategy='vectorized' cannot run this client work: {e}") from None
-        return Stacked(self._map_sequential(fn, members, result_member))
+        return None
+
+    # -- a reduce of a map: one pass over clients ---------------------------
+
+    def fused_reduce(self, node: bb.Call, parts: Dict[str, Any], env: Dict[str, Any]) -> Any:
+        """``reduce(federated_map(f, x))``: vectorized, the map's stacked result is reduced; in the
+        sequential loop each client's result is folded into the reduce as soon as it is computed,
+        so results are never held for all clients at once."""
+        fn_node, clients_node = parts["fn"], parts["clients"]
+        fn = self.lower(fn_node, env)
+        members = self.stacked(self.lower(clients_node, env), clients_node.type_signature)
+        uri, t = node.function.uri, node.function.type_signature
+        others = [] if uri in ("federated_sum", "federated_mean") else [self.lower(e, env) for _, e in node.argument.elements[1:]]
+        mapped = self._try_vectorized(fn, members)
+        member_type = fn_node.type_signature.result
+        if mapped is None and (uri == "federated_aggregate" or _fully_known(member_type)):
+            return self._fold_clients(uri, t, fn, members, member_type, others)
+        if mapped is None:
+            mapped = Stacked(self._map_sequential(fn, members, member_type))
+        arg = mapped if not others else Struct.unnamed(mapped, *others)
+        return lookup(uri).rules[NAME](self, arg, t)
+
+    def _fold_clients(self, uri: str, t: FunctionType, fn: Lowered, members: Any, member_type: Type, others: list) -> Any:
+        def view(i):
+            return fn(_client_view(members, i))
+
+        if uri == "federated_aggregate":
+            zero, accumulate, _, report = others
+            acc_type = t.parameter[1]
+            return report(self._fold(acc_type, _cast_flat(zero, acc_type),
+                                     lambda acc, i: accumulate(Struct.unnamed(acc, view(i)))))
+        if uri == "federated_mean" and not all(lt.tf_dtype.is_floating for lt in leaf_types(member_type)):
+            raise ExecutionError("federated_mean needs floating-point values")
+        if uri in ("federated_sum", "federated_mean"):
+            total = self._fold(member_type, _cast_flat(_zeros(member_type), member_type),
+                               lambda acc, i: _add(acc, view(i)))
+            if uri == "federated_sum":
+                return total
+            return _map_leaves(total, lambda x: x / tf.cast(self.n, x.dtype))
+        # federated_weighted_mean: the weighted sum and the total weight, then their ratio.
+        weights = tf.cast(self.stacked(others[0], t.parameter[1]), tf.float64)
+        acc_type = StructType([(None, member_type), (None, TensorType(tf.float64))])
+
+        def step(acc, i):
+            w = weights[i]
+            scaled = _map_leaves(view(i), lambda x: tf.convert_to_tensor(x) * tf.cast(w, tf.convert_to_tensor(x).dtype))
+            return Struct.unnamed(_add(acc[0], scaled), acc[1] + w)
+
+        zero = Struct.unnamed(_zeros(member_type), tf.constant(0.0, tf.float64))
+        total, weight = self._fold(acc_type, _cast_flat(zero, acc_type), step)
+        return _map_leaves(total, lambda x: x / tf.cast(weight, x.dtype))
+
+    def _fold(self, acc_type: Type, zero_flat: List[tf.Tensor], step: Callable[[Any, tf.Tensor], Any]) -> Any:
+        """Folds ``step(acc, client)`` over the clients in a graph loop."""
+
+        def body(i, *acc_flat):
+            return [i + 1] + _cast_flat(step(unflatten(list(acc_flat), acc_type), i), acc_type)
+
+        invariants = [tf.TensorShape([])] + [
+            tf.TensorShape(None if lt.shape is None else list(lt.shape)) for lt in leaf_types(acc_type)
+        ]
+        out = tf.while_loop(lambda i, *_: i < self.n, body, [tf.constant(0)] + zero_flat, shape_invariants=invariants)
+        return unflatten(list(out[1:]), acc_type)
 
     def _map_vectorized(self, fn: Lowered, members: Any) -> Any:
         out = fn.batched(_batched_view(members))
@@ -620,8 +698,11 @@ def _weighted_mean(c: Compiler, arg, t):
     weights = c.stacked(arg[1], t.parameter[1])
 
     def weighted(x):
+        if c.n == 0:  # no weight at all: NaN, as for an unweighted mean of nothing
+            return tf.fill(tf.shape(x)[1:], tf.constant(float("nan"), x.dtype))
         w = tf.cast(weights, x.dtype)
-        w = tf.reshape(w, [-1] + [1] * (x.shape.rank - 1))
+        for _ in range(x.shape.rank - 1):
+            w = tf.expand_dims(w, -1)
         return tf.reduce_sum(x * w, axis=0) / tf.reduce_sum(w)
 
     return _map_leaves(values, weighted)
@@ -632,22 +713,8 @@ def _aggregate(c: Compiler, arg, t):
     values, zero, accumulate, merge, report = arg
     members = c.stacked(values, t.parameter[0])
     acc_type = t.parameter[1]
-    zero_flat = _cast_flat(zero, acc_type)
-
-    def body(i, *acc_flat):
-        acc = unflatten(list(acc_flat), acc_type)
-        new = accumulate(Struct.unnamed(acc, _client_view(members, i)))
-        return [i + 1] + _cast_flat(new, acc_type)
-
-    invariants = [tf.TensorShape([])] + [
-        tf.TensorShape(None if lt.shape is None else list(lt.shape)) for lt in leaf_types(acc_type)
-    ]
-    out = tf.while_loop(
-        lambda i, *_: i < c.n, body, [tf.constant(0)] + zero_flat, shape_invariants=invariants
-    )
-    acc_flat = out[1:]
-    acc = unflatten(list(acc_flat), acc_type)
-    return report(acc)
+    return report(c._fold(acc_type, _cast_flat(zero, acc_type),
+                          lambda acc, i: accumulate(Struct.unnamed(acc, _client_view(members, i)))))
 
 
 @rule("federated_secure_sum")
