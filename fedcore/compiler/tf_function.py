@@ -7,7 +7,7 @@ structures.  The result type is inferred when the function is traced.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -24,6 +24,7 @@ class TFFunction:
         self.unpack = unpack
         self.name = name
         self.result_type: Optional[Type] = None
+        self._writes_variables: Optional[bool] = None
         self._tf_function = tf.function(
             self._flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=True
         )
@@ -33,6 +34,25 @@ class TFFunction:
         except (TypeError, ValueError) as e:
             where = f"\n  at {location}" if location else ""
             raise TypeError(f"tf_computation {name} failed to trace at parameter type {parameter_type}: {e}{where}") from e
+
+    @property
+    def variables(self) -> Tuple[Any, ...]:
+        """The variables the traced code captured (read or written), e.g. a model's ``tf.Variable`` s."""
+        return tuple(self.concrete_function.variables)
+
+    @property
+    def writes_variables(self) -> bool:
+        """Whether the traced code (or a function it calls) assigns to a variable.
+
+        Such a computation is not a pure function of its inputs: its calls
+        must run one at a time, in order; they cannot be vectorized (e.g. with
+        ``tf.vectorized_map``) or run as parallel loop iterations.
+        """
+        if self._writes_variables is None:
+            self._writes_variables = bool(self.variables) and _graph_writes_variables(
+                self.concrete_function.graph.as_graph_def()
+            )
+        return self._writes_variables
 
     def _call_user(self, value: Any):
         user_value = None if value is None else tf_bridge.to_user_structure(value, self.parameter_type)
@@ -61,6 +81,24 @@ class TFFunction:
         out = self._tf_function(*leaves)
         out = list(out) if isinstance(out, (list, tuple)) else [out]
         return tf_bridge.to_user_structure(tf_bridge.unflatten(out, self.result_type), self.result_type)
+
+
+_WRITE_OP_PREFIXES = (
+    "Assign",  # AssignVariableOp, AssignAddVariableOp, AssignSubVariableOp
+    "ResourceApply",
+    "ResourceSparseApply",
+    "ResourceScatter",
+    "ResourceStridedSliceAssign",
+    "DestroyResourceOp",
+)
+
+
+def _graph_writes_variables(graph_def: Any) -> bool:
+    """Whether any node of a GraphDef, or of a function in its library, writes a resource variable."""
+    nodes = list(graph_def.node)
+    for fn in graph_def.library.function:
+        nodes.extend(fn.node_def)
+    return any(node.op.startswith(_WRITE_OP_PREFIXES) for node in nodes)
 
 
 def _leaves_of_user_value(value: Any, t: Optional[Type], name: str) -> List[Any]:

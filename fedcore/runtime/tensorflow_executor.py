@@ -226,13 +226,16 @@ def _cast_flat(value: Any, t: Type) -> List[tf.Tensor]:
     return [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(_flat(value), leaf_types(t))]
 
 
-def _over_clients(n: int, body: Callable[[tf.Tensor], List[Any]], t: Type) -> Any:
+def _over_clients(n: int, body: Callable[[tf.Tensor], List[Any]], t: Type, parallel: bool = True) -> Any:
     """``body(i)`` for every client i in a graph loop, stacked into a value of member type ``t``."""
     specs = _spec_of(t)
     if n == 0:
         flat = [tf.zeros([0] + [0 if d is None else d for d in (s.shape.as_list() or [])], s.dtype) for s in specs]
     else:
-        flat = tf.map_fn(lambda i: _cast_flat(body(i), t), tf.range(n), fn_output_signature=specs)
+        flat = tf.map_fn(
+            lambda i: _cast_flat(body(i), t), tf.range(n), fn_output_signature=specs,
+            parallel_iterations=None if parallel else 1,
+        )
     return unflatten(list(flat), t)
 
 
@@ -281,9 +284,14 @@ def _fully_known(t: Type) -> bool:
 class Compiler:
     """Lowers IR to graph code for one call signature."""
 
-    def __init__(self, num_clients: int, strategy: str):
+    def __init__(self, num_clients: int, strategy: str, ir: Optional[bb.BuildingBlock] = None):
         self.n = num_clients
         self.strategy = strategy
+        # Client work that assigns tf.Variables must run one client at a time.
+        self.parallel_clients = ir is None or not any(
+            isinstance(node, bb.TensorFlowComputation) and getattr(node.function, "writes_variables", False)
+            for node in bb.walk(ir)
+        )
 
     # -- function values --------------------------------------------------
 
@@ -300,6 +308,8 @@ class Compiler:
         def call_batched(arg):
             if t.parameter is None:
                 raise NotVectorizable("a computation with no parameter")
+            if getattr(fn, "writes_variables", False):
+                raise NotVectorizable(f"{node.name or 'a TF computation'} assigns tf.Variables")
             if any(isinstance(leaf, SequenceType) for leaf in leaf_types(t.parameter)):
                 raise NotVectorizable(f"{node.name or 'a TF computation'} takes a dataset")
             if not _is_batched(arg):
@@ -470,7 +480,8 @@ class Compiler:
         invariants = [tf.TensorShape([])] + [
             tf.TensorShape(None if lt.shape is None else list(lt.shape)) for lt in leaf_types(acc_type)
         ]
-        out = tf.while_loop(lambda i, *_: i < self.n, body, [tf.constant(0)] + zero_flat, shape_invariants=invariants)
+        out = tf.while_loop(lambda i, *_: i < self.n, body, [tf.constant(0)] + zero_flat, shape_invariants=invariants,
+                            parallel_iterations=10 if self.parallel_clients else 1)
         return unflatten(list(out[1:]), acc_type)
 
     def _map_vectorized(self, fn: Lowered, members: Any) -> Any:
@@ -478,7 +489,7 @@ class Compiler:
         return _unwrap_batched(out, self.n)
 
     def _map_sequential(self, fn: Lowered, members: Any, result_member: Type) -> Any:
-        return _over_clients(self.n, lambda i: fn(_client_view(members, i)), result_member)
+        return _over_clients(self.n, lambda i: fn(_client_view(members, i)), result_member, self.parallel_clients)
 
 
 # --------------------------------------------------------------------------
@@ -539,7 +550,7 @@ class TensorFlowExecutor:
 
     def _compile(self, comp, builder, specs, n: int):
         ir = run_pipeline(comp.ir)
-        compiler = Compiler(n, self.strategy)
+        compiler = Compiler(n, self.strategy, ir)
         result_type = comp.type_signature.result
 
         def program(*inputs):
@@ -643,7 +654,7 @@ def _eval_at_server(c: Compiler, fn, t):
 
 @rule("federated_eval_at_clients")
 def _eval_at_clients(c: Compiler, fn, t):
-    return Stacked(_over_clients(c.n, lambda i: fn(None), t.result.member))
+    return Stacked(_over_clients(c.n, lambda i: fn(None), t.result.member, c.parallel_clients))
 
 
 @rule("federated_map")

@@ -173,3 +173,38 @@ def test_sequential_fused_reduce_keeps_no_per_client_results():
     ops = {n.op for f in graph.library.function for n in f.node_def} | {n.op for n in graph.node}
     # tf.map_fn would stack every client's result in a TensorList; the fused loop only carries sums.
     assert not any(op.startswith("TensorList") for op in ops)
+
+
+# -- client work that assigns tf.Variables runs one client at a time ---------
+
+_shared = tf.Variable(0.0)
+
+
+@fedcore.tf_computation(tf.float32)
+def _assign_run_read(x):
+    _shared.assign(x)
+    _shared.assign_add(1.0)
+    return _shared.read_value()
+
+
+@fedcore.federated_computation(fedcore.type_at_clients(tf.float32))
+def _stateful_each(xs):
+    return fedcore.federated_map(_assign_run_read, xs)
+
+
+@fedcore.federated_computation(fedcore.type_at_clients(tf.float32))
+def _stateful_sum(xs):
+    return fedcore.federated_sum(fedcore.federated_map(_assign_run_read, xs))
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "auto"])
+def test_variable_writing_client_work_runs_sequentially_and_correctly(strategy):
+    xs = [float(i) for i in range(64)]
+    executor = TensorFlowExecutor(strategy=strategy)
+    assert execute(_stateful_each, (xs,), {}, executor=executor) == pytest.approx([x + 1 for x in xs])
+    assert execute(_stateful_sum, (xs,), {}, executor=executor) == pytest.approx(sum(xs) + 64)
+
+
+def test_vectorized_strategy_says_why_it_cannot_run_variable_writing_work():
+    with pytest.raises(fedcore.ExecutionError, match="assigns tf.Variables"):
+        execute(_stateful_each, ([1.0, 2.0],), {}, executor=TensorFlowExecutor(strategy="vectorized"))
