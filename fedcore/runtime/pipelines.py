@@ -39,8 +39,9 @@ class Plan:
     """How one round's elements come from the base.
 
     ``kind`` is 'static' (the whole dataset is deterministic: its elements are
-    the base's, in order) or 'shuffled' (``repeat`` copies of the base go
-    through a shuffle buffer of ``buffer_size``, then are batched by
+    the base's, in order), 'batched' (``repeat`` copies of a deterministic base
+    batched by ``batch_size``, in order) or 'shuffled' (``repeat`` copies of the
+    base go through a shuffle buffer of ``buffer_size``, then are batched by
     ``batch_size`` when it is set).
     """
 
@@ -130,17 +131,23 @@ def _skip_transparent(ds: Any) -> Any:
 
 def analyze(ds: tf.data.Dataset) -> Optional[Plan]:
     """The base/plan split of ``ds``, or None if it must be read through tf.data on every use."""
-    if is_deterministic(ds):
-        return Plan("static", ds)
+    deterministic = is_deterministic(ds)
     node = _skip_transparent(ds)
     batch_size, drop = None, False
     if type(node).__name__ in _BATCH:
         batch_size = _int(node._batch_size)  # noqa: SLF001
         drop_value = tf.get_static_value(node._drop_remainder)  # noqa: SLF001
         if batch_size is None or batch_size < 1 or drop_value is None:
-            return None
+            return Plan("static", ds) if deterministic else None
         drop = bool(drop_value)
         node = _skip_transparent(node._input_dataset)  # noqa: SLF001
+    if deterministic:
+        if batch_size is None:
+            return Plan("static", ds)
+        # Batches of a fixed sequence: keep the examples, so that the graph can
+        # step full batches of all clients together and treat partial ones apart.
+        base, repeat = _factor_repeat(node)
+        return Plan("batched", base, repeat=repeat, buffer_size=1, batch_size=batch_size, drop_remainder=drop)
     if type(node).__name__ not in _SHUFFLE or not bool(node._reshuffle_each_iteration):  # noqa: SLF001
         return None
     buffer_size = _int(node._buffer_size)  # noqa: SLF001
@@ -208,6 +215,8 @@ def buffer_shuffle_orders(n: int, buffer_size: int, rng: np.random.Generator, ro
     if n <= 0:
         return np.zeros((rows, 0), np.int64)
     size = min(buffer_size, n)
+    if size == 1:  # a buffer of one keeps the order
+        return np.broadcast_to(np.arange(n, dtype=np.int64), (rows, n)).copy()
     steps = n - size
     out = np.empty((rows, n), np.int64)
     final = np.broadcast_to(np.arange(size, dtype=np.int64), (rows, size)).copy()

@@ -173,22 +173,19 @@ def _batched_view(value: Any) -> Any:
     if isinstance(value, Struct):
         return Struct([(n, _batched_view(v)) for n, v in value.items()])
     if isinstance(value, (ClientSequences, ShuffledSequences)):
-        stepper = value.stepper()
-        if stepper is None:
+        steps = value.stepper()
+        if steps is None:
             raise NotVectorizable("client datasets whose elements differ in shape")
-        return BatchedSequence(value.element_type, value.lengths, *stepper)
+        return BatchedSequence(value.element_type, steps)
     return Batched(value)
 
 
 class BatchedSequence:
-    """All clients' sequences stepped together: ``step(s)`` gives every client's element ``s``
-    (leaves with a leading clients axis) for ``s < num_steps``; ``lengths`` says where each ends."""
+    """All clients' sequences inside a vectorized client function (see ``tf_values.Steps``)."""
 
-    def __init__(self, element_type: Type, lengths: tf.Tensor, num_steps: tf.Tensor, step: Callable[[Any], List[Any]]):
+    def __init__(self, element_type: Type, steps: Any):
         self.element_type = element_type
-        self.lengths = lengths
-        self.num_steps = num_steps
-        self.step = step
+        self.steps = steps
 
 
 def _tile(value: Any, n: int) -> Any:
@@ -843,10 +840,11 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
         raise NotVectorizable("sequence_reduce over a dataset that is not client data")
     element_type, acc_type = t.parameter[0].element, t.parameter[1]
     acc0 = _cast_flat(_unwrap_batched(zero, c.n), acc_type)
-    steps, lengths = seq.num_steps, seq.lengths
+    data = seq.steps
+    steps, lengths = tf.cast(data.num_steps, tf.int32), data.lengths
 
     def body(s, *acc_flat):
-        element = unflatten([Batched(x) for x in seq.step(s)], element_type)
+        element = unflatten([Batched(x) for x in data.step(s)], element_type)
         acc = unflatten([Batched(a) for a in acc_flat], acc_type)
         new = op.batched(Struct.unnamed(acc, element))
         new_flat = _cast_flat(_unwrap_batched(new, c.n), acc_type)
@@ -862,6 +860,30 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
         # Clients whose data has ended keep their state; while all are active, no mask is needed.
         return [s + 1] + list(tf.cond(tf.reduce_all(active), lambda: new_flat, masked))
 
-    result = tf.while_loop(lambda s, *_: s < steps, body, [tf.constant(0)] + acc0)
-    flat = [Batched(a) for a in result[1:]]
-    return unflatten(flat, acc_type)
+    result = list(tf.while_loop(lambda s, *_: s < steps, body, [tf.constant(0)] + acc0)[1:])
+    if data.tail_sizes is not None:
+        result = _partial_batches(c, op, data, element_type, acc_type, result)
+    return unflatten([Batched(a) for a in result], acc_type)
+
+
+def _partial_batches(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc_flat: List[Any]):
+    """Each client's last, partial batch, one client at a time: their sizes differ."""
+    sizes = data.tail_sizes
+
+    def body(i, *acc):
+        def run():
+            own = unflatten([a[i] for a in acc], acc_type)
+            element = tf_bridge.from_dataset_structure(
+                tf_bridge.to_dataset_structure(unflatten(data.tail(i), element_type), element_type), element_type
+            )
+            new = _cast_flat(op(Struct.unnamed(own, element)), acc_type)
+            return [tf.tensor_scatter_nd_update(a, [[i]], tf.expand_dims(v, 0)) for a, v in zip(acc, new)]
+
+        return [i + 1] + list(tf.cond(sizes[i] > 0, run, lambda: list(acc)))
+
+    try:
+        out = tf.while_loop(lambda i, *_: i < c.n, body, [tf.constant(0)] + list(acc_flat),
+                            parallel_iterations=1)
+    except (TypeError, ValueError) as e:  # the step needs values that only exist on the clients axis
+        raise NotVectorizable(f"the last, partial batches: {e}") from None
+    return list(out[1:])

@@ -79,6 +79,8 @@ class _Read:
 
 
 _reads: "weakref.WeakKeyDictionary[tf.data.Dataset, _Read]" = weakref.WeakKeyDictionary()
+# Plans whose passes are built from the base's examples: an order, then batches.
+REPLAYED = ("batched", "shuffled")
 
 
 def _example_type(element_type: Type, batched: bool) -> Optional[Type]:
@@ -141,12 +143,14 @@ def read(ds: tf.data.Dataset, element_type: Type) -> _Read:
     _check_finite(ds)
     plan = pipelines.analyze(ds)
     result = None
-    if plan is not None and plan.kind == "shuffled":
+    if plan is not None and plan.kind in REPLAYED:
         example_type = _example_type(element_type, plan.batch_size is not None)
         examples = None if example_type is None else _stack_examples(plan.base, example_type)
         if examples is not None:
             result = _Read(plan, examples, None)
-    elif plan is not None:
+        elif plan.kind == "batched":  # examples of different shapes: keep the batches themselves
+            plan = pipelines.Plan("static", ds)
+    if plan is not None and plan.kind == "static":
         result = _Read(plan, None, sequence_elements(ds, element_type))
     if result is None:  # randomness the plan cannot replay: read through tf.data on every use
         return _Read(None, None, None)
@@ -389,7 +393,7 @@ def materialize(client_seqs: List[Any], element_type: Type):
     with the same batching, else ``StaticData`` (elements read once where the pipeline allows)."""
     datasets = all(isinstance(s, tf.data.Dataset) for s in client_seqs) and client_seqs
     reads = [read(s, element_type) for s in client_seqs] if datasets else []
-    if datasets and all(r.plan is not None and r.plan.kind == "shuffled" for r in reads):
+    if datasets and all(r.plan is not None and r.plan.kind in REPLAYED and r.examples is not None for r in reads):
         data = _shuffled(client_seqs, reads, element_type)
         if data is not None:
             return data
@@ -433,11 +437,29 @@ class ClientSequences:
         start, end = self.client_splits[client], self.client_splits[client + 1]
         return tf.data.Dataset.range(start, end).map(self._element)
 
-    def stepper(self) -> Optional[Tuple[tf.Tensor, Any]]:
-        """(number of steps, step(s) -> leaves with a clients axis), or None if shapes differ."""
+    def stepper(self) -> Optional["Steps"]:
+        """All clients' elements stepped together, or None if their shapes differ."""
         if self.dense is None:
             return None
-        return tf.shape(self.dense[0])[1], lambda s: [d[:, s] for d in self.dense]
+        return Steps(tf.shape(self.dense[0])[1], self.lengths, lambda s: [d[:, s] for d in self.dense])
+
+
+@attrs.frozen
+class Steps:
+    """Every client's data as steps on a clients axis, for the vectorized strategy.
+
+    ``step(s)`` gives all clients' element ``s`` (leaves with a leading clients
+    axis) for ``s < num_steps``; client c's data has ``lengths[c]`` such steps.
+    When ``tail_sizes`` is set, client c then has one more, partial batch of
+    ``tail_sizes[c]`` examples (none where it is 0), read by ``tail(c)``: those
+    differ in size across clients, so they run one client at a time.
+    """
+
+    num_steps: Any
+    lengths: Any
+    step: Any
+    tail_sizes: Any = None
+    tail: Any = None
 
 
 @attrs.frozen
@@ -462,13 +484,23 @@ class ShuffledSequences:
             rows = rows.batch(self.batch_size)
         return rows.map(lambda r: _element_from_leaves(self._gather(r), self.element_type))
 
-    def stepper(self) -> Optional[Tuple[tf.Tensor, Any]]:
-        if not self.full_batches:
-            return None
+    def stepper(self) -> Steps:
         if self.batch_size is None:
-            return tf.shape(self.order)[1], lambda s: self._gather(self.order[:, s])
+            return Steps(tf.shape(self.order)[1], self.lengths, lambda s: self._gather(self.order[:, s]))
         b = self.batch_size
-        return tf.shape(self.order)[1] // b, lambda s: self._gather(self.order[:, s * b : (s + 1) * b])
+        full = self.counts // b
+
+        def step(s):
+            return self._gather(self.order[:, s * b : (s + 1) * b])
+
+        if self.full_batches:
+            return Steps(tf.shape(self.order)[1] // b, full, step)
+
+        def tail(c):
+            c = tf.cast(c, self.counts.dtype)
+            return self._gather(self.order[c, full[c] * b : self.counts[c]])
+
+        return Steps(tf.reduce_max(full), full, step, self.counts - full * b, tail)
 
 
 __all__ = [

@@ -63,9 +63,10 @@ def _base(n=12):
 
 
 def test_a_pipeline_without_randomness_is_static():
+    assert pipelines.analyze(_base().map(lambda e: e).prefetch(1)).kind == "static"
     plan = pipelines.analyze(_base().map(lambda e: e).batch(4).prefetch(1))
-    assert plan.kind == "static"
-    assert pipelines.analyze(_base().shuffle(5, reshuffle_each_iteration=False).batch(4)).kind == "static"
+    assert plan.kind == "batched"
+    assert pipelines.analyze(_base().shuffle(5, reshuffle_each_iteration=False)).kind == "static"
 
 
 def test_the_seed_pipeline_splits_into_base_and_plan():
@@ -189,12 +190,20 @@ def test_each_call_draws_a_new_order():
     assert len(firsts) > 1
 
 
-def test_partial_batches_run_sequentially_under_auto_and_are_refused_by_vectorized():
+@pytest.mark.parametrize("strategy", ["vectorized", "auto", "sequential"])
+def test_partial_batches_are_stepped_apart(strategy):
     data = _client_data([7, 5])  # 14 and 10 examples: a partial last batch each
-    got = execute(_per_client, (data,), {}, executor=TensorFlowExecutor(strategy="auto"))
+    got = execute(_per_client, (data,), {}, executor=TensorFlowExecutor(strategy=strategy))
     assert [float(g["total"]) for g in got] == pytest.approx([2 * np.arange(14).sum(), 2 * np.arange(10).sum()])
-    with pytest.raises(fedcore.ExecutionError, match="strategy='vectorized'"):
-        execute(_per_client, (data,), {}, executor=TensorFlowExecutor(strategy="vectorized"))
+
+
+def test_deterministic_batched_pipelines_keep_their_order_in_the_graph():
+    data = [_base(n).batch(4) for n in (7, 5, 8)]
+    plan = pipelines.analyze(data[0])
+    assert (plan.kind, plan.batch_size, plan.buffer_size) == ("batched", 4, 1)
+    got = execute(_per_client, (data,), {}, executor=TensorFlowExecutor(strategy="vectorized"))
+    assert [int(g["first"]) for g in got] == [0, 0, 0]
+    assert [float(g["total"]) for g in got] == pytest.approx([np.arange(2 * n).sum() for n in (7, 5, 8)])
 
 
 def test_drop_remainder_pipelines_vectorize():

@@ -52,18 +52,23 @@ def test_unequal_dataset_lengths_match_the_reference(strategy):
     assert got == pytest.approx(0.5 * (sum(range(8)) + sum(range(20))))
 
 
-@pytest.mark.parametrize("strategy", ["sequential", "auto"])
-def test_ragged_batches_run_sequentially(strategy):
-    # A partial last batch makes element shapes differ: only the sequential loop applies.
-    data = _client_datasets([7, 10], batch=4)
-    got = execute(_round, (data,), {}, executor=TensorFlowExecutor(strategy=strategy))
-    assert got == pytest.approx(0.5 * (sum(range(7)) + sum(range(10))))
+@pytest.mark.parametrize("strategy", ["sequential", "vectorized", "auto"])
+def test_partial_last_batches_match_the_reference(strategy):
+    # 7 and 10 examples in batches of 4: full batches step together, the partial ones (3 and 2) one client at a time.
+    data = _client_datasets([7, 10, 0, 4], batch=4)
+    executor = TensorFlowExecutor(strategy=strategy)
+    got = execute(_round, (data,), {}, executor=executor)
+    assert got == pytest.approx(_round(data))
+    assert got == pytest.approx(0.5 * (sum(range(7)) + sum(range(10)) + sum(range(4))))
 
 
 def test_forced_vectorized_strategy_reports_what_it_cannot_run():
-    data = _client_datasets([7, 10], batch=4)
+    # Elements whose shapes differ within one client's dataset cannot be stepped on a clients axis.
+    data = [tf.data.Dataset.from_generator(lambda: iter([np.ones(2, np.float32), np.ones(3, np.float32)]),
+                                           output_signature=tf.TensorSpec([None], tf.float32))]
     with pytest.raises(fedcore.ExecutionError, match="strategy='vectorized'"):
         execute(_round, (data,), {}, executor=TensorFlowExecutor(strategy="vectorized"))
+    assert execute(_round, (data,), {}, executor=TensorFlowExecutor(strategy="auto")) == pytest.approx(2.5)
 
 
 def test_repeated_rounds_never_retrace():
@@ -82,7 +87,8 @@ def test_static_datasets_are_read_once_and_shuffled_ones_reshuffle_every_pass():
     plain = tf.data.Dataset.range(5).map(lambda x: tf.cast(x, tf.float32)).batch(5)
     shuffled = tf.data.Dataset.range(50).map(lambda x: tf.cast(x, tf.float32)).shuffle(50).batch(50)
     t = fedcore.to_type((tf.float32, [None]))
-    assert tf_values.client_elements(plain, t) is tf_values.client_elements(plain, t)
+    assert tf_values.read(plain, t) is tf_values.read(plain, t)  # read once
+    np.testing.assert_array_equal(tf_values.client_elements(plain, t)[0], np.arange(5))
     first, second = (tf_values.client_elements(shuffled, t)[0] for _ in range(2))
     assert sorted(first) == sorted(second) == list(range(50))
     assert list(first) != list(second)  # a new order each pass (equal with probability 1/50!)
