@@ -1,0 +1,34 @@
+"""Federated learning built on the federated core.
+
+Models (``Model``, Keras models via ``from_keras_model``), training processes
+(``build_federated_averaging_process``, ``build_federated_sgd_process``),
+evaluation (``build_federated_evaluation``) and functional optimizers
+(``fedcore.learning.optimizers``).  Everything here is written with the
+public core (``fedcore.federated_computation``, ``fedcore.tf_computation``
+and the federated intrinsics) and runs on any executor.
+"""
+
+from fedcore.learning import optimizers
+from fedcore.learning.federated_averaging import build_federated_averaging_process
+from fedcore.learning.federated_evaluation import build_federated_evaluation
+from fedcore.learning.federated_sgd import build_federated_sgd_process
+from fedcore.learning.iterative_process import IterativeProcess
+from fedcore.learning.keras_utils import KerasModel, from_compiled_keras_model, from_keras_model
+from fedcore.learning.model import BatchOutput, Model, ModelWeights, TrainableModel
+from fedcore.learning.training import ServerState
+
+__all__ = [
+    "BatchOutput",
+    "IterativeProcess",
+    "KerasModel",
+    "Model",
+    "ModelWeights",
+    "ServerState",
+    "TrainableModel",
+    "build_federated_averaging_process",
+    "build_federated_evaluation",
+    "build_federated_sgd_process",
+    "from_compiled_keras_model",
+    "from_keras_model",
+    "optimizers",
+]
