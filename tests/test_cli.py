@@ -1,0 +1,284 @@
+"""The ``fedcore`` command line: ``train`` (options, outputs, bad arguments) and ``signature``."""
+
+import collections
+import csv
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fedcore
+from fedcore import cli
+
+METRICS = fedcore.type_at_clients(collections.OrderedDict(loss=tf.float32, num_examples=tf.int32))
+
+
+@fedcore.federated_computation(METRICS)
+def aggregate(metrics):
+    return collections.OrderedDict(
+        loss=fedcore.federated_mean(metrics.loss, weight=metrics.num_examples),
+        num_examples=fedcore.federated_sum(metrics.num_examples),
+    )
+
+
+namespace = type("namespace", (), {"aggregate": aggregate})
+
+
+# --------------------------------------------------------------------------
+# fedcore signature
+
+
+def test_signature_prints_compact_and_formatted(capsys):
+    assert cli.main(["signature", "tests.test_cli:aggregate"]) == 0
+    out = capsys.readouterr().out
+    compact = "({<loss=float32,num_examples=int32>}@CLIENTS -> <loss=float32@SERVER,num_examples=int32@SERVER>)"
+    assert f"compact:   {compact}" in out
+    formatted = aggregate.type_signature.formatted()
+    assert "\n" in formatted
+    assert "\n".join("  " + line for line in formatted.splitlines()) in out
+    assert out.splitlines()[0] == "tests.test_cli:aggregate"
+
+
+def test_signature_follows_dotted_attributes(capsys):
+    assert cli.main(["signature", "tests.test_cli:namespace.aggregate"]) == 0
+    assert "num_examples=int32@SERVER" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("tests.test_cli", "expected MODULE:ATTR"),
+        ("no_such_module_here:x", "cannot import module 'no_such_module_here'"),
+        ("tests.test_cli:missing", "tests.test_cli has no attribute 'missing'"),
+        ("tests.test_cli:namespace.nothing", "tests.test_cli.namespace has no attribute 'nothing'"),
+        ("tests.test_cli:namespace", "not a computation"),
+    ],
+)
+def test_signature_bad_targets_are_argument_errors(capsys, target, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["signature", target])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: fedcore" in err and message in err
+
+
+def test_signature_of_a_type_prints_it(capsys):
+    assert cli.main(["signature", "tests.test_cli:METRICS"]) == 0
+    assert "{<loss=float32,num_examples=int32>}@CLIENTS" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------
+# Bad arguments
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["fly"], "invalid choice: 'fly'"),
+        (["train", "--rounds", "0"], "argument --rounds: expected a positive whole number, got 0"),
+        (["train", "--rounds", "many"], "argument --rounds: expected a positive whole number, got 'many'"),
+        (["train", "--clients-per-round", "-3"], "argument --clients-per-round"),
+        (["train", "--client-lr", "0"], "argument --client-lr: expected a positive number"),
+        (["train", "--server-lr", "nan"], "argument --server-lr: expected a positive number"),
+        (["train", "--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
+        (["train", "--executor", "gpu"], "argument --executor: invalid choice: 'gpu'"),
+        (["train", "--emnist", "/no/such/dir"], "argument --emnist: /no/such/dir is not a directory"),
+        (["train", "--seed", "-1"], "argument --seed"),
+        (["train", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "--num-clients", "1000"], "argument --num-clients: num_clients must be between 1 and 359"),
+    ],
+)
+def test_bad_arguments_exit_2_with_argparse_messages(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: fedcore" in err and message in err
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--emnist", "--model", "--clients-per-round", "--rounds", "--epochs", "--batch-size",
+                   "--client-lr", "--server-lr", "--executor", "--seed", "--out"):
+        assert option in out
+
+
+# --------------------------------------------------------------------------
+# Pieces of train
+
+
+def test_data_model_mismatch_shows_both_types():
+    spec = cli.input_spec()
+    cli.check_data_matches_model("<x=float32[?,784],y=int32[?,1]>", spec)
+    with pytest.raises(TypeError) as info:
+        cli.check_data_matches_model("<x=float32[?,28,28],y=int32[?,1]>", spec)
+    message = str(info.value)
+    assert "model input_spec: <x=float32[?,784],y=int32[?,1]>" in message
+    assert "data batches:     <x=float32[?,28,28],y=int32[?,1]>" in message
+
+
+def test_preprocess_makes_batches_the_models_take():
+    from fedcore.simulation import ClientData
+
+    data = ClientData.from_tensor_slices(
+        {"a": collections.OrderedDict(label=np.arange(5, dtype=np.int32), pixels=np.ones((5, 28, 28), np.float32))}
+    )
+    batches = data.preprocess(cli.preprocess(batch_size=2, epochs=2))
+    assert str(batches.element_type_structure) == "<x=float32[?,784],y=int32[?,1]>"
+    sizes = [len(b["y"]) for b in batches.create_tf_dataset_for_client("a").as_numpy_iterator()]
+    assert sizes == [2, 2, 2, 2, 2]
+    for name in cli.MODELS:
+        model = cli.keras_model(name)
+        assert model(np.ones((3, 784), np.float32)).shape == (3, 10)
+
+
+def test_find_metric_looks_through_nested_metrics():
+    metrics = collections.OrderedDict(
+        broadcast=(), train=collections.OrderedDict(sparse_categorical_accuracy=0.5, loss=1.25, num_examples=10)
+    )
+    assert cli.find_metric(metrics, cli.LOSS_NAMES, prefer=("train",)) == 1.25
+    assert cli.find_metric(metrics, cli.ACCURACY_NAMES) == 0.5
+    assert cli.find_metric({"eval": {"accuracy": np.float32(0.75)}}, cli.ACCURACY_NAMES) == 0.75
+    assert cli.find_metric({"other": 1.0}, cli.LOSS_NAMES) is None
+
+
+def _rows(n):
+    return [
+        dict(round=r, train_loss=2.0 / r, train_accuracy=1 - 0.5 / r, heldout_loss=2.2 / r,
+             heldout_accuracy=1 - 0.6 / r, seconds=0.1)
+        for r in range(1, n + 1)
+    ]
+
+
+def test_csv_and_plot_outputs(tmp_path):
+    rows = _rows(5)
+    cli.write_csv(tmp_path / "metrics.csv", rows)
+    with open(tmp_path / "metrics.csv") as f:
+        read = list(csv.DictReader(f))
+    assert tuple(read[0].keys()) == cli.CSV_COLUMNS
+    assert [int(r["round"]) for r in read] == [1, 2, 3, 4, 5]
+    cli.plot_metrics(tmp_path / "metrics.png", rows, title="test")
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------
+# fedcore train, end to end (tiny runs)
+
+TINY = ["--num-clients", "6", "--clients-per-round", "3", "--rounds", "2", "--epochs", "1", "--batch-size", "32"]
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _event_scalars(directory):
+    from tensorflow.core.util import event_pb2
+
+    files = list(directory.glob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard event file in {directory}"
+    scalars = collections.defaultdict(dict)
+    for record in tf.data.TFRecordDataset([str(f) for f in files]):
+        event = event_pb2.Event.FromString(record.numpy())
+        for value in event.summary.value:
+            assert value.metadata.plugin_data.plugin_name == "scalars"
+            scalars[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+    return scalars
+
+
+def test_train_writes_csv_tensorboard_and_png(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "round  train loss  train acc  held-out acc  seconds" in printed
+    assert "tensorflow executor" in printed and "linear model on embedded digits" in printed
+    rows = _read_csv(out / "metrics.csv")
+    assert tuple(rows[0].keys()) == cli.CSV_COLUMNS
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    for row in rows:
+        assert 0.0 <= float(row["train_accuracy"]) <= 1.0 and 0.0 <= float(row["heldout_accuracy"]) <= 1.0
+        assert float(row["train_loss"]) > 0 and float(row["heldout_loss"]) > 0 and float(row["seconds"]) > 0
+        assert f"{int(row['round']):>5}  {float(row['train_loss']):>10.4f}" in printed
+    scalars = _event_scalars(out / "tensorboard")
+    assert set(scalars) == {"train/loss", "train/accuracy", "heldout/loss", "heldout/accuracy", "seconds_per_round"}
+    assert scalars["heldout/accuracy"] == pytest.approx({1: float(rows[0]["heldout_accuracy"]), 2: float(rows[1]["heldout_accuracy"])})
+    png = (out / "metrics.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_train_reference_executor_is_deterministic_and_learns(tmp_path):
+    argv = ["train", "--num-clients", "10", "--clients-per-round", "5", "--rounds", "5", "--epochs", "2",
+            "--executor", "reference", "--seed", "3"]
+    assert cli.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
+    a, b = _read_csv(tmp_path / "a" / "metrics.csv"), _read_csv(tmp_path / "b" / "metrics.csv")
+    for column in ("train_loss", "heldout_accuracy"):
+        assert [r[column] for r in a] == [r[column] for r in b]
+    accuracy = [float(r["heldout_accuracy"]) for r in a]
+    assert accuracy[-1] > accuracy[0] + 0.1
+    assert float(a[-1]["train_loss"]) < float(a[0]["train_loss"])
+
+
+def test_train_cnn(tmp_path):
+    argv = ["train", *TINY, "--rounds", "1", "--model", "cnn", "--eval-clients", "2", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert len(_read_csv(tmp_path / "metrics.csv")) == 1
+
+
+def test_train_without_held_out_evaluation(tmp_path):
+    assert cli.main(["train", *TINY, "--rounds", "1", "--executor", "reference", "--eval-clients", "0",
+                     "--out", str(tmp_path)]) == 0
+    row = _read_csv(tmp_path / "metrics.csv")[0]
+    assert row["heldout_accuracy"] == "" and row["train_accuracy"] != ""
+
+
+def test_train_default_out_is_a_timestamped_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *TINY, "--rounds", "1", "--executor", "reference"]) == 0
+    (run,) = (tmp_path / "fedcore-runs").iterdir()
+    assert run.name[:8].isdigit() and (run / "metrics.csv").is_file() and (run / "metrics.png").is_file()
+
+
+def test_train_on_emnist_files(tmp_path):
+    from tests.simulation.conftest import write_emnist_like
+
+    sizes = {f"f{i:04d}_00": 6 + i for i in range(4)}
+    write_emnist_like(tmp_path / "fed_emnist_digitsonly_train.h5", sizes, seed=0)
+    write_emnist_like(tmp_path / "fed_emnist_digitsonly_test.h5", sizes, seed=1)
+    out = tmp_path / "run"
+    argv = ["train", "--emnist", str(tmp_path), "--clients-per-round", "2", "--rounds", "1",
+            "--executor", "reference", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert len(_read_csv(out / "metrics.csv")) == 1
+
+
+def test_train_reports_a_bad_emnist_file(tmp_path, capsys):
+    (tmp_path / "fed_emnist_digitsonly_train.h5").write_bytes(b"not hdf5")
+    (tmp_path / "fed_emnist_digitsonly_test.h5").write_bytes(b"not hdf5")
+    assert cli.main(["train", "--emnist", str(tmp_path), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "fedcore train: error:" in err and "fed_emnist_digitsonly_train.h5" in err and "not a readable HDF5" in err
+
+
+def test_more_clients_per_round_than_clients_is_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--num-clients", "5", "--clients-per-round", "6", "--out", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert "argument --clients-per-round: 6 is more than the 5 clients" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_data_model_mismatch_stops_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(
+        cli, "input_spec",
+        lambda: collections.OrderedDict(x=tf.TensorSpec([None, 28, 28], tf.float32), y=tf.TensorSpec([None, 1], tf.int32)),
+    )
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "does not match the model's input_spec" in err
+    assert "<x=float32[?,28,28],y=int32[?,1]>" in err and "<x=float32[?,784],y=int32[?,1]>" in err
+    assert not (tmp_path / "run").exists()
