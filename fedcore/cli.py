@@ -190,16 +190,13 @@ def preprocess(batch_size: int, epochs: int) -> Callable:
     """
     import tensorflow as tf
 
+    def to_example(e):
+        return collections.OrderedDict(x=1.0 - tf.reshape(e["pixels"], [784]), y=tf.reshape(e["label"], [1]))
+
     def to_batches(dataset):
-        return (
-            dataset.repeat(epochs)
-            .batch(batch_size)
-            .map(
-                lambda e: collections.OrderedDict(
-                    x=1.0 - tf.reshape(e["pixels"], [-1, 784]), y=tf.reshape(e["label"], [-1, 1])
-                )
-            )
-        )
+        # Element-wise work before batch(): the TF executor then keeps the examples on the
+        # device and steps all clients' full batches together.
+        return dataset.repeat(epochs).map(to_example).batch(batch_size)
 
     return to_batches
 
