@@ -50,3 +50,4 @@ from fedcore.runtime import (  # noqa: E402
     get_default_executor,
     set_default_executor,
 )
+from fedcore.compiler.serialization import deserialize, serialize  # noqa: E402

@@ -1,0 +1,501 @@
+"""Safe serialization of computations: ``serialize(comp) -> bytes`` and ``deserialize(data) -> Computation``.
+
+The format holds data only, never pickled Python objects::
+
+    b"FEDCORE-COMPUTATION\\n"           magic (20 bytes)
+    header length                        8 bytes, big-endian
+    header                               UTF-8 JSON (see below)
+    sections                             the TF graphs, as serialized GraphDef bytes
+    SHA-256                              32 bytes, over everything before it
+
+The JSON header holds ``format`` (``"fedcore.computation"``), ``version``,
+the computation's ``name``, ``type_signature`` (notation string),
+``parameter_names``, the IR as a JSON tree of nodes (types as notation strings,
+with the Python containers of struct types as a parallel tree) and one entry
+per TensorFlow computation: its parameter and result types, the names of its
+input and output tensors, and the offset, length and SHA-256 of its GraphDef.
+
+A TF computation's captured values (e.g. a Keras model's weights read through
+``stateless_call``) are frozen into the graph as constants.  Computations that
+assign ``tf.Variable`` s are refused.  Loading rebuilds each TF computation by
+importing its GraphDef (``ImportedTFFunction``); no Python code from the file
+runs.  Containers that are classes (namedtuples, attrs classes) are found by
+module and name among modules already imported, never by importing.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import json
+import struct as _struct
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+import attrs
+import numpy as np
+import tensorflow as tf
+
+from fedcore.compiler import building_blocks as bb
+from fedcore.compiler import tf_bridge
+from fedcore.compiler.computation import Computation
+from fedcore.structure import Struct
+from fedcore.types import FederatedType, FunctionType, SequenceType, StructType, Type, parse
+from fedcore.types.core import PLACEMENTS
+
+FORMAT = "fedcore.computation"
+VERSION = 1
+MAGIC = b"FEDCORE-COMPUTATION\n"
+_LEN = 8
+_HASH = 32
+
+# Ops that would call back into Python: refused when saving and when loading.
+_PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+
+class SerializationError(ValueError):
+    """A computation cannot be serialized, or bytes are not a valid serialized computation."""
+
+
+__all__ = ["serialize", "deserialize", "SerializationError", "ImportedTFFunction", "FORMAT", "VERSION"]
+
+
+# --------------------------------------------------------------------------
+# Types and their containers.
+
+_BUILTIN_CONTAINERS = {"list": list, "tuple": tuple, "dict": dict, "OrderedDict": collections.OrderedDict, "Struct": Struct}
+_BUILTIN_NAMES = {v: k for k, v in _BUILTIN_CONTAINERS.items()}
+
+
+def _enc_container(c: Optional[type]) -> Any:
+    if c is None:
+        return None
+    if c in _BUILTIN_NAMES:
+        return _BUILTIN_NAMES[c]
+    return {"module": c.__module__, "qualname": c.__qualname__}
+
+
+def _dec_container(data: Any) -> Optional[type]:
+    if data is None:
+        return None
+    if isinstance(data, str):
+        if data not in _BUILTIN_CONTAINERS:
+            raise SerializationError(f"unknown container {data!r}")
+        return _BUILTIN_CONTAINERS[data]
+    # A class: looked up among modules already imported, never imported; only attrs
+    # classes and namedtuples (data records) are accepted, to rebuild results.
+    module = sys.modules.get(str(data.get("module")))
+    obj: Any = module
+    for part in str(data.get("qualname", "")).split("."):
+        if obj is None or part.startswith("<"):
+            return None
+        obj = getattr(obj, part, None)
+    if isinstance(obj, type) and (attrs.has(obj) or (issubclass(obj, tuple) and hasattr(obj, "_fields"))):
+        return obj
+    return None  # unknown here: the struct comes back as a fedcore.Struct
+
+
+def _containers(t: Optional[Type]) -> Any:
+    """A JSON tree of the containers in ``t``; None where there are none."""
+    match t:
+        case StructType():
+            kids = [_containers(e) for e in t]
+            c = _enc_container(t.container)
+            if c is None and all(k is None for k in kids):
+                return None
+            return {"c": c, "e": kids}
+        case FederatedType(member=m):
+            return _containers(m)
+        case SequenceType(element=e):
+            return _containers(e)
+        case FunctionType(parameter=p, result=r):
+            a, b = _containers(p), _containers(r)
+            return None if a is None and b is None else {"p": a, "r": b}
+    return None
+
+
+def _with_containers(t: Optional[Type], tree: Any) -> Optional[Type]:
+    if tree is None or t is None:
+        return t
+    match t:
+        case StructType():
+            kids = tree["e"]
+            if len(kids) != len(t):
+                raise SerializationError(f"containers do not match type {t}")
+            elements = [(n, _with_containers(e, k)) for (n, e), k in zip(t.elements, kids)]
+            return StructType(elements, container=_dec_container(tree["c"]))
+        case FederatedType(member=m):
+            return attrs.evolve(t, member=_with_containers(m, tree))
+        case SequenceType(element=e):
+            return attrs.evolve(t, element=_with_containers(e, tree))
+        case FunctionType(parameter=p, result=r):
+            return FunctionType(_with_containers(p, tree["p"]), _with_containers(r, tree["r"]))
+    return t
+
+
+def _enc_type(t: Optional[Type]) -> Any:
+    if t is None:
+        return None
+    c = _containers(t)
+    return {"t": str(t)} if c is None else {"t": str(t), "c": c}
+
+
+def _dec_type(data: Any) -> Optional[Type]:
+    if data is None:
+        return None
+    return _with_containers(parse(data["t"]), data.get("c"))
+
+
+# --------------------------------------------------------------------------
+# Literals.
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s.encode("ascii"), validate=True)
+
+
+def _enc_literal_value(value: Any) -> Any:
+    if isinstance(value, (bytes, str)):
+        return {"kind": "bytes" if isinstance(value, bytes) else "str", "data": _b64(value.encode() if isinstance(value, str) else value)}
+    kind = "ndarray" if isinstance(value, np.ndarray) else "generic" if isinstance(value, np.generic) else type(value).__name__
+    if kind not in ("ndarray", "generic", "int", "float", "bool", "complex"):
+        raise SerializationError(f"cannot serialize a literal of Python type {type(value).__name__}")
+    arr = np.asarray(value)
+    if arr.dtype.kind in "OSU":
+        items = [x if isinstance(x, bytes) else str(x).encode() for x in arr.reshape(-1).tolist()]
+        return {"kind": kind, "strings": [_b64(x) for x in items], "shape": list(arr.shape)}
+    return {"kind": kind, "dtype": arr.dtype.str, "shape": list(arr.shape), "data": _b64(arr.tobytes())}
+
+
+def _dec_literal_value(data: Dict[str, Any]) -> Any:
+    kind = data["kind"]
+    if kind in ("bytes", "str"):
+        raw = _unb64(data["data"])
+        return raw if kind == "bytes" else raw.decode()
+    shape = tuple(int(d) for d in data["shape"])
+    if "strings" in data:
+        arr = np.array([_unb64(s) for s in data["strings"]], dtype=object).reshape(shape)
+    else:
+        dtype = np.dtype(data["dtype"])
+        if dtype.kind not in "biufc":
+            raise SerializationError(f"unsupported literal dtype {data['dtype']!r}")
+        arr = np.frombuffer(_unb64(data["data"]), dtype=dtype).reshape(shape).copy()
+    if kind == "ndarray":
+        return arr
+    if kind == "generic":
+        return arr[()]
+    return {"int": int, "float": float, "bool": bool, "complex": complex}[kind](arr[()])
+
+
+# --------------------------------------------------------------------------
+# IR nodes <-> JSON.
+
+
+class _Encoder:
+    def __init__(self):
+        self.functions: List[Tuple[bb.TensorFlowComputation, Dict[str, Any], bytes]] = []
+        self.index: Dict[int, int] = {}
+
+    def node(self, n: bb.BuildingBlock) -> Dict[str, Any]:
+        match n:
+            case bb.Reference(name=name, type_signature=t):
+                return {"k": "Reference", "name": name, "type": _enc_type(t)}
+            case bb.Selection(source=s, index=i, name=name):
+                return {"k": "Selection", "source": self.node(s), "index": i, "name": name}
+            case bb.Struct(elements=elements, container=c):
+                return {"k": "Struct", "elements": [[nm, self.node(e)] for nm, e in elements], "container": _enc_container(c)}
+            case bb.Call(function=f, argument=a):
+                return {"k": "Call", "function": self.node(f), "argument": None if a is None else self.node(a)}
+            case bb.Lambda(parameter_name=p, parameter_type=t, result=r):
+                return {"k": "Lambda", "parameter_name": p, "parameter_type": _enc_type(t), "result": self.node(r)}
+            case bb.Block(locals=locs, result=r):
+                return {"k": "Block", "locals": [[nm, self.node(v)] for nm, v in locs], "result": self.node(r)}
+            case bb.Intrinsic(uri=uri, type_signature=t):
+                return {"k": "Intrinsic", "uri": uri, "type": _enc_type(t)}
+            case bb.Literal(value=v, type_signature=t):
+                return {"k": "Literal", "value": _enc_literal_value(v), "type": _enc_type(t)}
+            case bb.Placement(placement=p):
+                return {"k": "Placement", "placement": p.name}
+            case bb.Data(uri=uri, type_signature=t):
+                return {"k": "Data", "uri": uri, "type": _enc_type(t)}
+            case bb.TensorFlowComputation(type_signature=t, name=name, id=cid):
+                return {"k": "TensorFlowComputation", "function": self.function(n), "type": _enc_type(t), "name": name, "id": cid}
+        raise SerializationError(f"cannot serialize IR node {n!r}")
+
+    def function(self, node: bb.TensorFlowComputation) -> int:
+        key = id(node.function)
+        if key not in self.index:
+            self.index[key] = len(self.functions)
+            meta, graph = _export_function(node)
+            self.functions.append((node, meta, graph))
+        return self.index[key]
+
+
+class _Decoder:
+    def __init__(self, functions: List[Any]):
+        self.functions = functions
+
+    def node(self, d: Dict[str, Any]) -> bb.BuildingBlock:
+        k = d["k"]
+        if k == "Reference":
+            return bb.Reference(d["name"], _dec_type(d["type"]))
+        if k == "Selection":
+            return bb.Selection(self.node(d["source"]), d["index"], d["name"])
+        if k == "Struct":
+            return bb.Struct([(nm, self.node(e)) for nm, e in d["elements"]], container=_dec_container(d["container"]))
+        if k == "Call":
+            return bb.Call(self.node(d["function"]), None if d["argument"] is None else self.node(d["argument"]))
+        if k == "Lambda":
+            return bb.Lambda(d["parameter_name"], _dec_type(d["parameter_type"]), self.node(d["result"]))
+        if k == "Block":
+            return bb.Block([(nm, self.node(v)) for nm, v in d["locals"]], self.node(d["result"]))
+        if k == "Intrinsic":
+            return bb.Intrinsic(d["uri"], _dec_type(d["type"]))
+        if k == "Literal":
+            return bb.Literal(_dec_literal_value(d["value"]), _dec_type(d["type"]))
+        if k == "Placement":
+            if d["placement"] not in PLACEMENTS:
+                raise SerializationError(f"unknown placement {d['placement']!r}")
+            return bb.Placement(PLACEMENTS[d["placement"]])
+        if k == "Data":
+            return bb.Data(d["uri"], _dec_type(d["type"]))
+        if k == "TensorFlowComputation":
+            fn = self.functions[int(d["function"])]
+            return bb.TensorFlowComputation(fn, _dec_type(d["type"]), d["name"], d["id"])
+        raise SerializationError(f"unknown IR node kind {k!r}")
+
+
+# --------------------------------------------------------------------------
+# TensorFlow functions.
+
+
+def _graph_ops(graph_def: Any) -> set:
+    ops = {n.op for n in graph_def.node}
+    for f in graph_def.library.function:
+        ops.update(n.op for n in f.node_def)
+    return ops
+
+
+def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], bytes]:
+    fn = node.function
+    label = node.name or getattr(fn, "name", "") or f"comp#{node.id}"
+    if isinstance(fn, ImportedTFFunction):
+        meta = {"name": fn.name, "parameter_type": _enc_type(fn.parameter_type), "result_type": _enc_type(fn.result_type),
+                "inputs": list(fn._input_names), "outputs": list(fn._output_names)}
+        return meta, fn._graph_def.SerializeToString()
+    cf = getattr(fn, "concrete_function", None)
+    if cf is None:
+        raise SerializationError(f"TF computation {label} has no traced TensorFlow function to serialize")
+    if getattr(fn, "writes_variables", False):
+        raise SerializationError(
+            f"TF computation {label} assigns tf.Variables; only pure TF computations can be serialized "
+            "(e.g. write models with stateless calls, taking and returning their weights)"
+        )
+    parameter_type = node.type_signature.parameter
+    n_in = len(tf_bridge.flat_specs(parameter_type))
+    if cf.captured_inputs:
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        try:
+            cf = convert_variables_to_constants_v2(cf)
+        except Exception as e:  # noqa: BLE001
+            raise SerializationError(f"TF computation {label}: cannot freeze its captured values: {e}") from e
+        if cf.captured_inputs:
+            raise SerializationError(f"TF computation {label} captures values that cannot be frozen into constants")
+    graph_def = cf.graph.as_graph_def()
+    bad = _graph_ops(graph_def) & _PYTHON_OPS
+    if bad:
+        raise SerializationError(f"TF computation {label} calls Python ({', '.join(sorted(bad))}); it cannot be serialized")
+    meta = {
+        "name": label,
+        "parameter_type": _enc_type(parameter_type),
+        "result_type": _enc_type(node.type_signature.result),
+        "inputs": [t.name for t in cf.inputs[:n_in]],
+        "outputs": [t.name for t in cf.outputs],
+    }
+    return meta, graph_def.SerializeToString()
+
+
+class ImportedTFFunction:
+    """A TF computation rebuilt from a GraphDef: the interface executors use from ``TFFunction``."""
+
+    writes_variables = False
+    variables: Tuple[Any, ...] = ()
+
+    def __init__(self, graph_def: Any, input_names: List[str], output_names: List[str],
+                 parameter_type: Optional[Type], result_type: Type, name: str):
+        self.name = name
+        self.parameter_type = parameter_type
+        self.result_type = result_type
+        self._graph_def = graph_def
+        self._input_names = tuple(input_names)
+        self._output_names = tuple(output_names)
+
+        def import_graph():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+
+        wrapped = tf.compat.v1.wrap_function(import_graph, [])
+        graph = wrapped.graph
+        feeds = [graph.get_tensor_by_name(n) for n in input_names]
+        fetches = [graph.get_tensor_by_name(n) for n in output_names]
+        self._pruned = wrapped.prune(feeds=feeds, fetches=fetches) if fetches else None
+        out_specs = tf_bridge.flat_specs(result_type)
+        if len(out_specs) != len(fetches):
+            raise SerializationError(f"TF computation {name}: {len(fetches)} outputs for result type {result_type}")
+
+        def flat_call(*leaves):
+            if self._pruned is None:
+                return []
+            feeds_in = [tf.data.experimental.to_variant(v) if isinstance(v, tf.data.Dataset) else v for v in leaves]
+            out = self._pruned(*feeds_in)
+            out = list(out) if isinstance(out, (list, tuple)) else [out]
+            return [
+                tf.data.experimental.from_variant(o, spec.element_spec) if isinstance(spec, tf.data.DatasetSpec) else o
+                for o, spec in zip(out, out_specs)
+            ]
+
+        self._tf_function = tf.function(flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=False)
+        self.concrete_function = self._tf_function.get_concrete_function()
+
+    def __repr__(self) -> str:
+        return f"<ImportedTFFunction {self.name}: {self.parameter_type} -> {self.result_type}>"
+
+    def call_leaves(self, leaves: List[Any]) -> List[Any]:
+        out = self.concrete_function(*leaves)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def call_structured(self, value: Any) -> Any:
+        from fedcore.compiler.tf_function import _leaves_of_user_value
+
+        leaves = _leaves_of_user_value(value, self.parameter_type, self.name)
+        out = self._tf_function(*leaves)
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        return tf_bridge.to_user_structure(tf_bridge.unflatten(out, self.result_type), self.result_type)
+
+
+def _import_function(meta: Dict[str, Any], graph_bytes: bytes) -> ImportedTFFunction:
+    name = str(meta["name"])
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(graph_bytes)
+    except Exception as e:  # noqa: BLE001 -- protobuf's DecodeError
+        raise SerializationError(f"TF computation {name}: its graph is not a valid GraphDef: {e}") from None
+    bad = _graph_ops(graph_def) & _PYTHON_OPS
+    if bad:
+        raise SerializationError(f"TF computation {name} calls Python ({', '.join(sorted(bad))}); refusing to load it")
+    try:
+        return ImportedTFFunction(
+            graph_def, [str(n) for n in meta["inputs"]], [str(n) for n in meta["outputs"]],
+            _dec_type(meta["parameter_type"]), _dec_type(meta["result_type"]), name,
+        )
+    except SerializationError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise SerializationError(f"TF computation {name}: cannot rebuild it from its graph: {type(e).__name__}: {e}") from None
+
+
+# --------------------------------------------------------------------------
+# The container format.
+
+
+def _pack(header: Dict[str, Any], sections: List[bytes]) -> bytes:
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    body = MAGIC + _struct.pack(">Q", len(head)) + head + b"".join(sections)
+    return body + hashlib.sha256(body).digest()
+
+
+def _unpack(data: Any) -> Tuple[Dict[str, Any], bytes]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SerializationError(f"deserialize() expects bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data.startswith(MAGIC):
+        if MAGIC.startswith(data):
+            raise SerializationError("truncated fedcore file: it ends inside the file signature")
+        raise SerializationError("not a fedcore computation file (missing the FEDCORE-COMPUTATION signature)")
+    if len(data) < len(MAGIC) + _LEN + _HASH:
+        raise SerializationError(f"truncated fedcore file: only {len(data)} bytes")
+    body, digest = data[:-_HASH], data[-_HASH:]
+    (head_len,) = _struct.unpack(">Q", body[len(MAGIC):len(MAGIC) + _LEN])
+    start = len(MAGIC) + _LEN
+    if hashlib.sha256(body).digest() != digest:
+        if start + head_len + _HASH > len(data):
+            raise SerializationError("truncated fedcore file: it is shorter than its header says")
+        raise SerializationError("the fedcore file is corrupted or was tampered with: its SHA-256 checksum does not match")
+    if start + head_len > len(body):
+        raise SerializationError("corrupted fedcore file: the header length is out of range")
+    try:
+        header = json.loads(body[start:start + head_len].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise SerializationError(f"corrupted fedcore file: the header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise SerializationError("corrupted fedcore file: the header is not a JSON object")
+    if header.get("format") != FORMAT:
+        raise SerializationError(f"not a fedcore computation file: format {header.get('format')!r}, expected {FORMAT!r}")
+    if header.get("version") != VERSION:
+        raise SerializationError(
+            f"unsupported fedcore computation format version {header.get('version')!r}; this fedcore reads version {VERSION}"
+        )
+    return header, body[start + head_len:]
+
+
+def serialize(comp: Any) -> bytes:
+    """The bytes of ``comp`` (a Computation or an IR node) in fedcore's data-only format."""
+    if isinstance(comp, Computation):
+        ir, name, parameter_names = comp.ir, comp.name, comp._parameter_names
+    elif isinstance(comp, bb.BuildingBlock):
+        ir, name, parameter_names = comp, "", None
+    elif hasattr(comp, "_fedcore_specialize"):
+        raise SerializationError(
+            f"{getattr(comp, 'name', comp)} is polymorphic; give its decorator parameter types to serialize it"
+        )
+    else:
+        raise SerializationError(f"serialize() expects a fedcore Computation, got {type(comp).__name__}")
+    encoder = _Encoder()
+    tree = encoder.node(ir)
+    sections, functions, offset = [], [], 0
+    for _, meta, graph in encoder.functions:
+        functions.append({**meta, "offset": offset, "length": len(graph), "sha256": hashlib.sha256(graph).hexdigest()})
+        sections.append(graph)
+        offset += len(graph)
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": name,
+        "type_signature": str(ir.type_signature),
+        "parameter_names": None if parameter_names is None else list(parameter_names),
+        "ir": tree,
+        "functions": functions,
+    }
+    return _pack(header, sections)
+
+
+def deserialize(data: bytes) -> Computation:
+    """Reads back a computation written by ``serialize``; raises SerializationError for anything else."""
+    header, payload = _unpack(data)
+    try:
+        functions = []
+        for meta in header["functions"]:
+            off, length = int(meta["offset"]), int(meta["length"])
+            if off < 0 or length < 0 or off + length > len(payload):
+                raise SerializationError(f"corrupted fedcore file: the graph of {meta.get('name')} is out of range")
+            graph = payload[off:off + length]
+            if hashlib.sha256(graph).hexdigest() != meta["sha256"]:
+                raise SerializationError(f"corrupted fedcore file: the graph of {meta.get('name')} fails its checksum")
+            functions.append(_import_function(meta, graph))
+        ir = _Decoder(functions).node(header["ir"])
+        signature = str(ir.type_signature)
+        if signature != header["type_signature"]:
+            raise SerializationError(
+                f"corrupted fedcore file: the IR has type {signature}, the header says {header['type_signature']}"
+            )
+        names = header["parameter_names"]
+        return Computation(ir, str(header["name"]), None if names is None else tuple(str(n) for n in names))
+    except SerializationError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- malformed content must not leak internal errors
+        raise SerializationError(f"corrupted fedcore file: {type(e).__name__}: {e}") from None
