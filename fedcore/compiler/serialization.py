@@ -40,6 +40,7 @@ import tensorflow as tf
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.computation import Computation
+from fedcore.compiler.tf_function import TFCalls
 from fedcore.structure import Struct
 from fedcore.types import FederatedType, FunctionType, SequenceType, StructType, Type, parse
 from fedcore.types.core import PLACEMENTS
@@ -321,7 +322,7 @@ def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], by
     return meta, graph_def.SerializeToString()
 
 
-class ImportedTFFunction:
+class ImportedTFFunction(TFCalls):
     """A TF computation rebuilt from a GraphDef: the interface executors use from ``TFFunction``."""
 
     writes_variables = False
@@ -365,17 +366,6 @@ class ImportedTFFunction:
     def __repr__(self) -> str:
         return f"<ImportedTFFunction {self.name}: {self.parameter_type} -> {self.result_type}>"
 
-    def call_leaves(self, leaves: List[Any]) -> List[Any]:
-        out = self.concrete_function(*leaves)
-        return list(out) if isinstance(out, (list, tuple)) else [out]
-
-    def call_structured(self, value: Any) -> Any:
-        from fedcore.compiler.tf_function import _leaves_of_user_value
-
-        leaves = _leaves_of_user_value(value, self.parameter_type, self.name)
-        out = self._tf_function(*leaves)
-        out = list(out) if isinstance(out, (list, tuple)) else [out]
-        return tf_bridge.to_user_structure(tf_bridge.unflatten(out, self.result_type), self.result_type)
 
 
 def _import_function(meta: Dict[str, Any], graph_bytes: bytes) -> ImportedTFFunction:

@@ -17,7 +17,24 @@ from fedcore.structure import items_by_names
 from fedcore.types import SequenceType, StructType, TensorType, Type
 
 
-class TFFunction:
+class TFCalls:
+    """How executors and other TF code call a TF computation; needs ``concrete_function``,
+    ``_tf_function``, ``parameter_type``, ``result_type`` and ``name``."""
+
+    def call_leaves(self, leaves: List[Any]) -> List[Any]:
+        """Runs the traced function on flat leaves; returns flat result leaves."""
+        out = self.concrete_function(*leaves)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def call_structured(self, value: Any) -> Any:
+        """Calls from inside other TF code being traced: takes and returns user structures."""
+        leaves = _leaves_of_user_value(value, self.parameter_type, self.name)
+        out = self._tf_function(*leaves)
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        return tf_bridge.to_user_structure(tf_bridge.unflatten(out, self.result_type), self.result_type)
+
+
+class TFFunction(TFCalls):
     def __init__(self, python_fn: Callable, parameter_type: Optional[Type], unpack: bool, name: str):
         self.python_fn = python_fn
         self.parameter_type = parameter_type
@@ -69,18 +86,6 @@ class TFFunction:
         result_type, result_leaves = tf_bridge.infer_tf_result(result)
         self.result_type = result_type
         return result_leaves
-
-    def call_leaves(self, leaves: List[Any]) -> List[Any]:
-        """Runs the traced function on flat leaves; returns flat result leaves."""
-        out = self.concrete_function(*leaves)
-        return list(out) if isinstance(out, (list, tuple)) else [out]
-
-    def call_structured(self, value: Any) -> Any:
-        """Calls from inside other TF code being traced: takes and returns user structures."""
-        leaves = _leaves_of_user_value(value, self.parameter_type, self.name)
-        out = self._tf_function(*leaves)
-        out = list(out) if isinstance(out, (list, tuple)) else [out]
-        return tf_bridge.to_user_structure(tf_bridge.unflatten(out, self.result_type), self.result_type)
 
 
 _WRITE_OP_PREFIXES = (

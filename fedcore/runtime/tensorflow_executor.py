@@ -873,9 +873,7 @@ def _partial_batches(c: Compiler, op: Lowered, data: Any, element_type: Type, ac
     def body(i, *acc):
         def run():
             own = unflatten([a[i] for a in acc], acc_type)
-            element = tf_bridge.from_dataset_structure(
-                tf_bridge.to_dataset_structure(unflatten(data.tail(i), element_type), element_type), element_type
-            )
+            element = unflatten(data.tail(i), element_type)
             new = _cast_flat(op(Struct.unnamed(own, element)), acc_type)
             return [tf.tensor_scatter_nd_update(a, [[i]], tf.expand_dims(v, 0)) for a, v in zip(acc, new)]
 

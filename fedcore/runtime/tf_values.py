@@ -28,7 +28,7 @@ from fedcore.compiler import tf_bridge
 from fedcore.runtime import pipelines
 from fedcore.runtime.datasets import canonical_element, sequence_elements
 from fedcore.runtime.executor import ExecutionError
-from fedcore.types import SequenceType, StructType, TensorType, Type
+from fedcore.types import StructType, TensorType, Type
 
 
 @attrs.frozen
@@ -509,7 +509,6 @@ __all__ = [
     "ShuffledData",
     "ShuffledSequences",
     "StaticData",
-    "SequenceType",
     "Stacked",
     "client_elements",
     "materialize",

@@ -67,3 +67,14 @@ def random_batches(num_examples: int, batch_size: int = 10, seed: int = 0) -> tf
     x = rng.normal(size=(num_examples, 784)).astype(np.float32) * 0.1
     y = np.argmax(x @ w, axis=1).astype(np.int32)
     return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(batch_size)
+
+
+def run_rounds(process, data, rounds: int, state=None):
+    """Runs ``rounds`` rounds of ``process`` from ``state`` (initialize() if None); returns
+    (state, each round's training loss, the last round's metrics)."""
+    state = process.initialize() if state is None else state
+    losses, metrics = [], None
+    for _ in range(rounds):
+        state, metrics = process.next(state, data)
+        losses.append(float(metrics["loss"]))
+    return state, losses, metrics

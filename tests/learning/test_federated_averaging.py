@@ -13,6 +13,7 @@ from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
 
 from tests.learning.helpers import (
     INPUT_SPEC,
+    run_rounds,
     federated_test_data,
     federated_train_data,
     keras_model_fn,
@@ -60,13 +61,7 @@ def test_initial_state_is_the_models_weights(seed_process):
 
 @pytest.fixture(scope="module")
 def digits_training(seed_process):
-    data = federated_train_data(num_clients=10, epochs=5)
-    state = seed_process.initialize()
-    losses = []
-    for _ in range(10):
-        state, metrics = seed_process.next(state, data)
-        losses.append(float(metrics["loss"]))
-    return state, losses, metrics
+    return run_rounds(seed_process, federated_train_data(num_clients=10, epochs=5), 10)
 
 
 def test_fedavg_lowers_the_training_loss_on_the_digits(digits_training):
@@ -122,11 +117,7 @@ def test_custom_trainable_model_trains_with_its_own_train_on_batch():
         "( -> <model=<trainable=<weights=float32[784,10],bias=float32[10]>,non_trainable=<>>,optimizer_state=<int64>>@SERVER)"
     )
     data = [random_batches(20, seed=1), random_batches(30, seed=2)]
-    state = process.initialize()
-    losses = []
-    for _ in range(3):
-        state, metrics = process.next(state, data)
-        losses.append(metrics["loss"])
+    state, losses, metrics = run_rounds(process, data, 3)
     assert losses[2] < losses[1] < losses[0]
     assert list(metrics) == ["accuracy", "loss", "num_examples"] and metrics["num_examples"] == 50.0
     # The same algorithm as the Keras model with client SGD at 0.02 (its train_on_batch's rate).

@@ -7,7 +7,7 @@ import fedcore
 from fedcore import learning
 from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
 
-from tests.learning.helpers import keras_model_fn, random_batches
+from tests.learning.helpers import keras_model_fn, random_batches, run_rounds
 from tests.learning.mnist_models import MnistModel
 
 
@@ -48,10 +48,6 @@ def test_a_round_is_a_gradient_step_on_the_union_of_the_clients_data():
 def test_federated_sgd_with_a_custom_model():
     process = learning.build_federated_sgd_process(MnistModel)
     data = [random_batches(20, seed=1), random_batches(10, seed=2)]
-    state = process.initialize()
-    losses = []
-    for _ in range(3):
-        state, metrics = process.next(state, data)
-        losses.append(metrics["loss"])
+    state, losses, metrics = run_rounds(process, data, 3)
     assert losses[2] < losses[1] < losses[0]
     assert metrics["num_examples"] == 30.0
