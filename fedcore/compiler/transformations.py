@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler.intrinsics import lookup
-from fedcore.types import StructType
+from fedcore.types import StructType, Type
 
 Pass = Callable[[bb.BuildingBlock], bb.BuildingBlock]
 
@@ -257,6 +257,180 @@ def fused_map_reduce(n: bb.BuildingBlock) -> Optional[Dict[str, bb.BuildingBlock
     if _intrinsic_call(mapped, ("federated_map",)) is None or not isinstance(mapped.argument, bb.Struct):
         return None
     return {"reduce": uri, "fn": mapped.argument.elements[0][1], "clients": mapped.argument.elements[1][1]}
+
+
+def bound_names(node: bb.BuildingBlock) -> set:
+    """Every name bound (by a Lambda parameter or a Block local) anywhere in ``node``."""
+    names: set = set()
+    for n in bb.walk(node):
+        match n:
+            case bb.Lambda(parameter_name=p) if p is not None:
+                names.add(p)
+            case bb.Block(locals=locs):
+                names.update(name for name, _ in locs)
+    return names
+
+
+def uniquify_names(node: bb.BuildingBlock) -> bb.BuildingBlock:
+    """Renames binders so that no name is bound twice in the program and none shadows a free name.
+
+    Tracing reuses local names (``fc1`` in every block); after this pass every
+    Lambda parameter and Block local has its own name, so bindings can be
+    hoisted or moved between scopes without capture.  Free names are kept.
+    """
+    taken = set(free_names(node))
+
+    def claim(name: str) -> str:
+        new = name if name not in taken else _fresh(name, taken)
+        taken.add(new)
+        return new
+
+    def visit(n: bb.BuildingBlock, env: Dict[str, bb.BuildingBlock]) -> bb.BuildingBlock:
+        match n:
+            case bb.Reference(name=name):
+                return env.get(name, n)
+            case bb.Lambda(parameter_name=p, parameter_type=t, result=r):
+                if p is None:
+                    return bb.Lambda(None, None, visit(r, env))
+                new = claim(p)
+                return bb.Lambda(new, t, visit(r, {**env, p: bb.Reference(new, t)}))
+            case bb.Block(locals=locs, result=r):
+                inner = dict(env)
+                new_locals = []
+                for name, value in locs:
+                    value = visit(value, inner)
+                    new = claim(name)
+                    inner[name] = bb.Reference(new, value.type_signature)
+                    new_locals.append((new, value))
+                return bb.Block(new_locals, visit(r, inner))
+            case bb.Selection(source=s, index=i, name=name):
+                return bb.Selection(visit(s, env), i, name)
+            case bb.Struct(elements=elements, container=container):
+                return bb.Struct([(name, visit(e, env)) for name, e in elements], container=container)
+            case bb.Call(function=f, argument=a):
+                return bb.Call(visit(f, env), None if a is None else visit(a, env), source=n.source)
+        return n
+
+    return visit(node, {})
+
+
+def _retype(node: bb.BuildingBlock, env: Dict[str, Type], rename: Optional[Dict[str, str]] = None) -> bb.BuildingBlock:
+    """Rebuilds ``node`` with references typed by ``env``; intrinsics are instantiated again at their new argument types.
+
+    ``rename`` maps intrinsics to replacements taking the same argument (outside lambdas' bodies too).
+    """
+    rename = rename or {}
+    match node:
+        case bb.Reference(name=name) if name in env and env[name] != node.type_signature:
+            return bb.Reference(name, env[name])
+        case bb.Lambda(parameter_name=p, parameter_type=t, result=r):
+            inner = {k: v for k, v in env.items() if k != p}
+            return bb.Lambda(p, t, _retype(r, inner, rename))
+        case bb.Block(locals=locs, result=r):
+            inner = dict(env)
+            new_locals = []
+            for name, value in locs:
+                value = _retype(value, inner, rename)
+                inner[name] = value.type_signature
+                new_locals.append((name, value))
+            return bb.Block(new_locals, _retype(r, inner, rename))
+        case bb.Selection(source=s, index=i, name=name):
+            return bb.Selection(_retype(s, env, rename), i, name)
+        case bb.Struct(elements=elements, container=container):
+            return bb.Struct([(name, _retype(e, env, rename)) for name, e in elements], container=container)
+        case bb.Call(function=f, argument=a):
+            a = None if a is None else _retype(a, env, rename)
+            f = _retype(f, env, rename)
+            if isinstance(f, bb.Intrinsic) and a is not None and (
+                f.uri in rename or a.type_signature != f.type_signature.parameter
+            ):
+                uri = rename.get(f.uri, f.uri)
+                f = bb.Intrinsic(uri, lookup(uri).instantiate(a.type_signature))
+            return bb.Call(f, a, source=node.source)
+    return node
+
+
+def normalize_all_equal(node: bb.BuildingBlock) -> bb.BuildingBlock:
+    """Turns ``federated_map_all_equal`` into ``federated_map``: one kind of client map.
+
+    A map over an all-equal client value (``T@CLIENTS``) then gives an ordinary
+    client value (``{U}@CLIENTS``), which is what a deployed client computes;
+    later passes (merging chained maps, the deployment forms) see one map
+    intrinsic.  Types downstream are derived again.  The computation's own
+    signature never changes: where a result would become ``{U}@CLIENTS``
+    instead of ``U@CLIENTS``, the computation is returned unchanged.
+    """
+
+    try:
+        new = _retype(node, {}, rename={"federated_map_all_equal": "federated_map"})
+    except TypeError:
+        return node  # a federated-level lambda insists on an all-equal argument: keep the program as it is
+    return new if new.type_signature == node.type_signature else node
+
+
+def to_call_dominant(node: bb.BuildingBlock) -> bb.BuildingBlock:
+    """Call-dominant form: ``(arg -> (let x1=c1,...,xn=cn in result))`` with every federated-level call bound once.
+
+    Each local is a call whose function and argument are *atoms*: references,
+    selections and structs of them, literals, and the functions passed to
+    intrinsics (lambdas and TF computations, left as they are).  Nested blocks
+    and federated-level lambda applications are flattened into the one top
+    block, in evaluation order.  This is the shape from which the deployment
+    forms are cut: each call can be given a phase (server, broadcast, client,
+    aggregation) by looking at its intrinsic and its dependencies.
+    """
+    if not isinstance(node, bb.Lambda):
+        return node
+    node = reduce_calls(inline_blocks(reduce_calls(node)))
+    if not isinstance(node, bb.Lambda):
+        return node
+    node = uniquify_names(node)
+    taken = bound_names(node) | free_names(node)
+    if node.parameter_name is not None:
+        taken.add(node.parameter_name)
+    bindings: List[tuple] = []
+
+    def bind(value: bb.BuildingBlock) -> bb.Reference:
+        name = _fresh("c", taken)
+        taken.add(name)
+        bindings.append((name, value))
+        return bb.Reference(name, value.type_signature)
+
+    def atom(n: bb.BuildingBlock) -> bb.BuildingBlock:
+        match n:
+            case bb.Block(locals=locs, result=r):
+                for name, value in locs:
+                    bindings.append((name, atom(value)))
+                return atom(r)
+            case bb.Call(function=bb.Lambda(parameter_name=p, result=r), argument=a):
+                if p is not None:
+                    bindings.append((p, atom(a)))
+                return atom(r)
+            case bb.Call(function=f, argument=a):
+                f = f if isinstance(f, (bb.Intrinsic, bb.TensorFlowComputation, bb.Lambda, bb.Reference)) else atom(f)
+                return bind(bb.Call(f, None if a is None else atom(a), source=n.source))
+            case bb.Struct(elements=elements, container=container):
+                return bb.Struct([(name, atom(e)) for name, e in elements], container=container)
+            case bb.Selection(source=s, index=i, name=name):
+                source = atom(s)
+                if isinstance(source, bb.Struct):
+                    return source.elements[i][1]
+                return bb.Selection(source, i, name)
+        return n
+
+    result = atom(node.result)
+    # Aliases (a local bound to an atom) are substituted away: every remaining local is a call.
+    calls: List[tuple] = []
+    body: bb.BuildingBlock = bb.Block(bindings, result)
+    while isinstance(body, bb.Block) and body.locals:
+        (name, value), rest = body.locals[0], body.locals[1:]
+        if isinstance(value, bb.Call):
+            calls.append((name, value))
+            body = bb.Block(rest, body.result)
+        else:
+            body = reduce_calls(substitute(bb.Block(rest, body.result), name, value))
+    result = body.result if isinstance(body, bb.Block) else body
+    return bb.Lambda(node.parameter_name, node.parameter_type, bb.Block(calls, result) if calls else result)
 
 
 PIPELINE: List[Pass] = [reduce_calls, inline_blocks, remove_unused_locals, merge_chained_maps, reduce_calls]

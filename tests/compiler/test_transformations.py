@@ -8,7 +8,16 @@ from fedcore.compiler import transformations as tr
 from fedcore.compiler.ir_parser import parse_ir
 from fedcore.testing import conformance
 
-PASSES = [tr.reduce_calls, tr.inline_blocks, tr.remove_unused_locals, tr.merge_chained_maps, tr.run_pipeline]
+PASSES = [
+    tr.reduce_calls,
+    tr.inline_blocks,
+    tr.remove_unused_locals,
+    tr.uniquify_names,
+    tr.normalize_all_equal,
+    tr.merge_chained_maps,
+    tr.to_call_dominant,
+    tr.run_pipeline,
+]
 
 
 class _TransformingExecutor:
@@ -78,3 +87,55 @@ def test_pipeline_rejects_a_pass_that_changes_the_type():
     node = parse_ir("(x:int32 -> x)")
     with pytest.raises(AssertionError, match="changed the type signature"):
         tr.run_pipeline(node, [lambda n: parse_ir("(x:int32 -> <x>)")])
+
+
+def test_uniquify_names_gives_every_binder_its_own_name():
+    node = parse_ir(
+        "(x:int32 -> (let a=x,b=(x:int32 -> (let a=x in a))(a) in (let a=b in <a,x>)))"
+    )
+    renamed = tr.uniquify_names(node)
+    assert _text(renamed) == "(x:int32 -> (let a=x,b=(x_1:int32 -> (let a_1=x_1 in a_1))(a) in (let a_2=b in <a_2,x>)))"
+    binders = [n for n in bb.walk(renamed) if isinstance(n, (bb.Lambda, bb.Block))]
+    names = [b.parameter_name for b in binders if isinstance(b, bb.Lambda)]
+    names += [name for b in binders if isinstance(b, bb.Block) for name, _ in b.locals]
+    assert len(names) == len(set(names)) == 6
+
+
+def test_uniquify_names_keeps_free_names_and_avoids_them():
+    node = bb.Block([("y", bb.Reference("z", fedcore.to_type("int32")))], bb.Lambda("z", fedcore.to_type("int32"), bb.Reference("y", fedcore.to_type("int32"))))
+    assert _text(tr.uniquify_names(node)) == "(let y=z in (z_1:int32 -> y))"
+
+
+def test_normalize_all_equal_turns_all_equal_maps_into_client_maps():
+    node = parse_ir(
+        "(x:int32@SERVER -> federated_sum(federated_map_all_equal(<(v:int32 -> v),federated_broadcast(x)>)))"
+    )
+    normalized = tr.normalize_all_equal(node)
+    assert _text(normalized) == "(x:int32@SERVER -> federated_sum(federated_map(<(v:int32 -> v),federated_broadcast(x)>)))"
+    inner = normalized.result.argument
+    assert str(inner.type_signature) == "{int32}@CLIENTS"
+    assert normalized.type_signature == node.type_signature
+
+
+def test_normalize_all_equal_never_changes_the_signature():
+    node = parse_ir("(x:int32@SERVER -> federated_map_all_equal(<(v:int32 -> v),federated_broadcast(x)>))")
+    assert tr.normalize_all_equal(node) is node  # its result is int32@CLIENTS, which {int32}@CLIENTS is not
+
+
+def test_call_dominant_form_binds_every_federated_call_once_at_the_top():
+    node = parse_ir(
+        "(x:<int32@SERVER,{int32}@CLIENTS> -> (let a=federated_broadcast(x[0]) in "
+        "<federated_sum(federated_map(<(v:<int32,int32> -> v[0]),federated_zip_at_clients(<x[1],a>)>)),"
+        "(y:int32@SERVER -> y)(x[0])>))"
+    )
+    cdf = tr.to_call_dominant(node)
+    assert bb.to_formatted_string(cdf) == (
+        "(x -> (let\n"
+        "  c_1=federated_broadcast(x[0]),\n"
+        "  c_2=federated_zip_at_clients(<x[1],c_1>),\n"
+        "  c_3=federated_map(<(v -> v[0]),c_2>),\n"
+        "  c_4=federated_sum(c_3)\n"
+        "in <c_4,x[0]>))"
+    )
+    assert all(isinstance(v, bb.Call) for _, v in cdf.result.locals)
+    assert not any(isinstance(n, bb.Block) for _, v in cdf.result.locals for n in bb.walk(v))
