@@ -72,6 +72,22 @@ class MapReduceForm:
 
     PIECES = ("prepare", "work", "zero", "accumulate", "merge", "report", "secure_sum_max_input", "update")
 
+    def __attrs_post_init__(self):
+        check = _Checker("MapReduceForm", self)
+        check_shape(self.type_signature, "MapReduceForm")
+        s, d = self.type_signature.parameter[0].member, self.type_signature.parameter[1].member
+        c = check.function("prepare", s).result
+        check.function("work", StructType([(None, d), (None, c)]))
+        u, v = check.pair("work", "result")
+        a = check.function("zero", None).result
+        check.function("accumulate", _pair(a, u), a)
+        check.function("merge", _pair(a, a), a)
+        r = check.function("report", a).result
+        bounds = check.function("secure_sum_max_input", None).result
+        if not (isinstance(v, StructType) and isinstance(bounds, StructType) and len(v) == len(bounds)):
+            check.fail(f"work sends {v} to secure sums, but secure_sum_max_input gives bounds {bounds}")
+        check.function("update", StructType([(None, s), (None, _pair(r, v))]), _member(self.type_signature.result))
+
     def pieces(self) -> Dict[str, Computation]:
         return {name: getattr(self, name) for name in self.PIECES}
 
@@ -94,11 +110,61 @@ class DistributeAggregateForm:
         "server_prepare", "server_to_client_broadcast", "client_work", "client_to_server_aggregation", "server_result",
     )
 
+    def __attrs_post_init__(self):
+        check = _Checker("DistributeAggregateForm", self)
+        check_shape(self.type_signature, "DistributeAggregateForm")
+        s, d = self.type_signature.parameter
+        check.function("server_prepare", s)
+        b, i = check.pair("server_prepare", "result")
+        c = check.function("server_to_client_broadcast", b).result
+        v = check.function("client_work", StructType([(None, d), (None, c)])).result
+        a = check.function("client_to_server_aggregation", _pair(i, v)).result
+        check.function("server_result", _pair(i, a), self.type_signature.result)
+        check.placed("server_to_client_broadcast", "result", CLIENTS)
+        check.placed("client_work", "result", CLIENTS)
+        check.placed("client_to_server_aggregation", "result", SERVER)
+
     def pieces(self) -> Dict[str, Computation]:
         return {name: getattr(self, name) for name in self.PIECES}
 
     def summary(self) -> str:
         return _summary("DistributeAggregateForm", self)
+
+
+class _Checker:
+    """Checks that a form's pieces fit together; each failure names the piece and both types."""
+
+    def __init__(self, kind: str, form: Any):
+        self.kind, self.form = kind, form
+
+    def fail(self, message: str):
+        raise FormError(f"inconsistent {self.kind}: {message}")
+
+    def function(self, name: str, parameter: Optional[Type], result: Optional[Type] = None) -> FunctionType:
+        comp = getattr(self.form, name)
+        if not isinstance(comp, Computation):
+            self.fail(f"{name} must be a fedcore Computation, got {type(comp).__name__}")
+        t = comp.type_signature
+        if not isinstance(t, FunctionType):
+            self.fail(f"{name} has type {t}, which is not a function")
+        if parameter is None and t.parameter is not None or (
+            parameter is not None and (t.parameter is None or not t.parameter.is_assignable_from(parameter))
+        ):
+            self.fail(f"{name} has type {t}, which cannot take {'no argument' if parameter is None else parameter}")
+        if result is not None and not result.is_assignable_from(t.result):
+            self.fail(f"{name} has type {t}, but must give {result}")
+        return t
+
+    def pair(self, name: str, where: str) -> Tuple[Type, Type]:
+        t = getattr(getattr(self.form, name).type_signature, where)
+        if not (isinstance(t, StructType) and len(t) == 2):
+            self.fail(f"the {where} of {name}, {t}, is not a pair")
+        return t[0], t[1]
+
+    def placed(self, name: str, where: str, placement) -> None:
+        t = getattr(getattr(self.form, name).type_signature, where)
+        if not (isinstance(t, StructType) and all(isinstance(e, FederatedType) and e.placement is placement for e in t)):
+            self.fail(f"the {where} of {name}, {t}, must be a struct of values placed at {placement.name}")
 
 
 def _summary(kind: str, form: Any) -> str:

@@ -172,3 +172,84 @@ def test_polymorphic_and_non_computations_are_refused():
         forms.to_map_reduce_form(poly)
     with pytest.raises(forms.FormError, match="got int"):
         forms.to_distribute_aggregate_form(3)
+
+
+# --------------------------------------------------------------------------
+# Forms serialize like computations: data only, checked on load.
+
+
+@pytest.mark.parametrize("form", sorted(DRIVERS))
+def test_fedavg_forms_round_trip_through_serialization(fedavg, form):
+    process, data = fedavg
+    compile_form, drive = DRIVERS[form]
+    original = compile_form(process.next)
+    loaded = fedcore.deserialize(fedcore.serialize(original))
+    assert type(loaded) is type(original)
+    assert loaded.type_signature == original.type_signature
+    for name, piece in original.pieces().items():
+        assert getattr(loaded, name).type_signature == piece.type_signature, name
+    for executor in EXECUTORS.values():
+        with fedcore.execution_context(executor()):
+            state = process.initialize()
+            expected = drive(original, state, data)
+            got = drive(loaded, state, data)
+        conformance.assert_values_equal(got, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("form", sorted(DRIVERS))
+@conformance.parametrize("case", ROUNDS)
+def test_round_case_forms_round_trip_through_serialization(case, form):
+    compile_form, drive = DRIVERS[form]
+    loaded = fedcore.deserialize(fedcore.serialize(compile_form(case.build())))
+    args, _ = case.arguments()
+    with fedcore.execution_context(fedcore.ReferenceExecutor()):
+        expected = case.build()(*args)
+        got = drive(loaded, *args)
+    conformance.assert_values_equal(got, expected, rtol=case.rtol, atol=case.atol)
+
+
+def _tamper_header(data: bytes, edit) -> bytes:
+    """Rewrites the JSON header of a serialized file and fixes up its length and checksum,
+    as a deliberate forger would: only the structural checks can catch it."""
+    import hashlib
+    import json
+    import struct
+
+    from fedcore.compiler import serialization as ser
+
+    body = data[: -32]
+    start = len(ser.MAGIC) + 8
+    (head_len,) = struct.unpack(">Q", body[len(ser.MAGIC):start])
+    header = json.loads(body[start:start + head_len])
+    edit(header)
+    head = json.dumps(header).encode()
+    new_body = ser.MAGIC + struct.pack(">Q", len(head)) + head + body[start + head_len:]
+    return new_body + hashlib.sha256(new_body).digest()
+
+
+def test_a_form_with_a_missing_or_mismatched_piece_is_refused():
+    from fedcore.compiler.serialization import SerializationError
+
+    comp = conformance.get_case("round_count_and_mean").build()
+    data = fedcore.serialize(forms.to_map_reduce_form(comp))
+    assert type(fedcore.deserialize(_tamper_header(data, lambda h: None))) is forms.MapReduceForm
+
+    def drop_merge(h):
+        del h["pieces"]["merge"]
+
+    with pytest.raises(SerializationError, match="needs the pieces prepare, work, zero, accumulate, merge"):
+        fedcore.deserialize(_tamper_header(data, drop_merge))
+
+    def swap(h):
+        h["pieces"]["merge"], h["pieces"]["report"] = h["pieces"]["report"], h["pieces"]["merge"]
+
+    with pytest.raises(SerializationError, match="inconsistent MapReduceForm: merge has type"):
+        fedcore.deserialize(_tamper_header(data, swap))
+
+    def unknown(h):
+        h["form"] = "three_phase"
+
+    with pytest.raises(SerializationError, match="unknown form 'three_phase'"):
+        fedcore.deserialize(_tamper_header(data, unknown))
+    with pytest.raises(SerializationError):
+        fedcore.deserialize(data[: len(data) // 2])
