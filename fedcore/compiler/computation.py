@@ -257,6 +257,10 @@ def arrange_arguments(name, parameter: Optional[Type], args, kwargs, parameter_n
     if len(args) == 1 and not kwargs and parameter_names is None:
         return args[0], False
     if not isinstance(parameter, StructType):
+        if kwargs:
+            raise error(
+                f"{name} takes one positional argument of type {parameter}, got keyword arguments {sorted(kwargs)}"
+            )
         raise error(f"{name} expects one argument of type {parameter}, got {len(args) + len(kwargs)}")
     return Struct(_match_arguments(name, parameter, args, kwargs)), True
 

@@ -60,7 +60,13 @@ def pack_argument(comp, args, kwargs) -> Any:
     value, packed = arrange_arguments(comp.name, parameter, args, kwargs, comp._parameter_names, values.ArgumentError)
     if parameter is None:
         return None
-    return values.to_internal(value, parameter, f"arguments of {comp.name}" if packed else f"argument of {comp.name}")
+    where = f"arguments of {comp.name}" if packed else f"argument of {comp.name}"
+    try:
+        return values.to_internal(value, parameter, where)
+    except RecursionError:  # e.g. a list nested thousands deep, where a tensor or struct is expected
+        raise values.ArgumentError(
+            f"{where}: expected {parameter}, got a value nested too deeply to read (Python's recursion limit was reached)"
+        ) from None
 
 
 def execute(comp, args, kwargs, executor: Optional[Any] = None) -> Any:

@@ -44,6 +44,16 @@ def _is_dataset(value: Any) -> bool:
 
 def infer_type(value: Any) -> Type:
     """The fedcore type of a Python value, for polymorphic computations."""
+    try:
+        return _infer_type(value)
+    except RecursionError:
+        # Raised at the innermost level; the levels above let the ArgumentError through.
+        raise ArgumentError(
+            "cannot infer a fedcore type for a value nested this deeply: it exceeds Python's recursion limit"
+        ) from None
+
+
+def _infer_type(value: Any) -> Type:
     if _is_dataset(value):
         return SequenceType(to_type(value.element_spec))
     # numpy first: np.float64 is a subclass of Python's float, but keeps its dtype.
@@ -106,6 +116,9 @@ def _tensor(value: Any, t: TensorType, where: str) -> Any:
         raise ArgumentError(f"{where}: expected {t}, got booleans {value!r}")
     if t.dtype == "bool" and source.dtype.kind != "b":
         raise ArgumentError(f"{where}: expected {t}, got {value!r}")
+    if source.dtype.kind == "c" and np.dtype(target).kind != "c":
+        # astype would silently drop the imaginary part.
+        raise ArgumentError(f"{where}: expected {t}, got complex values {value!r}")
     converted = source.astype(target)
     if source.dtype.kind in "fc" and np.dtype(target).kind in "iu":
         if not np.array_equal(converted, source):

@@ -155,6 +155,8 @@ class ClientData:
 
     def create_tf_dataset_for_client(self, client_id: str) -> tf.data.Dataset:
         """The client's dataset; the same object on every call with the same id."""
+        if not isinstance(client_id, str):
+            raise TypeError(f"client ids are strings, got {client_id!r} of Python type {type(client_id).__name__}")
         dataset = self._datasets.get(client_id)
         if dataset is not None:
             return dataset
@@ -179,6 +181,8 @@ class ClientData:
         """Yields client datasets: in client id order, or shuffled by ``seed``; at most ``limit_count``."""
         ids = self._ordered_ids(seed)
         if limit_count is not None:
+            if isinstance(limit_count, bool) or not isinstance(limit_count, (int, np.integer)):
+                raise TypeError(f"limit_count must be an int or None, got {limit_count!r}")
             if limit_count < 0:
                 raise ValueError(f"limit_count must be non-negative, got {limit_count}")
             ids = ids[:limit_count]
@@ -326,7 +330,10 @@ def _client_arrays(client_id: str, value: Any) -> Any:
     """The client's structure with numpy arrays at the leaves; checks one leading dimension."""
     if value is None:
         raise TypeError(f"client {client_id!r} has no data (None); give an array or a dict of arrays")
-    converted = _normalize(value)
+    try:
+        converted = _normalize(value)
+    except ValueError as e:  # e.g. ragged nested lists: numpy's message names no client
+        raise ValueError(f"client {client_id!r}: its data cannot be made into arrays: {e}") from None
     paths_and_leaves = _leaves_with_paths(converted)
     sizes = {}
     for path, leaf in paths_and_leaves:

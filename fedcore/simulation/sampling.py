@@ -15,7 +15,10 @@ def _id_list(client_ids: Union[ClientData, Iterable[str]]) -> List[str]:
         return client_ids.client_ids
     if isinstance(client_ids, (str, bytes)):
         raise TypeError(f"client_ids must be a collection of client ids, got the single string {client_ids!r}")
-    return list(client_ids)
+    try:
+        return list(client_ids)
+    except TypeError:
+        raise TypeError(f"client_ids must be a collection of client ids, got {client_ids!r}") from None
 
 
 def _check_count(num_clients: Any, available: int) -> int:

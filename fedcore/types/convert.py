@@ -41,6 +41,16 @@ def to_type(spec: Any) -> Type:
     lists, tuples, dicts, OrderedDicts, namedtuples and attrs instances of any
     of these.  Containers are remembered on the resulting StructType.
     """
+    try:
+        return _to_type(spec)
+    except RecursionError:
+        # Raised at the innermost level; the levels above let the ValueError through.
+        raise ValueError(
+            "cannot convert a type spec nested this deeply: converting it exceeds Python's recursion limit"
+        ) from None
+
+
+def _to_type(spec: Any) -> Type:
     if isinstance(spec, Type):
         return spec
     if spec is None:

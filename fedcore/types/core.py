@@ -73,6 +73,9 @@ def canonical_dtype(dtype: Any) -> str:
     return name
 
 
+_MAX_DIM = 2**63 - 1  # TensorFlow's dimensions are int64
+
+
 def _convert_shape(shape: Any) -> Optional[Tuple[Optional[int], ...]]:
     if shape is None:
         return None
@@ -97,6 +100,8 @@ def _convert_shape(shape: Any) -> Optional[Tuple[Optional[int], ...]]:
         elif isinstance(dim, (int, np.integer)) and not isinstance(dim, bool):
             if dim < 0:
                 raise ValueError(f"dimension must be non-negative or None, got {dim} in shape {shape!r}")
+            if dim > _MAX_DIM:
+                raise ValueError(f"dimension {dim} in shape {shape!r} is too large; a dimension must fit in int64")
             result.append(int(dim))
         else:
             raise TypeError(f"dimension must be an int or None, got {dim!r} in shape {shape!r}")

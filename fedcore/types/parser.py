@@ -111,6 +111,33 @@ def _parser() -> lark.Lark:
     )
 
 
+# The deepest nesting the notation accepts.  Printing, comparing and hashing types recurse
+# once or twice per level, so much deeper types would hit Python's recursion limit later.
+MAX_DEPTH = 100
+
+
+def _depth(t: Type) -> int:
+    """How deeply ``t`` nests (a tensor is 1, ``<int32>`` is 2), computed without recursion."""
+    deepest, stack = 0, [(t, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(node, StructType):
+            stack.extend((element, level + 1) for element in node)
+        elif isinstance(node, SequenceType):
+            stack.append((node.element, level + 1))
+        elif isinstance(node, FederatedType):
+            stack.append((node.member, level + 1))
+        elif isinstance(node, FunctionType):
+            stack.extend((part, level + 1) for part in (node.parameter, node.result) if part is not None)
+    return deepest
+
+
+def _too_deep(text: str) -> ValueError:
+    shown = repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(text)} characters)"
+    return ValueError(f"cannot parse type {shown}: it nests more than {MAX_DEPTH} levels deep")
+
+
 def _describe_expected(expected) -> str:
     names = sorted({_TERMINAL_NAMES.get(t, t) for t in expected})
     return ", ".join(names)
@@ -130,7 +157,8 @@ def parse(text: str) -> Type:
 
     Raises ValueError naming the column and what was expected on bad syntax,
     and TypeError or ValueError for well-formed text that names a bad type
-    (an unknown dtype, a federated member that is itself federated, ...).
+    (an unknown dtype, a federated member that is itself federated, ...) or
+    that nests more than ``MAX_DEPTH`` levels deep.
     """
     if not isinstance(text, str):
         raise TypeError(f"parse() expects a string in the type notation, got {text!r}")
@@ -141,7 +169,9 @@ def parse(text: str) -> Type:
 @functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> Type:
     try:
-        return _parser().parse(text)
+        result = _parser().parse(text)
+    except RecursionError:
+        raise _too_deep(text) from None
     except lark.exceptions.UnexpectedCharacters as e:
         raise ValueError(
             f"cannot parse type {text!r}: unexpected character {text[e.pos_in_stream]!r} at "
@@ -164,4 +194,9 @@ def _parse(text: str) -> Type:
             f"expected {_describe_expected(e.expected)}"
         ) from None
     except lark.exceptions.VisitError as e:
+        if isinstance(e.orig_exc, RecursionError):
+            raise _too_deep(text) from None
         raise e.orig_exc from None
+    if _depth(result) > MAX_DEPTH:
+        raise _too_deep(text)
+    return result
