@@ -40,9 +40,10 @@ import tensorflow as tf
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.computation import Computation
+from fedcore.compiler.intrinsics import lookup
 from fedcore.compiler.tf_function import TFCalls
 from fedcore.structure import Struct
-from fedcore.types import FederatedType, FunctionType, SequenceType, StructType, Type, parse
+from fedcore.types import FederatedType, FunctionType, SequenceType, StructType, TensorType, Type, parse
 from fedcore.types.core import PLACEMENTS
 
 FORMAT = "fedcore.computation"
@@ -240,11 +241,22 @@ class _Encoder:
 class _Decoder:
     def __init__(self, functions: List[Any]):
         self.functions = functions
+        # The names bound where the node being decoded sits, with their types: a reference to
+        # anything else, or at another type, would only fail (or worse) when the IR runs.
+        self.scope: Dict[str, Type] = {}
 
     def node(self, d: Dict[str, Any]) -> bb.BuildingBlock:
         k = d["k"]
         if k == "Reference":
-            return bb.Reference(d["name"], _dec_type(d["type"]))
+            name, t = d["name"], _dec_type(d["type"])
+            if name not in self.scope:
+                raise SerializationError(f"corrupted fedcore file: a reference to {name!r}, which nothing binds")
+            if self.scope[name] != t:
+                raise SerializationError(
+                    f"corrupted fedcore file: a reference to {name!r} has type {t}, but {name!r} is bound to "
+                    f"a value of type {self.scope[name]}"
+                )
+            return bb.Reference(name, t)
         if k == "Selection":
             return bb.Selection(self.node(d["source"]), d["index"], d["name"])
         if k == "Struct":
@@ -252,13 +264,40 @@ class _Decoder:
         if k == "Call":
             return bb.Call(self.node(d["function"]), None if d["argument"] is None else self.node(d["argument"]))
         if k == "Lambda":
-            return bb.Lambda(d["parameter_name"], _dec_type(d["parameter_type"]), self.node(d["result"]))
+            outer = dict(self.scope)
+            parameter_type = _dec_type(d["parameter_type"])
+            if d["parameter_name"] is not None:
+                self.scope[d["parameter_name"]] = parameter_type
+            try:
+                return bb.Lambda(d["parameter_name"], parameter_type, self.node(d["result"]))
+            finally:
+                self.scope = outer
         if k == "Block":
-            return bb.Block([(nm, self.node(v)) for nm, v in d["locals"]], self.node(d["result"]))
+            outer = dict(self.scope)
+            try:
+                locals_ = []
+                for nm, v in d["locals"]:
+                    value = self.node(v)
+                    self.scope[nm] = value.type_signature
+                    locals_.append((nm, value))
+                return bb.Block(locals_, self.node(d["result"]))
+            finally:
+                self.scope = outer
         if k == "Intrinsic":
-            return bb.Intrinsic(d["uri"], _dec_type(d["type"]))
+            return _dec_intrinsic(d["uri"], _dec_type(d["type"]))
         if k == "Literal":
-            return bb.Literal(_dec_literal_value(d["value"]), _dec_type(d["type"]))
+            value, t = _dec_literal_value(d["value"]), _dec_type(d["type"])
+            if isinstance(t, TensorType) and t.dtype != "string":
+                shape = np.shape(value)
+                fits = t.shape is None or (
+                    len(shape) == len(t.shape) and all(d is None or d == s for d, s in zip(t.shape, shape))
+                )
+                if not fits or (isinstance(value, (np.ndarray, np.generic)) and value.dtype != t.np_dtype):
+                    raise SerializationError(
+                        f"corrupted fedcore file: a literal of type {t} holds a {np.asarray(value).dtype} value "
+                        f"of shape {list(shape)}"
+                    )
+            return bb.Literal(value, t)
         if k == "Placement":
             if d["placement"] not in PLACEMENTS:
                 raise SerializationError(f"unknown placement {d['placement']!r}")
@@ -266,9 +305,37 @@ class _Decoder:
         if k == "Data":
             return bb.Data(d["uri"], _dec_type(d["type"]))
         if k == "TensorFlowComputation":
-            fn = self.functions[int(d["function"])]
-            return bb.TensorFlowComputation(fn, _dec_type(d["type"]), d["name"], d["id"])
+            index = int(d["function"])
+            if not 0 <= index < len(self.functions):
+                raise SerializationError(f"corrupted fedcore file: TF computation number {index} does not exist")
+            fn, t = self.functions[index], _dec_type(d["type"])
+            if t != FunctionType(fn.parameter_type, fn.result_type):
+                raise SerializationError(
+                    f"corrupted fedcore file: a TF computation node has type {t}, but its graph "
+                    f"{fn.name} is ({fn.parameter_type} -> {fn.result_type})"
+                )
+            return bb.TensorFlowComputation(fn, t, d["name"], d["id"])
         raise SerializationError(f"unknown IR node kind {k!r}")
+
+
+def _dec_intrinsic(uri: Any, t: Optional[Type]) -> bb.Intrinsic:
+    """An intrinsic node, checked against the registry: a known uri, at a type its signature gives."""
+    try:
+        definition = lookup(str(uri))
+    except ValueError as e:
+        raise SerializationError(f"corrupted fedcore file: {e}") from None
+    if isinstance(definition.generic_type, FunctionType):
+        if not isinstance(t, FunctionType):
+            raise SerializationError(f"corrupted fedcore file: intrinsic {uri} has type {t}, which is not a function")
+        try:
+            expected = definition.instantiate(t.parameter)
+        except TypeError as e:
+            raise SerializationError(f"corrupted fedcore file: intrinsic {uri} at type {t}: {e}") from None
+        if expected != t:
+            raise SerializationError(
+                f"corrupted fedcore file: intrinsic {uri} has type {t}, but its signature gives {expected}"
+            )
+    return bb.Intrinsic(uri, t)
 
 
 # --------------------------------------------------------------------------
@@ -348,6 +415,19 @@ class ImportedTFFunction(TFCalls):
         out_specs = tf_bridge.flat_specs(result_type)
         if len(out_specs) != len(fetches):
             raise SerializationError(f"TF computation {name}: {len(fetches)} outputs for result type {result_type}")
+        in_specs = tf_bridge.flat_specs(parameter_type)
+        if len(in_specs) != len(feeds):
+            raise SerializationError(f"TF computation {name}: {len(feeds)} inputs for parameter type {parameter_type}")
+        for kind, tensors, specs, t in (("input", feeds, in_specs, parameter_type), ("output", fetches, out_specs, result_type)):
+            for tensor, spec in zip(tensors, specs):
+                dataset = isinstance(spec, tf.data.DatasetSpec)
+                if tensor.dtype != (tf.variant if dataset else spec.dtype) or (
+                    not dataset and not spec.shape.is_compatible_with(tensor.shape)
+                ):
+                    raise SerializationError(
+                        f"TF computation {name}: its graph's {kind} {tensor.name} is a {tensor.dtype.name} tensor "
+                        f"of shape {tensor.shape}, which does not fit its declared type {t}"
+                    )
 
         def flat_call(*leaves):
             if self._pruned is None:
@@ -434,7 +514,11 @@ def _unpack(data: Any) -> Tuple[Dict[str, Any], bytes]:
 
 
 def serialize(comp: Any) -> bytes:
-    """The bytes of ``comp`` (a Computation or an IR node) in fedcore's data-only format."""
+    """The bytes of ``comp`` (a Computation, an IR node, or a deployment form) in fedcore's data-only format."""
+    from fedcore.compiler import forms
+
+    if isinstance(comp, (forms.MapReduceForm, forms.DistributeAggregateForm)):
+        return _serialize_form(comp)
     if isinstance(comp, Computation):
         ir, name, parameter_names = comp.ir, comp.name, comp._parameter_names
     elif isinstance(comp, bb.BuildingBlock):
@@ -446,26 +530,87 @@ def serialize(comp: Any) -> bytes:
     else:
         raise SerializationError(f"serialize() expects a fedcore Computation, got {type(comp).__name__}")
     encoder = _Encoder()
-    tree = encoder.node(ir)
+    header = {"format": FORMAT, "version": VERSION, **_computation_entry(encoder, ir, name, parameter_names)}
+    return _finish(header, encoder)
+
+
+def _computation_entry(encoder: "_Encoder", ir: bb.BuildingBlock, name: str, parameter_names: Any) -> Dict[str, Any]:
+    return {
+        "name": name,
+        "type_signature": str(ir.type_signature),
+        "parameter_names": None if parameter_names is None else list(parameter_names),
+        "ir": encoder.node(ir),
+    }
+
+
+def _finish(header: Dict[str, Any], encoder: "_Encoder") -> bytes:
+    """Adds the encoder's TF graphs as sections after the header; packs it all."""
     sections, functions, offset = [], [], 0
     for _, meta, graph in encoder.functions:
         functions.append({**meta, "offset": offset, "length": len(graph), "sha256": hashlib.sha256(graph).hexdigest()})
         sections.append(graph)
         offset += len(graph)
+    return _pack({**header, "functions": functions}, sections)
+
+
+_FORM_KINDS = {"MapReduceForm": "map_reduce", "DistributeAggregateForm": "distribute_aggregate"}
+
+
+def _serialize_form(form: Any) -> bytes:
+    """A form's pieces, each stored as a computation; TF graphs shared between pieces are stored once."""
+    encoder = _Encoder()
+    pieces = {
+        name: _computation_entry(encoder, comp.ir, comp.name, comp._parameter_names)
+        for name, comp in form.pieces().items()
+    }
     header = {
         "format": FORMAT,
         "version": VERSION,
-        "name": name,
-        "type_signature": str(ir.type_signature),
-        "parameter_names": None if parameter_names is None else list(parameter_names),
-        "ir": tree,
-        "functions": functions,
+        "form": _FORM_KINDS[type(form).__name__],
+        "type_signature": str(form.type_signature),
+        "form_type": _enc_type(form.type_signature),
+        "pieces": pieces,
     }
-    return _pack(header, sections)
+    return _finish(header, encoder)
 
 
-def deserialize(data: bytes) -> Computation:
-    """Reads back a computation written by ``serialize``; raises SerializationError for anything else."""
+def _decode_computation(entry: Dict[str, Any], functions: List[Any]) -> Computation:
+    ir = _Decoder(functions).node(entry["ir"])
+    signature = str(ir.type_signature)
+    if signature != entry["type_signature"]:
+        raise SerializationError(
+            f"corrupted fedcore file: the IR has type {signature}, the header says {entry['type_signature']}"
+        )
+    names = entry["parameter_names"]
+    return Computation(ir, str(entry["name"]), None if names is None else tuple(str(n) for n in names))
+
+
+def _decode_form(header: Dict[str, Any], functions: List[Any]) -> Any:
+    from fedcore.compiler import forms
+
+    classes = {"map_reduce": forms.MapReduceForm, "distribute_aggregate": forms.DistributeAggregateForm}
+    cls = classes.get(header["form"])
+    if cls is None:
+        raise SerializationError(f"corrupted fedcore file: unknown form {header['form']!r}")
+    pieces = header["pieces"]
+    if not isinstance(pieces, dict) or sorted(pieces) != sorted(cls.PIECES):
+        raise SerializationError(
+            f"corrupted fedcore file: a {cls.__name__} needs the pieces {', '.join(cls.PIECES)}, "
+            f"the file has {', '.join(sorted(pieces)) if isinstance(pieces, dict) else pieces!r}"
+        )
+    form_type = _dec_type(header["form_type"])
+    if str(form_type) != header["type_signature"]:
+        raise SerializationError(
+            f"corrupted fedcore file: the form's type is {form_type}, the header says {header['type_signature']}"
+        )
+    try:
+        return cls(form_type, **{name: _decode_computation(pieces[name], functions) for name in cls.PIECES})
+    except forms.FormError as e:
+        raise SerializationError(f"corrupted fedcore file: {e}") from None
+
+
+def deserialize(data: bytes) -> Any:
+    """Reads back a computation or form written by ``serialize``; raises SerializationError for anything else."""
     header, payload = _unpack(data)
     try:
         functions = []
@@ -477,14 +622,9 @@ def deserialize(data: bytes) -> Computation:
             if hashlib.sha256(graph).hexdigest() != meta["sha256"]:
                 raise SerializationError(f"corrupted fedcore file: the graph of {meta.get('name')} fails its checksum")
             functions.append(_import_function(meta, graph))
-        ir = _Decoder(functions).node(header["ir"])
-        signature = str(ir.type_signature)
-        if signature != header["type_signature"]:
-            raise SerializationError(
-                f"corrupted fedcore file: the IR has type {signature}, the header says {header['type_signature']}"
-            )
-        names = header["parameter_names"]
-        return Computation(ir, str(header["name"]), None if names is None else tuple(str(n) for n in names))
+        if "form" in header:
+            return _decode_form(header, functions)
+        return _decode_computation(header, functions)
     except SerializationError:
         raise
     except Exception as e:  # noqa: BLE001 -- malformed content must not leak internal errors

@@ -209,6 +209,7 @@ def test_run_all_catches_a_wrong_zero_client_mean():
         "zero_clients_mean_gives_nan",
         "zero_clients_weighted_mean_gives_nan",
         "zero_clients_tutorial_metrics",
+        "round_zero_clients_mean_is_nan",
     }
 
 
