@@ -19,6 +19,7 @@ from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.intrinsics import register_rule
 from fedcore.runtime.datasets import from_tf_leaf, sequence_elements, to_tf_leaves
+from fedcore.runtime import secure_aggregation
 from fedcore.runtime.executor import ExecutionError
 from fedcore.structure import Struct
 from fedcore.types import (
@@ -310,22 +311,39 @@ def _federated_secure_sum(interp, arg, t):
     values, max_input = arg
     member = t.result.member
     client_values = interp.client_values(values, t.parameter[0])
-    for i, v in enumerate(client_values):
-        _check_bounds(v, max_input, member, i)
-    return plus(client_values, member)
-
-
-def _check_bounds(value, bound, t: Type, client: int) -> None:
-    if isinstance(t, StructType):
-        bounds = bound if isinstance(bound, Struct) else [bound] * len(t)
-        for v, b, e in zip(value, bounds, t):
-            _check_bounds(v, b, e, client)
-        return
-    arr, limit = np.asarray(value), np.asarray(bound)
-    if np.any(arr < 0) or np.any(arr > limit):
-        raise ExecutionError(
-            f"federated_secure_sum: client {client} gave {arr.tolist()}, outside the allowed range [0, {limit.tolist()}]"
+    if not client_values:
+        return zero(member)
+    # The masking protocol of fedcore.runtime.secure_aggregation: bounds check, pairwise masks, unmasked sum.
+    try:
+        sums = secure_aggregation.secure_sum(
+            [_secure_leaves(v, member) for v in client_values],
+            _secure_bounds(max_input, member),
+            [leaf.np_dtype for leaf in _secure_leaves(member, member)],
         )
+    except secure_aggregation.SecureSumError as e:
+        raise ExecutionError(str(e)) from None
+    return _secure_pack(member, iter(sums))
+
+
+def _secure_leaves(value, t: Type) -> list:
+    """The tensor leaves of ``value`` (of type ``t``; ``t`` itself gives the leaf types), in order."""
+    if isinstance(t, StructType):
+        return [leaf for v, e in zip(value, t) for leaf in _secure_leaves(v, e)]
+    return [value]
+
+
+def _secure_bounds(bound, t: Type) -> list:
+    """One max_input per tensor leaf of ``t``: a struct bound element by element, a tensor bound for all."""
+    if isinstance(t, StructType):
+        bounds = list(bound) if isinstance(bound, Struct) else [bound] * len(t)
+        return [leaf for b, e in zip(bounds, t) for leaf in _secure_bounds(b, e)]
+    return [np.asarray(bound)]
+
+
+def _secure_pack(t: Type, leaves) -> Any:
+    if isinstance(t, StructType):
+        return Struct([(n, _secure_pack(e, leaves)) for n, e in t.elements])
+    return next(leaves)
 
 
 @rule("sequence_map")

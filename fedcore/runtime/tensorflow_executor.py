@@ -30,6 +30,7 @@ from fedcore.compiler import tf_bridge
 from fedcore.compiler.intrinsics import lookup, register_rule
 from fedcore.compiler.transformations import fused_map_reduce, run_pipeline
 from fedcore.runtime.datasets import from_tf_leaf, make_dataset, to_tf_leaves
+from fedcore.runtime import secure_aggregation
 from fedcore.runtime.executor import ExecutionError
 from fedcore.runtime.tf_values import (
     Batched,
@@ -730,19 +731,42 @@ def _secure_sum(c: Compiler, arg, t):
     values, bound = arg
     stacked = c.stacked(values, t.parameter[0])
     value_leaves = _flat(stacked)
-    bound_leaves = _flat(bound) if isinstance(bound, Struct) else [bound] * len(value_leaves)
-    checks = []
-    for v, b in zip(value_leaves, bound_leaves):
-        b = tf.cast(b, v.dtype)
-        checks.append(
-            tf.debugging.assert_equal(
-                tf.reduce_all((v >= 0) & (v <= b)),
-                True,
-                message="federated_secure_sum: a client value is outside the allowed range [0, max_input]",
+    bound_leaves = _secure_bounds(bound, t.result.member)
+    if c.n == 0:
+        return _map_leaves(stacked, lambda x: tf.reduce_sum(x, axis=0))
+    n = c.n
+
+    def protocol(*arrays):
+        # The masking protocol of fedcore.runtime.secure_aggregation, on the clients' stacked leaves.
+        leaves, bounds = arrays[: len(value_leaves)], arrays[len(value_leaves) :]
+        try:
+            sums = secure_aggregation.secure_sum(
+                [[leaf[i] for leaf in leaves] for i in range(n)], list(bounds), [leaf.dtype for leaf in leaves]
             )
-        )
-    with tf.control_dependencies(checks):
-        return _map_leaves(stacked, lambda x: tf.identity(tf.reduce_sum(x, axis=0)))
+        except secure_aggregation.SecureSumError as e:
+            return [np.zeros(leaf.shape[1:], leaf.dtype) for leaf in leaves] + [np.array(str(e).encode())]
+        return list(sums) + [np.array(b"")]
+
+    # Bounds are checked, and errors reported, by the protocol: its message names the client.
+    outputs = tf.numpy_function(
+        protocol, value_leaves + bound_leaves, [v.dtype for v in value_leaves] + [tf.string], stateful=True
+    )
+    error = outputs[-1]
+    sums = []
+    for v, s in zip(value_leaves, outputs[:-1]):
+        s.set_shape(v.shape[1:])
+        sums.append(s)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(error, ""), [error], summarize=1)]):
+        sums = iter([tf.identity(s) for s in sums])
+    return _map_leaves(stacked, lambda _: next(sums))
+
+
+def _secure_bounds(bound: Any, t: Type) -> List[Any]:
+    """One max_input per tensor leaf of ``t``: a struct bound element by element, a tensor bound for all."""
+    if isinstance(t, StructType):
+        bounds = list(bound) if isinstance(bound, Struct) else [bound] * len(t)
+        return [leaf for b, e in zip(bounds, t) for leaf in _secure_bounds(b, e)]
+    return [tf.convert_to_tensor(bound)]
 
 
 def _dataset_fn(fn: Lowered, element_type: Type):
