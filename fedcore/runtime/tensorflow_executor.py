@@ -878,7 +878,9 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
             out = []
             for old, updated in zip(acc_flat, new_flat):
                 mask = tf.reshape(active, [-1] + [1] * (updated.shape.rank - 1))
-                out.append(tf.where(mask, updated, old))
+                # Broadcasting against the mask's unknown first dimension would lose the static clients
+                # axis, which the loop needs to keep when there is one client.
+                out.append(tf.ensure_shape(tf.where(mask, updated, old), old.shape))
             return out
 
         # Clients whose data has ended keep their state; while all are active, no mask is needed.

@@ -85,8 +85,10 @@ def _max_difference(a, b):
     return max(np.max(np.abs(np.asarray(x) - np.asarray(y))) for x, y in zip(a.trainable.values(), b.trainable.values()))
 
 
-def test_reference_and_tensorflow_executors_agree(seed_process):
-    data = federated_train_data(num_clients=5, epochs=1)
+@pytest.mark.parametrize("num_clients", [5, 1])
+def test_reference_and_tensorflow_executors_agree(seed_process, num_clients):
+    # One client once broke the vectorized loop: its mask lost the static clients axis.
+    data = federated_train_data(num_clients=num_clients, epochs=1)
     results = {}
     for name, executor in (("reference", fedcore.ReferenceExecutor()), ("tensorflow", TensorFlowExecutor())):
         with fedcore.execution_context(executor):
