@@ -8,7 +8,8 @@ public core (``fedcore.federated_computation``, ``fedcore.tf_computation``
 and the federated intrinsics) and runs on any executor.
 """
 
-from fedcore.learning import optimizers
+from fedcore.learning import aggregators, optimizers
+from fedcore.learning.aggregators import Aggregator, DPAggregator, MeanAggregator, SecureAggregator
 from fedcore.learning.federated_averaging import build_federated_averaging_process
 from fedcore.learning.federated_evaluation import build_federated_evaluation
 from fedcore.learning.federated_sgd import build_federated_sgd_process
@@ -16,9 +17,26 @@ from fedcore.learning.iterative_process import IterativeProcess
 from fedcore.learning.keras_utils import KerasModel, from_compiled_keras_model, from_keras_model
 from fedcore.learning.model import BatchOutput, Model, ModelWeights, TrainableModel
 from fedcore.learning.training import ServerState
+from fedcore.learning.checkpoint import Checkpoint, CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
+from fedcore.learning.rounds import DroppedClient, DropoutPolicy, RoundFailedError, RoundResult, run_round
 
 __all__ = [
+    "Aggregator",
+    "DPAggregator",
+    "MeanAggregator",
+    "SecureAggregator",
+    "aggregators",
     "BatchOutput",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointManager",
+    "DroppedClient",
+    "DropoutPolicy",
+    "RoundFailedError",
+    "RoundResult",
+    "load_checkpoint",
+    "run_round",
+    "save_checkpoint",
     "IterativeProcess",
     "KerasModel",
     "Model",

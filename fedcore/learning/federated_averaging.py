@@ -19,6 +19,7 @@ import tensorflow as tf
 from fedcore.compiler.computation import federated_computation, tf_computation
 from fedcore.compiler.federated_api import sequence_reduce
 from fedcore.learning import _nest
+from fedcore.learning import aggregators
 from fedcore.learning import optimizers as optimizers_lib
 from fedcore.learning import training
 from fedcore.learning.iterative_process import IterativeProcess
@@ -98,6 +99,9 @@ def build_federated_averaging_process(
     model_fn: Callable[[], Any],
     client_optimizer_fn: Optional[Callable[[], Any]] = None,
     server_optimizer_fn: Callable[[], Any] = _default_server_optimizer,
+    report_nonfinite: bool = False,
+    secure: bool = False,
+    aggregator: Optional[aggregators.Aggregator] = None,
 ) -> IterativeProcess:
     """Federated averaging as an IterativeProcess.
 
@@ -112,10 +116,25 @@ def build_federated_averaging_process(
     optimizer state); ``next(state, federated_data)`` trains one round on a
     list of client datasets and returns the new state and the model's
     metrics, aggregated over the clients' training.
+
+    A client whose update holds a NaN or an infinity is left out of the
+    average (weight 0), and a round in which no client's update is usable
+    leaves the state as it was, so the server model stays finite.  With
+    ``report_nonfinite=True`` the metrics gain ``num_nonfinite_updates``,
+    the number of clients so left out.
+
+    ``aggregator`` (``fedcore.learning.SecureAggregator``, ``DPAggregator``, ...)
+    replaces the weighted mean of the clients' updates; ``secure=True`` sums
+    them with ``federated_secure_sum`` (pairwise masking), with
+    ``SecureAggregator()``'s defaults unless ``aggregator`` is a secure one.
+    See docs/reliability.md.
     """
+    aggregator = aggregators.resolve(aggregator, secure)
     fns = training.model_functions(model_fn)
     client_optimizer = client_training_mode(fns, client_optimizer_fn)
     server_optimizer = optimizers_lib.build(server_optimizer_fn, "server_optimizer_fn")
     client_update = build_client_update(fns, client_optimizer)
     negate = lambda delta: _nest.map_structure(lambda d: -d, delta)  # noqa: E731
-    return training.build_process(fns, server_optimizer, client_update, negate)
+    return training.build_process(
+        fns, server_optimizer, client_update, negate, report_nonfinite=report_nonfinite, aggregator=aggregator
+    )

@@ -25,6 +25,7 @@ from fedcore.compiler.federated_api import (
     federated_eval,
     federated_map,
     federated_mean,
+    federated_sum,
     federated_zip,
 )
 from fedcore.learning import _nest
@@ -33,7 +34,7 @@ from fedcore.learning.iterative_process import IterativeProcess
 from fedcore.learning.model import ModelWeights, check_model
 from fedcore.learning.model_functions import ModelFunctions, field, functions_for
 from fedcore.structure import python_items
-from fedcore.types import CLIENTS, SERVER, FederatedType, SequenceType
+from fedcore.types import CLIENTS, SERVER, FederatedType, SequenceType, StructType
 
 __all__ = ["ServerState"]
 
@@ -80,13 +81,30 @@ def merge_named(old: Any, new: Any) -> "collections.OrderedDict":
 
 
 def client_result(update: Any, num_examples: tf.Tensor, model_output: Any) -> "collections.OrderedDict":
-    """A client's output; a client whose update is not finite (it diverged) gets weight 0."""
+    """A client's output; a client whose update is not finite (it diverged) gets weight 0 and a zero update.
+
+    ``nonfinite`` is 1 for such a client, 0 otherwise: summed over the
+    clients it is the ``num_nonfinite_updates`` metric.
+    """
     finite = all_finite(update)
     return collections.OrderedDict(
         update=zero_unless(finite, update),
         weight=tf.where(finite, tf.cast(num_examples, tf.float32), 0.0),
         model_output=model_output,
+        nonfinite=tf.cast(tf.logical_not(finite), tf.int32),
     )
+
+
+def with_nonfinite_count(metrics: Any, count: Any) -> "collections.OrderedDict":
+    """The model's metrics (traced) with ``num_nonfinite_updates`` added as a last entry."""
+    t = metrics.type_signature
+    struct = t.member if isinstance(t, FederatedType) else t
+    if isinstance(struct, StructType) and all(name is not None for name in struct.names()):
+        out = collections.OrderedDict((name, metrics[name]) for name in struct.names())
+    else:
+        out = collections.OrderedDict(model=metrics)
+    out["num_nonfinite_updates"] = count
+    return out
 
 
 def build_process(
@@ -94,11 +112,17 @@ def build_process(
     server_optimizer: optimizers_lib.Optimizer,
     client_update: Any,
     server_gradient: Callable[[Any], Any],
+    report_nonfinite: bool = False,
+    aggregator: Any = None,
 ) -> IterativeProcess:
     """The initialize/next pair around a federated ``client_update(weights, data)``.
 
     ``server_gradient(update)`` turns the averaged update's first element into
-    the gradient that the server optimizer applies.
+    the gradient that the server optimizer applies.  With ``report_nonfinite``
+    the metrics gain ``num_nonfinite_updates``: how many clients' updates held
+    a NaN or an infinity and were left out of the average.  ``aggregator``
+    (see ``fedcore.learning.aggregators``) replaces the weighted mean of the
+    updates.
     """
 
     @tf_computation
@@ -123,8 +147,9 @@ def build_process(
             optimizer_state=tuple(optimizer_state),
         )
         # With no examples at all (or only diverged clients) the mean update is NaN: keep the state.
+        # A finite update that still overflows the server's weights is refused the same way.
         old = ServerState(model=ModelWeights(trainable, field(model, "non_trainable")), optimizer_state=field(state, "optimizer_state"))
-        return choose(all_finite(update), new, old)
+        return choose(tf.logical_and(all_finite(update), all_finite(new.model)), new, old)
 
     @federated_computation
     def initialize():
@@ -136,9 +161,14 @@ def build_process(
     def next_round(*args):
         state, federated_data = args
         outputs = federated_map(client_update, federated_zip([federated_broadcast(state.model), federated_data]))
-        mean_update = federated_mean(outputs.update, weight=outputs.weight)
+        if aggregator is None:
+            mean_update = federated_mean(outputs.update, weight=outputs.weight)
+        else:  # a fedcore.learning.aggregators.Aggregator; the round number is the server optimizer's step count
+            mean_update = aggregator.aggregate(outputs.update, outputs.weight, state.optimizer_state[0])
         new_state = federated_map(server_update, federated_zip([state, mean_update]))
         metrics = fns.federated_output_computation(outputs.model_output)
+        if report_nonfinite:
+            metrics = with_nonfinite_count(metrics, federated_sum(outputs.nonfinite))
         return new_state, metrics
 
     return IterativeProcess(initialize, next_round)

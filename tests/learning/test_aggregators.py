@@ -1,0 +1,192 @@
+"""Aggregators: secure weighted mean (fixed point + federated_secure_sum) and DP-FedAvg (clipping + Gaussian noise)."""
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fedcore
+from fedcore import learning
+from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+
+from tests.learning.helpers import keras_model_fn, random_batches
+
+UPDATE = collections.OrderedDict(
+    a=tf.TensorSpec([3], tf.float32), b=collections.OrderedDict(c=tf.TensorSpec([2, 2], tf.float32))
+)
+CLIENT_SGD = lambda: learning.optimizers.SGD(learning_rate=0.02)  # noqa: E731
+
+
+def _aggregation(aggregator, update_spec=UPDATE):
+    @fedcore.federated_computation(
+        fedcore.type_at_clients(update_spec), fedcore.type_at_clients(tf.float32), fedcore.type_at_server(tf.int64)
+    )
+    def aggregate(updates, weights, round_number):
+        return aggregator.aggregate(updates, weights, round_number)
+
+    return aggregate
+
+
+def _flat(update):
+    return np.concatenate([np.ravel(update["a"]), np.ravel(update["b"]["c"])]).astype(np.float64)
+
+
+def _updates(num_clients, scale=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        collections.OrderedDict(
+            a=(scale * rng.uniform(-1, 1, 3)).astype(np.float32),
+            b=collections.OrderedDict(c=(scale * rng.uniform(-1, 1, (2, 2))).astype(np.float32)),
+        )
+        for _ in range(num_clients)
+    ]
+
+
+# --------------------------------------------------------------------------
+# Secure aggregation.
+
+
+@pytest.mark.parametrize("executor", [fedcore.ReferenceExecutor, TensorFlowExecutor])
+def test_secure_mean_equals_the_plain_weighted_mean_within_the_quantization_bound(executor):
+    updates, weights = _updates(6), [10.0, 25.0, 0.0, 7.0, 40.0, 1.0]
+    secure = learning.SecureAggregator(update_bound=1.0, bits=16)
+    with fedcore.execution_context(executor()):
+        got = _flat(_aggregation(secure)(updates, weights, 0))
+        plain = _flat(_aggregation(learning.MeanAggregator())(updates, weights, 0))
+    error = np.max(np.abs(got - plain))
+    assert secure.quantization_bound == pytest.approx(1.0 / 65535)
+    assert error <= secure.quantization_bound + 1e-7, error
+    assert error > 0  # the quantization is real: 16 bits do not carry every float32 digit
+
+
+def test_secure_mean_clips_each_coordinate_to_the_update_bound():
+    updates, weights = _updates(4, scale=3.0, seed=1), [1.0, 2.0, 3.0, 4.0]
+    secure = learning.SecureAggregator(update_bound=0.5)
+    got = _flat(_aggregation(secure)(updates, weights, 0))
+    clipped = np.average([np.clip(_flat(u), -0.5, 0.5) for u in updates], axis=0, weights=weights)
+    assert np.max(np.abs(got - clipped)) <= secure.quantization_bound + 1e-7
+
+
+def test_secure_mean_leaves_out_non_finite_updates():
+    updates, weights = _updates(3, seed=2), [5.0, 5.0, 10.0]
+    updates[1]["a"][0] = np.nan
+    updates[2]["b"]["c"][1, 1] = np.inf
+    got = _flat(_aggregation(learning.SecureAggregator())(updates, weights, 0))
+    np.testing.assert_allclose(got, _flat(updates[0]), atol=2e-6)
+    updates[0]["a"][2] = -np.inf  # nothing usable left: NaN, as the plain mean of no weight
+    assert np.all(np.isnan(_flat(_aggregation(learning.SecureAggregator())(updates, weights, 0))))
+
+
+def test_fedavg_with_secure_true_matches_plain_fedavg_within_the_quantization_bound():
+    data = [random_batches(n, seed=s) for s, n in enumerate((20, 35, 50))]
+    plain = learning.build_federated_averaging_process(keras_model_fn, client_optimizer_fn=CLIENT_SGD)
+    secure = learning.build_federated_averaging_process(keras_model_fn, client_optimizer_fn=CLIENT_SGD, secure=True)
+    assert str(secure.next.type_signature) == str(plain.next.type_signature)
+    plain_state, plain_metrics = plain.next(plain.initialize(), data)
+    secure_state, secure_metrics = secure.next(secure.initialize(), data)
+    bound = learning.SecureAggregator().quantization_bound  # the defaults: update_bound 1, 20 bits
+    for name, w in plain_state.model.trainable.items():
+        assert np.max(np.abs(w)) < 1.0  # within the update bound: nothing clipped
+        error = np.max(np.abs(secure_state.model.trainable[name] - w))
+        assert error <= bound + 1e-7, (name, error)
+    assert secure_metrics["loss"] == pytest.approx(plain_metrics["loss"])
+
+
+# --------------------------------------------------------------------------
+# Differential privacy.
+
+
+def test_dp_clipping_bounds_each_clients_contribution():
+    updates = _updates(3, seed=3)
+    norms = [10.0, 0.5, 3.0]
+    for u, n in zip(updates, norms):
+        flat = _flat(u)
+        u["a"] *= np.float32(n / np.linalg.norm(flat))
+        u["b"]["c"] *= np.float32(n / np.linalg.norm(flat))
+    dp = learning.DPAggregator(noise_multiplier=0.0, clip_norm=1.0, seed=0)
+    got = _flat(_aggregation(dp)(updates, [1.0, 50.0, 3.0], 0))
+    clipped = [_flat(u) * min(1.0, 1.0 / np.linalg.norm(_flat(u))) for u in updates]
+    np.testing.assert_allclose(got, np.mean(clipped, axis=0), atol=1e-6)  # unweighted
+    # Sensitivity: one more client, however large its update, moves the sum by at most clip_norm.
+    huge = _updates(1, scale=1e6, seed=4)
+    with_huge = _flat(_aggregation(dp)(updates + huge, [1.0, 50.0, 3.0, 9.0], 0))
+    change = np.linalg.norm(4 * with_huge - 3 * got)
+    assert change == pytest.approx(1.0, rel=1e-5)
+
+
+def test_dp_leaves_out_non_finite_and_weightless_clients():
+    updates = _updates(4, scale=0.1, seed=5)
+    updates[1]["a"][1] = np.nan
+    dp = learning.DPAggregator(noise_multiplier=0.0, clip_norm=10.0, seed=0)
+    got = _flat(_aggregation(dp)(updates, [1.0, 1.0, 0.0, 2.0], 0))
+    np.testing.assert_allclose(got, (_flat(updates[0]) + _flat(updates[3])) / 2, atol=1e-6)
+
+
+def test_dp_noise_has_the_configured_scale():
+    spec = collections.OrderedDict(w=tf.TensorSpec([100, 100], tf.float32), b=tf.TensorSpec([100], tf.float32))
+    zeros = [collections.OrderedDict(w=np.zeros((100, 100), np.float32), b=np.zeros(100, np.float32))] * 4
+    dp = learning.DPAggregator(noise_multiplier=1.5, clip_norm=2.0, seed=42)
+    aggregate = _aggregation(dp, spec)
+    rounds = [np.concatenate([np.ravel(v) for v in aggregate(zeros, [1.0] * 4, r).values()]) for r in range(3)]
+    expected = dp.noise_stddev / 4  # noise_multiplier * clip_norm on the sum, divided by 4 clients
+    assert dp.noise_stddev == 3.0
+    for noise in rounds:  # 10,100 draws a round
+        assert np.std(noise) == pytest.approx(expected, rel=0.03), np.std(noise)
+        assert abs(np.mean(noise)) < 4 * expected / np.sqrt(noise.size)
+    assert abs(np.corrcoef(rounds[0], rounds[1])[0, 1]) < 0.05  # fresh noise every round
+    np.testing.assert_array_equal(rounds[2], np.concatenate([np.ravel(v) for v in aggregate(zeros, [1.0] * 4, 2).values()]))
+    other_seed = _aggregation(learning.DPAggregator(noise_multiplier=1.5, clip_norm=2.0, seed=43), spec)
+    assert not np.allclose(rounds[0], np.concatenate([np.ravel(v) for v in other_seed(zeros, [1.0] * 4, 0).values()]))
+
+
+def test_dp_with_secure_summation_matches_the_plain_clipped_sum():
+    updates = _updates(5, scale=2.0, seed=6)
+    plain = _flat(_aggregation(learning.DPAggregator(0.0, clip_norm=1.0, seed=0))(updates, [1.0] * 5, 0))
+    secure_dp = learning.DPAggregator(0.0, clip_norm=1.0, seed=0, secure=True)
+    with fedcore.execution_context(TensorFlowExecutor()):
+        got = _flat(_aggregation(secure_dp)(updates, [1.0] * 5, 0))
+    assert np.max(np.abs(got - plain)) <= 1.0 / (2**20 - 1) + 1e-7
+
+
+def test_dp_fedavg_adds_noise_of_the_configured_scale_to_the_model():
+    data = [random_batches(30, seed=s) for s in range(3)]  # equal sizes: weighted and unweighted means agree
+    plain = learning.build_federated_averaging_process(keras_model_fn, client_optimizer_fn=CLIENT_SGD)
+    noiseless = learning.build_federated_averaging_process(
+        keras_model_fn, client_optimizer_fn=CLIENT_SGD, aggregator=learning.DPAggregator(0.0, clip_norm=100.0, seed=1)
+    )
+    noisy = learning.build_federated_averaging_process(
+        keras_model_fn, client_optimizer_fn=CLIENT_SGD, aggregator=learning.DPAggregator(0.5, clip_norm=100.0, seed=1)
+    )
+    plain_state, _ = plain.next(plain.initialize(), data)
+    kernel = plain_state.model.trainable["dense/kernel"]
+    np.testing.assert_allclose(noiseless.next(noiseless.initialize(), data)[0].model.trainable["dense/kernel"], kernel, atol=1e-6)
+    difference = noisy.next(noisy.initialize(), data)[0].model.trainable["dense/kernel"] - kernel
+    assert np.std(difference) == pytest.approx(0.5 * 100.0 / 3, rel=0.05)  # 7840 draws
+
+
+# --------------------------------------------------------------------------
+# Bad arguments.
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="noise_multiplier must be a finite number >= 0, got -1"):
+        learning.DPAggregator(noise_multiplier=-1, clip_norm=1.0)
+    with pytest.raises(ValueError, match="clip_norm must be a positive finite number, got 0"):
+        learning.DPAggregator(noise_multiplier=1.0, clip_norm=0)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        learning.DPAggregator(noise_multiplier=1.0, clip_norm=1.0, seed="x")
+    with pytest.raises(ValueError, match="update_bound must be a positive finite number, got nan"):
+        learning.SecureAggregator(update_bound=float("nan"))
+    with pytest.raises(ValueError, match="too large for 64-bit secure summation"):
+        learning.SecureAggregator(max_weight=2**40, bits=30)
+    with pytest.raises(TypeError, match="secure must be True or False"):
+        learning.build_federated_averaging_process(keras_model_fn, secure="yes")
+    with pytest.raises(TypeError, match="aggregator must be a fedcore.learning.Aggregator"):
+        learning.build_federated_averaging_process(keras_model_fn, aggregator=object())
+    with pytest.raises(ValueError, match="secure=True cannot be combined with DPAggregator"):
+        learning.build_federated_averaging_process(
+            keras_model_fn, secure=True, aggregator=learning.DPAggregator(1.0, 1.0, seed=0)
+        )
+    with pytest.raises(TypeError, match="floating-point tensors, got int32"):
+        _aggregation(learning.SecureAggregator(), tf.TensorSpec([2], tf.int32))
