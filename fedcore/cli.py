@@ -1,4 +1,5 @@
-"""The ``fedcore`` command: ``fedcore train`` runs federated averaging; ``fedcore signature`` prints a type signature.
+"""The ``fedcore`` command: ``fedcore train`` runs federated averaging; ``fedcore signature`` prints a type signature;
+``fedcore compile`` and ``fedcore inspect`` write and read deployment forms (see fedcore.compiler.commands).
 
 ``fedcore train`` trains a model with federated averaging on the embedded
 digits data set (or Federated EMNIST with ``--emnist DIR``), shows a progress
@@ -22,9 +23,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CSV_COLUMNS = ("round", "train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy", "seconds")
+from fedcore.compiler import commands as compiler_commands  # noqa: E402
+
+CSV_COLUMNS = (
+    "round", "train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy", "seconds",
+    "clients_dropped", "nonfinite_updates",
+)
 MODELS = ("linear", "cnn")
-EXECUTORS = ("reference", "tensorflow")
+EXECUTORS = ("reference", "tensorflow", "ray")
 # The largest number of test clients evaluated each round (a fixed, seeded sample when there are more).
 MAX_EVAL_CLIENTS = 100
 
@@ -50,6 +56,14 @@ _positive_int = _whole_number(1, "a positive whole number")
 _non_negative_int = _whole_number(0, "a whole number >= 0")
 
 
+def _seed(text: str) -> int:
+    # Keras and numpy's legacy seeding take seeds below 2**32 only.
+    value = _non_negative_int(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {2**32 - 1}, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -68,6 +82,23 @@ def _existing_dir(text: str) -> Path:
             "and fed_emnist_digitsonly_test.h5"
         )
     return path
+
+
+def _run_dir(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory; give the --out directory of an earlier run")
+    return path
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,11 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--client-lr", type=_positive_float, default=0.1, help="client SGD learning rate")
     run.add_argument("--server-lr", type=_positive_float, default=1.0, help="server SGD learning rate")
     run.add_argument("--executor", choices=EXECUTORS, default="tensorflow", help="what runs the computations")
+    run.add_argument("--address", default=None, metavar="ADDR",
+                     help="with --executor ray: the Ray cluster to join (host:port, or 'auto' for the one "
+                     "running here); default: start a local Ray")
     run.add_argument("--eval-clients", type=_non_negative_int, default=None,
                      help=f"test clients evaluated each round (default: all, at most {MAX_EVAL_CLIENTS}); 0 skips")
-    run.add_argument("--seed", type=_non_negative_int, default=0, help="seed for data, sampling and model")
+    run.add_argument("--seed", type=_seed, default=0, help="seed for data, sampling and model")
     run.add_argument("--out", type=Path, default=None,
                      help="output directory (default: ./fedcore-runs/<timestamp>)")
+    reliability = train.add_argument_group("checkpoints and dropouts")
+    reliability.add_argument("--checkpoint-every", type=_non_negative_int, default=5, metavar="N",
+                             help="save the server state into OUT/checkpoints every N rounds and after the last; "
+                             "0: no checkpoints")
+    reliability.add_argument("--keep-checkpoints", type=_positive_int, default=3, metavar="K",
+                             help="how many of the most recent checkpoints to keep")
+    reliability.add_argument("--resume", type=_run_dir, default=None, metavar="DIR",
+                             help="continue the run in DIR (an earlier --out) from its latest checkpoint, with its "
+                             "settings; --rounds N trains it to N rounds in all")
+    reliability.add_argument("--min-clients", type=_positive_int, default=1,
+                             help="a round whose surviving clients are fewer than this fails (clients whose work "
+                             "raises are dropped from the round)")
+    reliability.add_argument("--max-dropped-fraction", type=_fraction, default=0.5, metavar="F",
+                             help="a round in which more than this fraction of its clients fail, fails")
 
     signature = commands.add_parser(
         "signature",
@@ -116,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Imports MODULE, looks up ATTR and prints its type signature, compact and formatted.",
     )
     signature.add_argument("target", metavar="MODULE:ATTR", help="e.g. mypackage.algorithms:next_round")
+    compiler_commands.add_commands(commands)
     return parser
 
 
@@ -125,6 +174,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "signature":
         return signature_command(args, parser)
+    if args.command == "compile":
+        return compiler_commands.compile_command(args, parser, resolve_target)
+    if args.command == "inspect":
+        return compiler_commands.inspect_command(args, parser)
     return train_command(args, parser)
 
 
@@ -137,6 +190,8 @@ def resolve_target(target: str) -> Any:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"expected MODULE:ATTR, such as mypackage.algorithms:next_round, got {target!r}")
+    if module_name.startswith("."):
+        raise ValueError(f"cannot import module {module_name!r}: give an absolute module name, not a relative one")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` would: modules in the current directory
     try:
@@ -406,15 +461,94 @@ def train_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from fedcore.simulation import DatasetDownloadError, DatasetFileError
 
     console = Console(highlight=False, soft_wrap=True)
+    from fedcore.learning.checkpoint import CheckpointError
+
     try:
         return _train(args, parser, console)
-    except (DataModelMismatch, DatasetFileError, DatasetDownloadError, FileNotFoundError) as e:
+    except (DataModelMismatch, DatasetFileError, DatasetDownloadError, FileNotFoundError, CheckpointError,
+            RoundError) as e:
         print(f"fedcore train: error: {e}", file=sys.stderr)
         return 1
 
 
 class DataModelMismatch(TypeError):
     """The training data's batches do not fit the model's input_spec; raised before any training."""
+
+
+class RoundError(RuntimeError):
+    """A round failed (too many clients dropped); the message says which round and where the state was saved."""
+
+
+# Settings that decide a run's results: saved in its checkpoints, and taken from them on --resume.
+RUN_SETTINGS = ("model", "emnist", "num_clients", "clients_per_round", "epochs", "batch_size", "client_lr",
+                "server_lr", "executor", "eval_clients", "seed")
+
+
+def run_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The RUN_SETTINGS of ``args`` as JSON data."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in ((k, getattr(args, k)) for k in RUN_SETTINGS)}
+
+
+def checkpoint_extra(args: argparse.Namespace, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """What a checkpoint holds besides the state: the settings, the metric rows so far and the sampling scheme.
+
+    Client sampling is a pure function of (seed, round) (``simulation.sample_clients``),
+    the held-out sample a pure function of the seed, and the data pipeline has
+    no shuffle, so the seed and the round number are the whole random state.
+    """
+    return {
+        "settings": run_settings(args),
+        "total_rounds": args.rounds,
+        "rows": rows,
+        "sampling": {"seed": args.seed, "clients_per_round": args.clients_per_round,
+                     "scheme": "numpy default_rng(SeedSequence([seed, round]))"},
+    }
+
+
+def resume_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optional[Path]:
+    """For ``--resume DIR``: finds DIR's latest checkpoint and takes the run's settings from it.
+
+    Returns the checkpoint's path (None without --resume).  A setting given on
+    the command line that contradicts the saved one is an argument error;
+    ``--rounds`` may raise the run's total number of rounds.
+    """
+    if args.resume is None:
+        return None
+    from fedcore.learning.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+
+    if args.out is not None:
+        parser.error("argument --out: not allowed with --resume, which goes on writing into the run's directory")
+    directory = args.resume / "checkpoints"
+    path = latest_checkpoint(directory)
+    if path is None:
+        raise CheckpointError(
+            f"{args.resume} holds no checkpoint to resume from (no checkpoint-NNNNNNNN.fckpt in {directory}); "
+            "--resume takes the --out directory of a run trained with --checkpoint-every N > 0"
+        )
+    saved = load_checkpoint(path)  # checks the file now; the state is read again once the process is built
+    settings = saved.extra.get("settings") if isinstance(saved.extra, dict) else None
+    if not isinstance(settings, dict) or set(RUN_SETTINGS) - set(settings) or "total_rounds" not in saved.extra:
+        raise CheckpointError(f"{path} was not written by fedcore train: its metadata lacks the run's settings")
+    defaults = parser.parse_args(["train"])
+    for key in RUN_SETTINGS:
+        given = getattr(args, key)
+        given = str(given) if isinstance(given, Path) else given
+        if given != getattr(defaults, key) and given != settings[key]:
+            parser.error(
+                f"argument --{key.replace('_', '-')}: the run in {args.resume} was trained with {settings[key]!r}, "
+                f"not {given!r}; a resumed run keeps its settings"
+            )
+        value = settings[key]
+        setattr(args, key, Path(value) if key == "emnist" and value is not None else value)
+    if args.rounds == defaults.rounds:
+        args.rounds = int(saved.extra["total_rounds"])
+    if args.rounds < saved.round_num:
+        parser.error(
+            f"argument --rounds: the run in {args.resume} has already trained {saved.round_num} rounds; "
+            f"ask for more than {saved.round_num} to continue it"
+        )
+    args.out = args.resume
+    return path
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -> int:
@@ -426,6 +560,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
     from fedcore.simulation import DatasetFileError
 
     started = time.perf_counter()
+    resume_from = resume_settings(args, parser)
     try:
         train_data, test_data, data_name = load_client_data(args)
     except ValueError as e:
@@ -460,6 +595,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
             model_fn,
             client_optimizer_fn=lambda: tf.keras.optimizers.SGD(learning_rate=client_lr),
             server_optimizer_fn=lambda: tf.keras.optimizers.SGD(learning_rate=server_lr),
+            report_nonfinite=True,
         )
         evaluation = learning.build_federated_evaluation(model_fn)
 
@@ -467,6 +603,10 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
         from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
 
         executor = TensorFlowExecutor()
+    elif args.executor == "ray":
+        from fedcore.runtime.ray_executor import RayExecutor
+
+        executor = RayExecutor(address=args.address)
     else:
         executor = fedcore.ReferenceExecutor()
 
@@ -482,6 +622,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
     out = args.out or Path("fedcore-runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     board = TensorBoardLog(out / "tensorboard")
+    checkpoints = (
+        learning.CheckpointManager(out / "checkpoints", every=args.checkpoint_every, keep=args.keep_checkpoints)
+        if args.checkpoint_every > 0 else None
+    )
+    policy = learning.DropoutPolicy(min_clients=args.min_clients, max_dropped_fraction=args.max_dropped_fraction)
 
     console.print(
         f"fedcore train: {args.model} model on {data_name}; {args.rounds} rounds of {args.clients_per_round} "
@@ -496,6 +641,18 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
     try:
         with fedcore.execution_context(executor):
             state = process.initialize()
+            first_round = 1
+            if resume_from is not None:
+                restored = learning.load_checkpoint(resume_from, template=state)
+                state, first_round = restored.state, restored.round_num + 1
+                rows = [dict(r) for r in restored.extra.get("rows", [])][: restored.round_num]
+                write_csv(out / "metrics.csv", rows)  # drops rows of rounds after the checkpoint: they run again
+                console.print(
+                    f"resuming from {resume_from} (after round {restored.round_num} of {args.rounds})", markup=False
+                )
+                if first_round > args.rounds:
+                    console.print(f"the run has trained all {args.rounds} rounds; --rounds N trains it further",
+                                  markup=False)
             with Progress(
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),
@@ -506,18 +663,24 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
                 transient=True,
                 disable=not console.is_terminal,
             ) as progress:
-                task = progress.add_task("training", total=args.rounds)
-                for round_num in range(1, args.rounds + 1):
+                task = progress.add_task("training", total=args.rounds, completed=first_round - 1)
+                for round_num in range(first_round, args.rounds + 1):
                     round_start = time.perf_counter()
                     clients = sampler(round_num)
                     federated_data = simulation.make_federated_data(train_data, clients, preprocess=to_batches)
-                    state, metrics = process.next(state, federated_data)
+                    try:
+                        result = learning.run_round(process, state, federated_data, policy, client_ids=clients)
+                    except learning.RoundFailedError as e:
+                        raise RoundError(_round_failure(e, round_num, state, rows, args, checkpoints, out)) from e
+                    state, metrics = result
                     row: Dict[str, Any] = {
                         "round": round_num,
                         "train_loss": find_metric(metrics, LOSS_NAMES, prefer=("train",)),
                         "train_accuracy": find_metric(metrics, ACCURACY_NAMES, prefer=("train",)),
                         "heldout_loss": None,
                         "heldout_accuracy": None,
+                        "clients_dropped": result.clients_dropped,
+                        "nonfinite_updates": int(find_metric(metrics, ("num_nonfinite_updates",)) or 0),
                     }
                     if eval_data:
                         held_out = evaluation(_model_weights(state), eval_data)
@@ -527,11 +690,25 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
                     rows.append(row)
                     board.write(row)
                     write_csv(out / "metrics.csv", rows)  # after every round, so an interrupted run keeps its rows
+                    if checkpoints is not None:
+                        checkpoints.maybe_save(state, round_num, checkpoint_extra(args, rows),
+                                               final=round_num == args.rounds)
                     progress.console.print(
                         f"{round_num:>5}  {_fmt(row['train_loss']):>10}  {_fmt(row['train_accuracy']):>9}  "
                         f"{_fmt(row['heldout_accuracy']):>12}  {row['seconds']:>7.2f}",
                         markup=False,
                     )
+                    for dropped in result.dropped:
+                        progress.console.print(
+                            f"       round {round_num}: dropped client {dropped.client_id} ({dropped.error})",
+                            markup=False,
+                        )
+                    if row["nonfinite_updates"]:
+                        progress.console.print(
+                            f"       round {round_num}: left out {row['nonfinite_updates']} non-finite client "
+                            "update(s)",
+                            markup=False,
+                        )
                     progress.advance(task)
     finally:
         board.close()
@@ -547,6 +724,16 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
         markup=False,
     )
     return 0
+
+
+def _round_failure(error: Exception, round_num: int, state: Any, rows: List[Dict[str, Any]],
+                   args: argparse.Namespace, checkpoints: Any, out: Path) -> str:
+    """The message for a failed round; saves the last good state first, so that --resume goes on from it."""
+    message = f"round {round_num} failed: {error}"
+    if checkpoints is None or round_num == 1:
+        return message
+    path = checkpoints.maybe_save(state, round_num - 1, checkpoint_extra(args, rows), final=True)
+    return f"{message}\nthe state after round {round_num - 1} is in {path}; continue with --resume {out}"
 
 
 def _model_weights(state: Any) -> Any:

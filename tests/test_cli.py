@@ -86,6 +86,10 @@ def test_signature_of_a_type_prints_it(capsys):
         (["train", "--emnist", "/no/such/dir"], "argument --emnist: /no/such/dir is not a directory"),
         (["train", "--seed", "-1"], "argument --seed"),
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "--checkpoint-every", "-1"], "argument --checkpoint-every: expected a whole number >= 0"),
+        (["train", "--min-clients", "0"], "argument --min-clients: expected a positive whole number, got 0"),
+        (["train", "--max-dropped-fraction", "2"], "argument --max-dropped-fraction: expected a number between 0 and 1"),
+        (["train", "--resume", "/no/such/run"], "argument --resume: /no/such/run is not a directory"),
         (["train", "--num-clients", "1000"], "argument --num-clients: num_clients must be between 1 and 359"),
     ],
 )
@@ -103,7 +107,8 @@ def test_help_lists_the_options(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     for option in ("--emnist", "--model", "--clients-per-round", "--rounds", "--epochs", "--batch-size",
-                   "--client-lr", "--server-lr", "--executor", "--seed", "--out"):
+                   "--client-lr", "--server-lr", "--executor", "--seed", "--out", "--checkpoint-every",
+                   "--keep-checkpoints", "--resume", "--min-clients", "--max-dropped-fraction"):
         assert option in out
 
 
@@ -282,3 +287,172 @@ def test_a_data_model_mismatch_stops_before_training(tmp_path, monkeypatch, caps
     assert "does not match the model's input_spec" in err
     assert "<x=float32[?,28,28],y=int32[?,1]>" in err and "<x=float32[?,784],y=int32[?,1]>" in err
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------
+# Checkpoints, --resume, dropped clients and non-finite updates
+
+
+def test_train_checkpoints_and_resume_continues_the_run(tmp_path, capsys):
+    from fedcore.learning import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--checkpoint-every", "1", "--keep-checkpoints", "1", "--out", str(run)]) == 0
+    assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["checkpoint-00000002.fckpt"]
+    first = _read_csv(run / "metrics.csv")
+    assert [(r["clients_dropped"], r["nonfinite_updates"]) for r in first] == [("0", "0"), ("0", "0")]
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "--rounds", "4"]) == 0
+    assert "after round 2 of 4" in capsys.readouterr().out
+    rows = _read_csv(run / "metrics.csv")
+    assert [int(r["round"]) for r in rows] == [1, 2, 3, 4] and rows[:2] == first
+    saved = ckpt.load_checkpoint(run / "checkpoints")
+    assert saved.round_num == 4 and saved.extra["settings"]["num_clients"] == 6 and saved.extra["total_rounds"] == 4
+    # The same run, uninterrupted, ends with the same model.
+    assert cli.main(["train", *TINY, "--rounds", "4", "--out", str(tmp_path / "straight")]) == 0
+    straight = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints")
+    for x, y in zip(ckpt._nest.flatten(saved.state), ckpt._nest.flatten(straight.state)):
+        assert np.array_equal(x, y)
+
+
+def test_resume_errors_name_what_is_wrong(tmp_path, capsys):
+    unsaved = tmp_path / "unsaved"
+    assert cli.main(["train", *TINY, "--rounds", "1", "--executor", "reference", "--eval-clients", "0",
+                     "--checkpoint-every", "0", "--out", str(unsaved)]) == 0
+    assert not (unsaved / "checkpoints").exists()
+    assert cli.main(["train", "--resume", str(unsaved)]) == 1
+    assert f"{unsaved} holds no checkpoint to resume from" in capsys.readouterr().err
+
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--executor", "reference", "--eval-clients", "0", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run)]) == 0  # a finished run: nothing left to train
+    assert "the run has trained all 2 rounds" in capsys.readouterr().out
+    assert len(_read_csv(run / "metrics.csv")) == 2
+    for argv, message in [
+        (["--out", str(tmp_path / "x")], "argument --out: not allowed with --resume"),
+        (["--seed", "5"], "argument --seed: the run in"),
+        (["--rounds", "1"], "argument --rounds: the run in"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            cli.main(["train", "--resume", str(run), *argv])
+        assert info.value.code == 2 and message in capsys.readouterr().err
+
+    (path,) = (run / "checkpoints").iterdir()
+    path.write_bytes(path.read_bytes()[:-10])
+    assert cli.main(["train", "--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "fedcore train: error:" in err and str(path) in err and "SHA-256 does not match" in err
+
+
+def _poisoned_data(monkeypatch, poison):
+    """Six clients of random digits; ``poison`` maps client ids to a pixel value that breaks them.
+
+    A value above 5 makes the client's pipeline raise (its map asserts the pixels are at most 5);
+    NaN makes its update non-finite.
+    """
+    from fedcore.simulation import ClientData
+
+    rng = np.random.default_rng(0)
+
+    def client(name):
+        pixels = rng.random((12, 28, 28)).astype(np.float32)
+        if name in poison:
+            pixels[:] = poison[name]
+        return collections.OrderedDict(label=rng.integers(0, 10, 12).astype(np.int32), pixels=pixels)
+
+    ids = [f"c{i}" for i in range(6)]
+    train = ClientData.from_tensor_slices({cid: client(cid) for cid in ids})
+    monkeypatch.setattr(cli, "load_client_data", lambda args: (train, train, "poisoned digits"))
+    original = cli.preprocess
+
+    def preprocess(batch_size, epochs):
+        inner = original(batch_size, epochs)
+
+        def check(e):
+            tf.debugging.assert_equal(tf.reduce_any(e["pixels"] > 5.0), False, message="poisoned client")
+            return e
+
+        return lambda ds: inner(ds.map(check))
+
+    monkeypatch.setattr(cli, "preprocess", preprocess)
+    return ids
+
+
+def test_train_drops_failing_clients_and_leaves_out_nonfinite_updates(tmp_path, monkeypatch, capsys):
+    _poisoned_data(monkeypatch, {"c2": 9.0, "c4": np.nan})
+    argv = ["train", "--clients-per-round", "6", "--rounds", "2", "--epochs", "1", "--eval-clients", "0"]
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "round 1: dropped client c2 (" in out and "poisoned client" in out, out
+    assert "round 2: left out 1 non-finite client update(s)" in out
+    rows = _read_csv(tmp_path / "run" / "metrics.csv")
+    assert [(r["clients_dropped"], r["nonfinite_updates"]) for r in rows] == [("1", "1"), ("1", "1")]
+    from fedcore.learning import checkpoint as ckpt
+
+    state = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints").state
+    assert all(np.all(np.isfinite(x)) for x in ckpt._nest.flatten(state))
+    # Below the policy the run stops with a clear error.
+    assert cli.main([*argv, "--min-clients", "6", "--out", str(tmp_path / "strict")]) == 1
+    err = capsys.readouterr().err
+    assert "fedcore train: error: round 1 failed: the round failed: 1 of its 6 clients failed, leaving 5" in err
+    assert "'c2'" in err and "the state is unchanged" in err
+
+
+def test_a_failed_round_saves_the_last_good_state_for_resume(tmp_path, monkeypatch, capsys):
+    from fedcore import simulation
+
+    ids = [f"c{i}" for i in range(6)]
+    # A client that round 2 samples but round 1 does not: round 1 succeeds, round 2 fails.
+    first, second = set(simulation.sample_clients(ids, 3, 1, seed=0)), simulation.sample_clients(ids, 3, 2, seed=0)
+    bad = next(c for c in second if c not in first)
+    _poisoned_data(monkeypatch, {bad: 9.0})
+    run = tmp_path / "run"
+    argv = ["--clients-per-round", "3", "--rounds", "3", "--epochs", "1", "--eval-clients", "0"]
+    assert cli.main(["train", *argv, "--min-clients", "3", "--checkpoint-every", "5", "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "round 2 failed" in err and f"continue with --resume {run}" in err
+    assert [int(r["round"]) for r in _read_csv(run / "metrics.csv")] == [1]
+    # Resumed with a laxer policy, the run goes on from round 2 and drops the client.
+    assert cli.main(["train", "--resume", str(run), "--min-clients", "2"]) == 0
+    rows = _read_csv(run / "metrics.csv")
+    assert [int(r["round"]) for r in rows] == [1, 2, 3] and rows[1]["clients_dropped"] == "1"
+
+
+def test_train_on_ray_matches_the_tensorflow_executor(tmp_path):
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        argv = ["train", *TINY, "--eval-clients", "2", "--seed", "4"]
+        assert cli.main([*argv, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
+    finally:
+        if started:
+            ray.shutdown()
+    assert cli.main([*argv, "--executor", "tensorflow", "--out", str(tmp_path / "tf")]) == 0
+    on_ray, on_tf = _read_csv(tmp_path / "ray" / "metrics.csv"), _read_csv(tmp_path / "tf" / "metrics.csv")
+    assert len(on_ray) == len(on_tf) == 2
+    for a, b in zip(on_ray, on_tf):
+        for column in ("train_loss", "heldout_accuracy"):
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-3, abs=1e-4)
+
+
+def test_ray_address_is_passed_to_the_executor(monkeypatch, tmp_path):
+    from fedcore.runtime import ray_executor
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(ray_executor, "RayExecutor", fake)
+    with pytest.raises(Stop):
+        cli.main(["train", *TINY, "--executor", "ray", "--address", "auto", "--out", str(tmp_path)])
+    assert seen == {"address": "auto"}
+    assert cli.build_parser().parse_args(["train"]).address is None
