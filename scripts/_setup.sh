@@ -11,7 +11,7 @@ STAMP=.venv/.fedcore-installed
 if [ ! -f "$STAMP" ] || [ setup.cfg -nt "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "fedcore: installing fedcore and its dependencies into .venv (log: .venv/install.log)" >&2
   if ! { .venv/bin/python -m pip install --upgrade pip \
-         && .venv/bin/python -m pip install -e ".[${FEDCORE_EXTRAS:-test}]"; } > .venv/install.log 2>&1; then
+         && .venv/bin/python -m pip install -e ".[${FEDCORE_EXTRAS:-test,ray}]"; } > .venv/install.log 2>&1; then
     tail -n 40 .venv/install.log >&2
     echo "fedcore: installation failed; see .venv/install.log" >&2
     exit 1

@@ -424,7 +424,7 @@ def test_train_on_ray_matches_the_tensorflow_executor(tmp_path):
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         argv = ["train", *TINY, "--eval-clients", "2", "--seed", "4"]
         assert cli.main([*argv, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0

@@ -19,4 +19,14 @@ __all__ = [
     "execution_context",
     "get_default_executor",
     "set_default_executor",
+    "RayExecutor",
 ]
+
+
+def __getattr__(name):
+    # RayExecutor is imported on first use, so that fedcore works without the ray extra.
+    if name == "RayExecutor":
+        from fedcore.runtime.ray_executor import RayExecutor
+
+        return RayExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

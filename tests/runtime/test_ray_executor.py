@@ -1,0 +1,363 @@
+"""RayExecutor: conformance, one dispatch per worker per round, client data on the workers, faults."""
+
+import collections
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+import tensorflow as tf
+
+import fedcore
+from fedcore import learning, simulation
+from fedcore.compiler.intrinsics import missing_rules
+from fedcore.runtime import ray_executor
+from fedcore.runtime.ray_executor import RayExecutor, WorkerFailure, WorkerPool
+from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.testing import conformance
+
+# Factories and preprocessing defined here travel to the workers by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+# Every pool in this module takes half a CPU per worker: the shared pair and a pair for a fault test fit in 2 CPUs.
+CPUS = 0.5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(ray_session):
+    return WorkerPool.shared(num_workers=2, cpus_per_worker=CPUS)
+
+
+def make(pool, **kwargs):
+    return lambda n: RayExecutor(num_clients=n, pool=pool, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# Conformance: every case, against the reference.
+
+
+@conformance.parametrize()
+def test_conformance(case, pool):
+    conformance.run_case(case, make(pool))
+
+
+def test_every_intrinsic_has_a_rule():
+    assert missing_rules("ray") == []
+
+
+def test_client_work_runs_on_the_workers(pool):
+    @fedcore.tf_computation(tf.float32)
+    def double(x):
+        return x * 2.0
+
+    @fedcore.federated_computation(fedcore.type_at_clients(tf.float32))
+    def mean_of_doubles(x):
+        return fedcore.federated_mean(fedcore.federated_map(double, x))
+
+    before = pool.dispatches
+    with fedcore.execution_context(make(pool)(None)):
+        assert mean_of_doubles([1.0, 2.0, 3.0, 6.0]) == pytest.approx(6.0)
+    assert pool.dispatches - before == 2  # one request to each worker
+
+
+# --------------------------------------------------------------------------
+# A FedAvg round: one dispatch per worker, the same result as the TF executor.
+
+
+def _digits_train():
+    return simulation.datasets.digits.load_data(num_clients=8, seed=1)[0]
+
+
+def _to_batches(dataset):
+    def to_example(e):
+        return collections.OrderedDict(x=1.0 - tf.reshape(e["pixels"], [784]), y=tf.reshape(e["label"], [1]))
+
+    return dataset.map(to_example).batch(16)
+
+
+def _model_fn():
+    model = tf.keras.Sequential([tf.keras.Input((784,)), tf.keras.layers.Dense(10, kernel_initializer="zeros"),
+                                 tf.keras.layers.Softmax()])
+    return learning.from_keras_model(
+        model, loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+        input_spec=collections.OrderedDict(x=tf.TensorSpec([None, 784]), y=tf.TensorSpec([None, 1], tf.int32)),
+    )
+
+
+@pytest.fixture(scope="module")
+def fedavg():
+    return learning.build_federated_averaging_process(
+        _model_fn, client_optimizer_fn=lambda: tf.keras.optimizers.SGD(learning_rate=0.1))
+
+
+def _flat(value):
+    return [np.asarray(x) for x in tf.nest.flatten(value)]
+
+
+def test_fedavg_round_is_one_dispatch_per_worker_and_matches_tensorflow(pool, fedavg):
+    executor = RayExecutor(pool=pool, client_data=_digits_train)
+    ids = _digits_train().client_ids[:6]
+    with fedcore.execution_context(TensorFlowExecutor()):
+        state = fedavg.initialize()
+        expected = fedavg.next(state, simulation.make_federated_data(_digits_train(), ids, _to_batches))
+    with fedcore.execution_context(executor):
+        data = executor.federated_data(ids, preprocess=_to_batches)
+        before = pool.dispatches
+        got = fedavg.next(state, data)
+        assert pool.dispatches - before == pool.num_workers
+        again = fedavg.next(state, data)  # a second round: everything is cached on the workers
+    for a, b, c in zip(_flat(got), _flat(expected), _flat(again)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-7)
+
+
+def test_factory_data_is_built_on_the_workers_not_shipped(pool, fedavg, monkeypatch):
+    executor = RayExecutor(pool=pool, client_data=_digits_train)
+    requests = []
+    original = executor._request
+    monkeypatch.setattr(executor, "_request", lambda *a: requests.append(original(*a)) or requests[-1])
+    ids = _digits_train().client_ids[:4]
+    with fedcore.execution_context(executor):
+        state = fedavg.initialize()
+        data = executor.federated_data(ids, preprocess=_to_batches)
+        fedavg.next(state, data)
+        fedavg.next(state, data)
+    assert requests
+    for request in requests:
+        assert not request["datasets"]  # no dataset graph was sent
+        for node in request["nodes"]:
+            if node[0] == "arg":  # the client datasets travel as (source, client id) references
+                assert all(isinstance(r, ray_executor._DataRef) and r.kind == "factory" for r in node[2])
+    # The factory and each function travel once per worker, not every round.
+    assert sum(len(r["sources"]) for r in requests) <= pool.num_workers
+    second_round = requests[-pool.num_workers:]
+    assert all(not r["functions"] and not r["sources"] for r in second_round)
+
+
+def test_datasets_without_a_factory_are_shipped_once(pool):
+    @fedcore.federated_computation(fedcore.type_at_clients(fedcore.SequenceType(tf.int64)))
+    def total(data):
+        return fedcore.federated_sum(fedcore.federated_map(_sequence_total, data))
+
+    executor = RayExecutor(pool=pool)
+    requests = []
+    original = executor._request
+    executor._request = lambda *a: requests.append(original(*a)) or requests[-1]
+    data = [tf.data.Dataset.range(n) for n in (3, 5, 10)]
+    with fedcore.execution_context(executor):
+        assert total(data) == 3 + 10 + 45
+        assert total(data) == 3 + 10 + 45
+    shipped = [len(r["datasets"]) for r in requests]
+    assert sum(shipped) == 3 and all(n == 0 for n in shipped[len(shipped) // 2:])
+
+
+@fedcore.tf_computation(fedcore.SequenceType(tf.int64))
+def _sequence_total(ds):
+    return ds.reduce(tf.constant(0, tf.int64), lambda a, b: a + b)
+
+
+def test_executor_without_factory_refuses_federated_data(pool):
+    with pytest.raises(fedcore.ExecutionError, match="client_data=factory"):
+        RayExecutor(pool=pool).federated_data(["a"])
+
+
+def test_greedy_assignment_balances_dataset_sizes():
+    shards = ray_executor._assign([10, 1, 1, 8, 1, 1, 2], 2)
+    loads = [sum([10, 1, 1, 8, 1, 1, 2][i] for i in s) for s in shards]
+    assert sorted(i for s in shards for i in s) == list(range(7))
+    assert max(loads) - min(loads) <= 1
+    assert shards == [sorted(s) for s in shards]
+    assert ray_executor._assign([1, 1], 3)[2] == []
+
+
+def test_bad_configuration_is_a_clear_error(pool):
+    with pytest.raises(ValueError, match="timeout_s"):
+        RayExecutor(pool=pool, timeout_s=0)
+    with pytest.raises(ValueError, match="max_retries"):
+        RayExecutor(pool=pool, max_retries=-1)
+    with pytest.raises(TypeError, match="client_data"):
+        RayExecutor(pool=pool, client_data="digits")
+    with pytest.raises(ValueError, match="need 200 CPUs"):
+        WorkerPool(num_workers=200)
+
+
+# --------------------------------------------------------------------------
+# Faults: a worker killed mid-round; the retry policy; timeouts.
+
+
+@fedcore.tf_computation(tf.float32)
+def _slow_square(x):
+    # A fraction of a second of work per client, for the timeout test.
+    def body(i, acc):
+        return i + 1, acc + tf.sin(tf.cast(i, tf.float32)) * 0.0
+
+    _, acc = tf.while_loop(lambda i, _: i < 400_000, body, (tf.constant(0), x * x))
+    return acc
+
+
+@fedcore.federated_computation(fedcore.type_at_clients(tf.float32))
+def _slow_sum(x):
+    return fedcore.federated_sum(fedcore.federated_map(_slow_square, x))
+
+
+def _waiting_sum(release):
+    """sum of squares, where each client's work waits (at most 60 s) until the file ``release`` exists."""
+
+    @fedcore.tf_computation(tf.float32)
+    def square_when_released(x):
+        def waiting(i, t0):
+            # The pattern depends on the loop counter (by an empty suffix), so the check is not hoisted.
+            pattern = str(release) + tf.strings.substr(tf.strings.as_string(i), 0, 0)
+            return tf.logical_and(tf.size(tf.io.matching_files(pattern)) == 0, tf.timestamp() - t0 < 60.0)
+
+        t0 = tf.timestamp()
+        _ = tf.while_loop(lambda i: waiting(i, t0), lambda i: i + 1, [tf.constant(0)])
+        with tf.control_dependencies(_):
+            return tf.identity(x * x)
+
+    @fedcore.federated_computation(fedcore.type_at_clients(tf.float32))
+    def waiting_sum(x):
+        return fedcore.federated_sum(fedcore.federated_map(square_when_released, x))
+
+    return waiting_sum
+
+
+def _kill_mid_round(pool, executor, values, tmp_path):
+    """Runs a round whose client work waits for a release file; kills a worker while it waits.
+
+    Returns (result, error) of the round.
+    """
+    release = tmp_path / "release"
+    comp = _waiting_sum(release)
+    outcome = {}
+
+    def run():
+        try:
+            with fedcore.execution_context(executor):
+                outcome["result"] = comp(values)
+        except Exception as e:  # noqa: BLE001
+            outcome["error"] = e
+
+    before = pool.dispatches
+    victim = pool.actors[0]
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while pool.dispatches == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # the workers are inside the round, waiting for the release file
+    assert "result" not in outcome and "error" not in outcome
+    ray.kill(victim, no_restart=True)
+    time.sleep(0.5)
+    release.write_text("go")
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    return outcome.get("result"), outcome.get("error")
+
+
+def test_a_worker_killed_mid_round_is_dropped_and_the_round_retried(ray_session, caplog, tmp_path):
+    pool = WorkerPool(num_workers=2, cpus_per_worker=CPUS)
+    try:
+        executor = RayExecutor(pool=pool, max_retries=1, timeout_s=60)
+        with caplog.at_level("WARNING", logger="fedcore.runtime.ray_executor"):
+            result, error = _kill_mid_round(pool, executor, [1.0, 2.0, 3.0, 4.0], tmp_path)
+        assert error is None
+        assert result == pytest.approx(30.0)
+        assert pool.num_workers == 1
+        assert "dropping a worker: the worker died" in caplog.text
+        with fedcore.execution_context(executor):  # later rounds run on the survivor
+            assert _slow_sum([3.0]) == pytest.approx(9.0)
+    finally:
+        pool.shutdown()
+
+
+def test_without_retries_a_killed_worker_fails_the_round_clearly(ray_session, tmp_path):
+    pool = WorkerPool(num_workers=2, cpus_per_worker=CPUS)
+    try:
+        executor = RayExecutor(pool=pool, max_retries=0, timeout_s=60)
+        result, error = _kill_mid_round(pool, executor, [1.0, 2.0], tmp_path)
+        assert result is None
+        assert isinstance(error, WorkerFailure) and isinstance(error, fedcore.ExecutionError)
+        assert "the worker died" in str(error) and "max_retries=0" in str(error)
+    finally:
+        pool.shutdown()
+
+
+def test_a_worker_that_does_not_answer_in_time_fails_the_round(ray_session):
+    pool = WorkerPool(num_workers=1, cpus_per_worker=CPUS)
+    try:
+        executor = RayExecutor(pool=pool, max_retries=0, timeout_s=0.5)
+        start = time.monotonic()
+        with pytest.raises(WorkerFailure, match=r"no answer within 0.5 s"):
+            with fedcore.execution_context(executor):
+                _slow_sum([1.0, 2.0])
+        assert time.monotonic() - start < 30
+        assert pool.num_workers == 0
+        with pytest.raises(WorkerFailure, match="no workers left"):
+            with fedcore.execution_context(executor):
+                _slow_sum([1.0])
+    finally:
+        pool.shutdown()
+
+
+def test_errors_in_client_work_are_execution_errors_and_keep_the_workers(pool):
+    @fedcore.tf_computation(tf.float32)
+    def check(x):
+        tf.debugging.assert_non_negative(x, message="negative reading")
+        return x
+
+    @fedcore.federated_computation(fedcore.type_at_clients(tf.float32))
+    def total(x):
+        return fedcore.federated_sum(fedcore.federated_map(check, x))
+
+    workers = pool.num_workers
+    with fedcore.execution_context(make(pool)(None)):
+        with pytest.raises(fedcore.ExecutionError, match="negative reading"):
+            total([1.0, -1.0, 2.0])
+        assert total([1.0, 2.0]) == pytest.approx(3.0)
+    assert pool.num_workers == workers
+
+
+def test_datasets_calling_python_are_read_once_on_the_driver_and_sent_as_elements(pool):
+    @fedcore.federated_computation(fedcore.type_at_clients(fedcore.SequenceType(tf.int64)))
+    def total(data):
+        return fedcore.federated_sum(fedcore.federated_map(_sequence_total, data))
+
+    def generated(n):
+        return tf.data.Dataset.from_generator(lambda: iter(range(n)), output_signature=tf.TensorSpec([], tf.int64))
+
+    executor = RayExecutor(pool=pool)
+    requests = []
+    original = executor._request
+    executor._request = lambda *a: requests.append(original(*a)) or requests[-1]
+    data = [generated(4), generated(6)]
+    with fedcore.execution_context(executor):
+        assert total(data) == 6 + 15
+    kinds = [payload[0] for r in requests for payload in r["datasets"].values()]
+    assert kinds == ["elements", "elements"]
+
+
+def test_clients_are_assigned_by_dataset_size(pool):
+    @fedcore.federated_computation(fedcore.type_at_clients(fedcore.SequenceType(tf.int64)))
+    def total(data):
+        return fedcore.federated_sum(fedcore.federated_map(_sequence_total, data))
+
+    executor = RayExecutor(pool=pool)
+    requests = []
+    original = executor._request
+    executor._request = lambda *a: requests.append(original(*a)) or requests[-1]
+    with fedcore.execution_context(executor):
+        assert total([tf.data.Dataset.range(n) for n in (1, 2, 30, 3)]) == 0 + 1 + 435 + 3
+    assert sorted(r["clients"] for r in requests) == [[0, 1, 3], [2]]  # the big client alone
