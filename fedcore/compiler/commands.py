@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict
 
+from fedcore._files import write_atomically
 from fedcore.compiler import building_blocks as bb
 
 FORMS = ("mapreduce", "distribute-aggregate")
@@ -64,24 +64,10 @@ def compile_command(args: argparse.Namespace, parser: argparse.ArgumentParser, r
         parser.error(f"argument -o/--output: {args.output} is a directory; give a file name")
     if not args.output.parent.exists():
         parser.error(f"argument -o/--output: the directory {args.output.parent} does not exist")
-    _write_atomically(args.output, data)
+    write_atomically(args.output, data, args.output.parent / f".{args.output.name}.{os.getpid()}.tmp")
     print(form.summary())
     print(f"wrote {args.output} ({len(data)} bytes)")
     return 0
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def inspect_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

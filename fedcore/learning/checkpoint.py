@@ -35,6 +35,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import attrs
 import numpy as np
 
+from fedcore._files import fsync_directory, write_atomically
+
 from fedcore.learning import _nest
 from fedcore.structure import python_items
 
@@ -136,19 +138,6 @@ def _first_difference(saved: Any, wanted: Any, where: str = "state") -> str:
 # Writing.
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover (platforms without directory handles)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def encode(state: Any, round_num: int, extra: Optional[Mapping[str, Any]] = None) -> bytes:
     """The bytes of a checkpoint file (see the module docstring)."""
     if isinstance(round_num, bool) or not isinstance(round_num, (int, np.integer)) or round_num < 0:
@@ -193,26 +182,14 @@ def save_checkpoint(
     _remove_stale_temporaries(directory)
     final = directory / checkpoint_name(int(round_num))
     tmp = directory / f"{_TMP_PREFIX}{int(round_num):08d}-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
+    write_atomically(final, data, tmp)
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
             try:
                 old.unlink()
             except FileNotFoundError:
                 pass
-        _fsync_directory(directory)
+        fsync_directory(directory)
     return final
 
 
