@@ -37,6 +37,7 @@ import attrs
 import tensorflow as tf
 
 from fedcore.compiler import building_blocks as bb
+from fedcore.compiler.tf_bridge import leaf_types
 from fedcore.compiler import transformations as tr
 from fedcore.compiler.computation import Computation
 from fedcore.compiler.intrinsics import lookup
@@ -504,12 +505,6 @@ def _leafwise(name: str, parameter: Type, fn: Callable[[List[tf.Tensor]], List[t
     return bb.TensorFlowComputation(function, FunctionType(parameter, result), name)
 
 
-def _leaf_types(t: Type) -> List[TensorType]:
-    if isinstance(t, StructType):
-        return [leaf for e in t for leaf in _leaf_types(e)]
-    return [t]
-
-
 def _pair(a: Type, b: Type) -> StructType:
     return StructType([(None, a), (None, b)])
 
@@ -538,7 +533,7 @@ def _monoid(uri: str, arg_type: Type, arg: bb.BuildingBlock) -> _Monoid:
         t = _member(arg_type)
         n = TensorType("float64", ())
         acc = _pair(t, n)
-        k = len(_leaf_types(t))
+        k = len(leaf_types(t))
         add_one = _leafwise("mean_accumulate", _pair(acc, t),
                             lambda xs: [s + v for s, v in zip(xs[:k], xs[k + 1:])] + [xs[k] + 1.0], acc)
         divide = _leafwise("mean_report", acc, lambda xs: [_divide(s, xs[k]) for s in xs[:k]], t)
@@ -546,7 +541,7 @@ def _monoid(uri: str, arg_type: Type, arg: bb.BuildingBlock) -> _Monoid:
     if uri == "federated_weighted_mean":
         t, w = _member(arg_type[0]), _member(arg_type[1])
         acc = _pair(t, TensorType("float64", ()))
-        k = len(_leaf_types(t))
+        k = len(leaf_types(t))
         accumulate = _leafwise(
             "weighted_mean_accumulate", _pair(acc, _pair(t, w)),
             lambda xs: [s + _times(v, xs[-1]) for s, v in zip(xs[:k], xs[k + 1:2 * k + 1])]
@@ -556,8 +551,8 @@ def _monoid(uri: str, arg_type: Type, arg: bb.BuildingBlock) -> _Monoid:
     if uri in ("federated_min", "federated_max"):
         t = _member(arg_type)
         op = tf.minimum if uri == "federated_min" else tf.maximum
-        k = len(_leaf_types(t))
-        identity = _leafwise(f"{uri}_identity", None, lambda xs: [_extreme(l, uri) for l in _leaf_types(t)], t)
+        k = len(leaf_types(t))
+        identity = _leafwise(f"{uri}_identity", None, lambda xs: [_extreme(l, uri) for l in leaf_types(t)], t)
         combine = _leafwise(f"{uri}_combine", _pair(t, t), lambda xs: [op(a, b) for a, b in zip(xs[:k], xs[k:])], t)
         return _Monoid(bb.Call(identity), combine, combine, _identity(t))
     raise AssertionError(f"no monoid for {uri}")

@@ -98,6 +98,13 @@ def flat_specs(t: Optional[Type]) -> List[Any]:
 # Values <-> leaves.
 
 
+def leaf_types(t: Type) -> List[Type]:
+    """The types of ``t``'s leaves (tensors and sequences), in fedcore's leaf order."""
+    if isinstance(t, StructType):
+        return [leaf for e in t for leaf in leaf_types(e)]
+    return [t]
+
+
 def flatten(value: Any, t: Optional[Type]) -> List[Any]:
     """Leaves of an internal value (Struct for structs) in fedcore's leaf order."""
     if t is None:

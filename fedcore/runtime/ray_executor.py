@@ -58,12 +58,13 @@ from fedcore.compiler import building_blocks as bb
 from fedcore.compiler.computation import Computation
 from fedcore.compiler.intrinsics import INTRINSICS, register_rule
 from fedcore.compiler.serialization import deserialize, serialize
+from fedcore.compiler.tf_bridge import leaf_types
 from fedcore.compiler.transformations import free_names, fused_map_reduce, run_pipeline, substitute
 from fedcore.runtime import reference
 from fedcore.runtime.datasets import dataset_elements
 from fedcore.runtime.executor import ExecutionError
 from fedcore.structure import Struct
-from fedcore.types import CLIENTS, FederatedType, FunctionType, StructType, TensorType, Type, to_type
+from fedcore.types import CLIENTS, FederatedType, FunctionType, StructType, Type, to_type
 
 NAME = "ray"
 _log = logging.getLogger(__name__)
@@ -688,15 +689,9 @@ def _client_nodes(value: Any, t: Type) -> List[CNode]:
 
 
 def _require_float(member: Type) -> None:
-    for leaf in _tensor_leaves(member):
+    for leaf in leaf_types(member):
         if leaf.np_dtype.kind not in "fc":
             raise ExecutionError("federated_mean needs floating-point values")
-
-
-def _tensor_leaves(t: Type) -> List[TensorType]:
-    if isinstance(t, StructType):
-        return [leaf for e in t for leaf in _tensor_leaves(e)]
-    return [t] if isinstance(t, TensorType) else []
 
 
 def _merge_sums(parts: List[Tuple[Any, Any]]) -> Tuple[Any, Any]:

@@ -316,34 +316,13 @@ def _federated_secure_sum(interp, arg, t):
     # The masking protocol of fedcore.runtime.secure_aggregation: bounds check, pairwise masks, unmasked sum.
     try:
         sums = secure_aggregation.secure_sum(
-            [_secure_leaves(v, member) for v in client_values],
-            _secure_bounds(max_input, member),
-            [leaf.np_dtype for leaf in _secure_leaves(member, member)],
+            [tf_bridge.flatten(v, member) for v in client_values],
+            [np.asarray(b) for b in secure_aggregation.leaf_bounds(max_input, member)],
+            [leaf.np_dtype for leaf in tf_bridge.leaf_types(member)],
         )
     except secure_aggregation.SecureSumError as e:
         raise ExecutionError(str(e)) from None
-    return _secure_pack(member, iter(sums))
-
-
-def _secure_leaves(value, t: Type) -> list:
-    """The tensor leaves of ``value`` (of type ``t``; ``t`` itself gives the leaf types), in order."""
-    if isinstance(t, StructType):
-        return [leaf for v, e in zip(value, t) for leaf in _secure_leaves(v, e)]
-    return [value]
-
-
-def _secure_bounds(bound, t: Type) -> list:
-    """One max_input per tensor leaf of ``t``: a struct bound element by element, a tensor bound for all."""
-    if isinstance(t, StructType):
-        bounds = list(bound) if isinstance(bound, Struct) else [bound] * len(t)
-        return [leaf for b, e in zip(bounds, t) for leaf in _secure_bounds(b, e)]
-    return [np.asarray(bound)]
-
-
-def _secure_pack(t: Type, leaves) -> Any:
-    if isinstance(t, StructType):
-        return Struct([(n, _secure_pack(e, leaves)) for n, e in t.elements])
-    return next(leaves)
+    return tf_bridge.unflatten(sums, member)
 
 
 @rule("sequence_map")

@@ -28,7 +28,7 @@ needs every client that was given seeds to send its masked vector.
 from __future__ import annotations
 
 import secrets
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -164,6 +164,59 @@ def _check_leaf(client: int, leaf: int, value: np.ndarray, bound: np.ndarray) ->
         )
 
 
+def leaf_bounds(bound: Any, t: Any) -> List[Any]:
+    """One max_input per tensor leaf of the value type ``t``: a struct bound element by element, a tensor
+    bound for every leaf below it.  The bounds are returned as given (numbers, arrays or tensors)."""
+    from fedcore.structure import Struct
+    from fedcore.types import StructType
+
+    if isinstance(t, StructType):
+        bounds = list(bound) if isinstance(bound, Struct) else [bound] * len(t)
+        return [leaf for b, e in zip(bounds, t) for leaf in leaf_bounds(b, e)]
+    return [bound]
+
+
+def encode(
+    client: int, leaves: Sequence[Any], bounds: Sequence[np.ndarray], shapes: Optional[Sequence[Tuple[int, ...]]] = None
+) -> np.ndarray:
+    """Client side, before masking: checks each leaf against its bound and returns them as one uint64 vector.
+
+    ``shapes``, when given, are the shapes every client's leaves must have.
+    """
+    if len(leaves) != len(bounds):
+        raise SecureSumError(f"client {client} has {len(leaves)} values, expected {len(bounds)}")
+    parts = []
+    for leaf, (v, b) in enumerate(zip(leaves, bounds)):
+        v = np.asarray(v)
+        if shapes is not None and v.shape != tuple(shapes[leaf]):
+            raise SecureSumError(f"client {client}'s value {leaf} has shape {v.shape}, expected {tuple(shapes[leaf])}")
+        _check_leaf(client, leaf if len(bounds) > 1 else None, v, b)
+        parts.append(v.astype(np.uint64).ravel())  # exact: 0 <= v
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
+def bits_for(num_clients: int, bounds: Sequence[np.ndarray]) -> int:
+    """The modulus bits for summing ``num_clients`` values under these per-leaf bounds."""
+    return modulus_bits(num_clients, max((int(b.max()) for b in bounds if b.size), default=0))
+
+
+def decode(total: np.ndarray, shapes: Sequence[Tuple[int, ...]], dtypes: Sequence[np.dtype]) -> List[np.ndarray]:
+    """Server side, after unmasking: splits the summed vector into leaves; SecureSumError if one overflows its dtype."""
+    out, start = [], 0
+    for leaf, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+        size = int(np.prod(shape, dtype=np.int64))
+        part = total[start : start + size]
+        start += size
+        limit = np.iinfo(dtype).max
+        if part.size and int(part.max()) > limit:
+            raise SecureSumError(
+                f"federated_secure_sum: the sum {int(part.max())} (element {leaf}) overflows {np.dtype(dtype).name}; "
+                "use a wider integer type"
+            )
+        out.append(part.astype(dtype).reshape(shape))
+    return out
+
+
 def secure_sum(
     client_values: Sequence[Sequence[np.ndarray]],
     bounds: Sequence[np.ndarray],
@@ -188,32 +241,8 @@ def secure_sum(
         return [np.zeros(s, d) for s, d in zip(shapes, dtypes)]
     if shapes is None:
         shapes = [np.shape(v) for v in client_values[0]]
-    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-    encoded = []
-    for i, leaves in enumerate(client_values):
-        if len(leaves) != len(bounds):
-            raise SecureSumError(f"client {i} has {len(leaves)} values, expected {len(bounds)}")
-        parts = []
-        for leaf, (v, b, shape) in enumerate(zip(leaves, bounds, shapes)):
-            v = np.asarray(v)
-            if v.shape != tuple(shape):
-                raise SecureSumError(f"client {i}'s value {leaf} has shape {v.shape}, expected {tuple(shape)}")
-            _check_leaf(i, leaf if len(bounds) > 1 else None, v, b)
-            parts.append(v.astype(np.uint64).ravel())  # exact: 0 <= v
-        encoded.append(np.concatenate(parts) if parts else np.zeros(0, np.uint64))
-    bits = modulus_bits(n, max((int(b.max()) for b in bounds if b.size), default=0))
+    encoded = [encode(i, leaves, bounds, shapes) for i, leaves in enumerate(client_values)]
+    bits = bits_for(n, bounds)
     seeds = pairwise_seeds(n, entropy)
     masked = [mask(i, x, client_seeds(i, seeds), bits) for i, x in enumerate(encoded)]
-    total = unmask_sum(masked, bits)
-    out, start = [], 0
-    for leaf, (size, shape, dtype) in enumerate(zip(sizes, shapes, dtypes)):
-        part = total[start : start + size]
-        start += size
-        limit = np.iinfo(dtype).max
-        if part.size and int(part.max()) > limit:
-            raise SecureSumError(
-                f"federated_secure_sum: the sum {int(part.max())} (element {leaf}) overflows {np.dtype(dtype).name}; "
-                "use a wider integer type"
-            )
-        out.append(part.astype(dtype).reshape(shape))
-    return out
+    return decode(unmask_sum(masked, bits), shapes, dtypes)

@@ -37,12 +37,11 @@ from fedcore.runtime.tf_values import (
     ClientSequences,
     ShuffledSequences,
     Stacked,
-    leaf_types,
     materialize,
 )
 from fedcore.structure import Struct
 
-flatten, unflatten = tf_bridge.flatten, tf_bridge.unflatten
+flatten, unflatten, leaf_types = tf_bridge.flatten, tf_bridge.unflatten, tf_bridge.leaf_types
 from fedcore.types import (
     CLIENTS,
     FederatedType,
@@ -731,7 +730,7 @@ def _secure_sum(c: Compiler, arg, t):
     values, bound = arg
     stacked = c.stacked(values, t.parameter[0])
     value_leaves = _flat(stacked)
-    bound_leaves = _secure_bounds(bound, t.result.member)
+    bound_leaves = [tf.convert_to_tensor(b) for b in secure_aggregation.leaf_bounds(bound, t.result.member)]
     if c.n == 0:
         return _map_leaves(stacked, lambda x: tf.reduce_sum(x, axis=0))
     n = c.n
@@ -760,13 +759,6 @@ def _secure_sum(c: Compiler, arg, t):
         sums = iter([tf.identity(s) for s in sums])
     return _map_leaves(stacked, lambda _: next(sums))
 
-
-def _secure_bounds(bound: Any, t: Type) -> List[Any]:
-    """One max_input per tensor leaf of ``t``: a struct bound element by element, a tensor bound for all."""
-    if isinstance(t, StructType):
-        bounds = list(bound) if isinstance(bound, Struct) else [bound] * len(t)
-        return [leaf for b, e in zip(bounds, t) for leaf in _secure_bounds(b, e)]
-    return [tf.convert_to_tensor(bound)]
 
 
 def _dataset_fn(fn: Lowered, element_type: Type):

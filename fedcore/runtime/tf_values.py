@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from fedcore.compiler import tf_bridge
+from fedcore.compiler.tf_bridge import leaf_types
 from fedcore.runtime import pipelines
 from fedcore.runtime.datasets import canonical_element, sequence_elements
 from fedcore.runtime.executor import ExecutionError
@@ -43,12 +44,6 @@ class Batched:
     """Inside a vectorized client function: a value with a leading clients axis."""
 
     value: Any
-
-
-def leaf_types(t: Type) -> List[Type]:
-    if isinstance(t, StructType):
-        return [leaf for e in t for leaf in leaf_types(e)]
-    return [t]
 
 
 def _np_dtype(t: TensorType):
