@@ -15,7 +15,8 @@ aggregates and returns them; the driver merges the partials exactly:
 * sums as sums (floats in float64, as the reference does);
 * means as (sum, count), weighted means as (weighted sum, total weight);
 * min/max leaf-wise; ``federated_aggregate`` accumulators with ``merge``;
-* ``federated_secure_sum`` bounds are checked on the workers.
+* ``federated_secure_sum`` runs ``fedcore.runtime.secure_aggregation``: each client's value is
+  bound-checked and masked on its worker, and the driver sees only masked partial sums.
 
 A ``federated_sum`` or ``federated_mean`` of a ``federated_map``
 (``fedcore.compiler.transformations.fused_map_reduce``) runs on a worker as one
@@ -58,9 +59,10 @@ from fedcore.compiler import building_blocks as bb
 from fedcore.compiler.computation import Computation
 from fedcore.compiler.intrinsics import INTRINSICS, register_rule
 from fedcore.compiler.serialization import deserialize, serialize
+from fedcore.compiler import tf_bridge
 from fedcore.compiler.tf_bridge import leaf_types
 from fedcore.compiler.transformations import free_names, fused_map_reduce, run_pipeline, substitute
-from fedcore.runtime import reference
+from fedcore.runtime import reference, secure_aggregation
 from fedcore.runtime.datasets import dataset_elements
 from fedcore.runtime.executor import ExecutionError
 from fedcore.structure import Struct
@@ -324,10 +326,16 @@ class _Worker:
 
             return (_leaves(members, weighted), float(np.sum(weights)))
         if op == "secure_sum":
-            bound = _from_wire(out[2])
-            for i, v in zip(clients, members):
-                _check_bounds(v, bound, i)
-            return (_leaves(members, _wide_sum), len(members))
+            # Each client encodes and masks its own value (secure_aggregation's client side); the worker
+            # adds its clients' masked vectors mod 2^bits, which leaves the sum masked until all are added.
+            _, _, bounds, bits, seeds = out
+            bounds = [np.asarray(b) for b in _from_wire(bounds)]
+            shapes = [np.shape(leaf) for leaf in _struct_leaves(members[0])]
+            masked = [
+                secure_aggregation.mask(i, secure_aggregation.encode(i, _struct_leaves(v), bounds, shapes), seeds[i], bits)
+                for i, v in zip(clients, members)
+            ]
+            return (secure_aggregation.unmask_sum(masked, bits), shapes)
         if op == "aggregate":
             _, _, zero, sha, env, has_env = out
             acc = _from_wire(zero)
@@ -338,17 +346,10 @@ class _Worker:
         raise ExecutionError(f"unknown worker output {op!r}")
 
 
-def _check_bounds(value: Any, bound: Any, client: int) -> None:
+def _struct_leaves(value: Any) -> List[Any]:
     if isinstance(value, Struct):
-        bounds = bound if isinstance(bound, Struct) else [bound] * len(value)
-        for v, b in zip(value, bounds):
-            _check_bounds(v, b, client)
-        return
-    arr, limit = np.asarray(value), np.asarray(bound)
-    if np.any(arr < 0) or np.any(arr > limit):
-        raise ExecutionError(
-            f"federated_secure_sum: client {client} gave {arr.tolist()}, outside the allowed range [0, {limit.tolist()}]"
-        )
+        return [leaf for v in value for leaf in _struct_leaves(v)]
+    return [value]
 
 
 def _worker_program(kind: str, fn: Computation, has_env: bool) -> Computation:
@@ -858,7 +859,25 @@ def _secure_sum(interp, arg, t):
         return _on_driver("federated_secure_sum")(interp, arg, t)
     member = t.result.member
     node = interp.client_node(values, t.parameter[0])
-    return interp.queue(("secure_sum", node, force(bound)), lambda parts: _finish_sum("federated_sum", parts, member))
+    bounds = [np.asarray(b) for b in secure_aggregation.leaf_bounds(force(bound), member)]
+    dtypes = [leaf.np_dtype for leaf in leaf_types(member)]
+    try:
+        bits = secure_aggregation.bits_for(interp.num_clients, bounds)
+    except secure_aggregation.SecureSumError as e:
+        raise ExecutionError(str(e)) from None
+    seeds = secure_aggregation.pairwise_seeds(interp.num_clients)  # the simulated key agreement
+
+    def finish(parts):
+        # The server side: only the workers' masked partial sums; the masks cancel in their total.
+        if not parts:
+            return reference.zero(member)
+        try:
+            total = secure_aggregation.unmask_sum([p[0] for p in parts], bits)
+            return tf_bridge.unflatten(secure_aggregation.decode(total, parts[0][1], dtypes), member)
+        except secure_aggregation.SecureSumError as e:
+            raise ExecutionError(str(e)) from None
+
+    return interp.queue(("secure_sum", node, bounds, bits, seeds), finish)
 
 
 for _uri in ("sequence_map", "sequence_reduce", "sequence_sum", "generic_plus", "generic_zero"):
@@ -1119,8 +1138,9 @@ class RayExecutor:
                 outputs.append(("fused", *ship(op[1]), op[2].id))
             elif kind == "wmean":
                 outputs.append(("wmean", op[1].id, op[2].id))
-            elif kind == "secure_sum":
-                outputs.append(("secure_sum", op[1].id, _to_wire(op[2])))
+            elif kind == "secure_sum":  # each client gets only its own pairwise seeds
+                seeds = {i: secure_aggregation.client_seeds(i, op[4]) for i in shard}
+                outputs.append(("secure_sum", op[1].id, _to_wire(op[2]), op[3], seeds))
             elif kind == "aggregate":
                 outputs.append(("aggregate", op[1].id, _to_wire(op[2]), *ship(op[3])))
             else:

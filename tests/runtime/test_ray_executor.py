@@ -361,3 +361,45 @@ def test_clients_are_assigned_by_dataset_size(pool):
     with fedcore.execution_context(executor):
         assert total([tf.data.Dataset.range(n) for n in (1, 2, 30, 3)]) == 0 + 1 + 435 + 3
     assert sorted(r["clients"] for r in requests) == [[0, 1, 3], [2]]  # the big client alone
+
+
+# --------------------------------------------------------------------------
+# federated_secure_sum runs the masking protocol: the driver sees masked partial sums only.
+
+
+def test_secure_sum_driver_sees_only_masked_partial_sums(pool, monkeypatch):
+    from fedcore.runtime import secure_aggregation as sa
+
+    seen = []
+    unmask = sa.unmask_sum
+
+    def spy(masked, bits, size=None):
+        seen.append([np.array(y) for y in masked])
+        return unmask(masked, bits, size)
+
+    monkeypatch.setattr(sa, "unmask_sum", spy)  # on the driver; the workers are other processes
+
+    @fedcore.federated_computation(fedcore.type_at_clients(tf.TensorSpec([6], tf.int32)))
+    def secure(x):
+        return fedcore.federated_secure_sum(x, 100)
+
+    rng = np.random.default_rng(1)
+    clients = [rng.integers(0, 101, 6).astype(np.int32) for _ in range(6)]
+    with fedcore.execution_context(RayExecutor(pool=pool)):
+        result = secure(clients)
+    np.testing.assert_array_equal(result, np.sum(clients, axis=0))
+    assert len(seen) == 1 and len(seen[0]) == 2  # one masked partial sum per worker
+    for partial in seen[0]:
+        assert partial.dtype == np.uint64
+        assert not any(np.array_equal(partial, c.astype(np.uint64)) for c in clients)
+        assert not np.array_equal(partial, np.sum(clients, axis=0).astype(np.uint64))
+
+
+def test_secure_sum_out_of_range_names_the_client(pool):
+    @fedcore.federated_computation(fedcore.type_at_clients(tf.int32))
+    def secure(x):
+        return fedcore.federated_secure_sum(x, 5)
+
+    with fedcore.execution_context(RayExecutor(pool=pool)):
+        with pytest.raises(fedcore.ExecutionError, match=r"client 2 gave 9, outside the allowed range \[0, 5\]"):
+            secure([1, 2, 9])
