@@ -172,13 +172,8 @@ def run_round(
     failed: List[Tuple[int, BaseException]] = []
     unattributed: List[Sequence[int]] = []
     def probe(indices: Sequence[int]) -> Optional[BaseException]:
-        """The error of a round of just these clients, None if it succeeds.
-
-        A single client is run twice in the same round ([i, i]): whether it
-        fails is the same, and executors need not support a one-client round
-        (the TensorFlow executor's vectorized path does not, at the moment).
-        """
-        return attempt(list(indices) * 2 if len(indices) == 1 else indices)[1]
+        """The error of a round of just these clients, None if it succeeds."""
+        return attempt(indices)[1]
 
     def bisect(indices: Sequence[int], error: BaseException) -> None:
         if len(indices) == 1:
