@@ -29,7 +29,7 @@ import tensorflow as tf
 
 import fedcore
 from fedcore.runtime.execution import execute
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 
 EXAMPLES_PER_CLIENT = 92
 EPOCHS = 10

@@ -44,8 +44,8 @@ import tensorflow as tf  # noqa: E402
 
 import fedcore  # noqa: E402
 from fedcore import learning, simulation  # noqa: E402
-from fedcore.runtime.ray_executor import RayExecutor, WorkerPool  # noqa: E402
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor  # noqa: E402
+from fedcore.runtime.ray import RayExecutor, WorkerPool  # noqa: E402
+from fedcore.runtime.tensorflow import TensorFlowExecutor  # noqa: E402
 
 EXAMPLES = 64
 BATCH = 16

@@ -600,11 +600,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
         evaluation = learning.build_federated_evaluation(model_fn)
 
     if args.executor == "tensorflow":
-        from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+        from fedcore.runtime.tensorflow import TensorFlowExecutor
 
         executor = TensorFlowExecutor()
     elif args.executor == "ray":
-        from fedcore.runtime.ray_executor import RayExecutor
+        from fedcore.runtime.ray import RayExecutor
 
         executor = RayExecutor(address=args.address)
     else:

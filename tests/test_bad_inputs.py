@@ -242,7 +242,7 @@ def polymorphic_double(x):
 
 
 def _tf_executor():
-    from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+    from fedcore.runtime.tensorflow import TensorFlowExecutor
 
     return TensorFlowExecutor()
 

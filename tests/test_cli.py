@@ -440,7 +440,7 @@ def test_train_on_ray_matches_the_tensorflow_executor(tmp_path):
 
 
 def test_ray_address_is_passed_to_the_executor(monkeypatch, tmp_path):
-    from fedcore.runtime import ray_executor
+    from fedcore.runtime import ray as ray_executor
 
     seen = {}
 

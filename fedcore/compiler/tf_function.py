@@ -26,6 +26,11 @@ class TFCalls:
         out = self.concrete_function(*leaves)
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
+    def graph_call(self, leaves: List[Any]) -> List[Any]:
+        """Calls the function from inside another graph being traced, on flat leaves."""
+        out = self._tf_function(*leaves)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
     def call_structured(self, value: Any) -> Any:
         """Calls from inside other TF code being traced: takes and returns user structures."""
         leaves = _leaves_of_user_value(value, self.parameter_type, self.name)

@@ -11,7 +11,8 @@ import itertools
 from typing import Callable, Dict, List, Optional, Sequence
 
 from fedcore.compiler import building_blocks as bb
-from fedcore.compiler.intrinsics import lookup
+from fedcore.compiler import intrinsics
+from fedcore.compiler.intrinsics import Kind, lookup
 from fedcore.types import StructType, Type
 
 Pass = Callable[[bb.BuildingBlock], bb.BuildingBlock]
@@ -201,12 +202,10 @@ def reduce_calls(node: bb.BuildingBlock) -> bb.BuildingBlock:
     return transform_postorder(node, _beta_reduce)
 
 
-_MAPS = ("federated_map", "federated_map_all_equal", "federated_apply")
-
-
-def _intrinsic_call(n: bb.BuildingBlock, uris: Sequence[str]) -> Optional[str]:
-    if isinstance(n, bb.Call) and isinstance(n.function, bb.Intrinsic) and n.function.uri in uris:
-        return n.function.uri
+def _intrinsic_def(n: bb.BuildingBlock) -> Optional[intrinsics.IntrinsicDef]:
+    """The definition of the intrinsic ``n`` calls, if ``n`` is a call of an intrinsic."""
+    if isinstance(n, bb.Call) and isinstance(n.function, bb.Intrinsic):
+        return intrinsics.lookup(n.function.uri)
     return None
 
 
@@ -214,14 +213,12 @@ def merge_chained_maps(node: bb.BuildingBlock) -> bb.BuildingBlock:
     """``federated_map(f, federated_map(g, x))`` becomes ``federated_map((a -> f(g(a))), x)``."""
 
     def visit(n: bb.BuildingBlock) -> bb.BuildingBlock:
-        outer = _intrinsic_call(n, _MAPS)
-        if outer is None or not isinstance(n.argument, bb.Struct):
+        outer = _intrinsic_def(n)
+        if outer is None or outer.kind is not Kind.MAP or not isinstance(n.argument, bb.Struct):
             return n
         f, inner_call = n.argument.elements[0][1], n.argument.elements[1][1]
-        inner = _intrinsic_call(inner_call, _MAPS)
-        if inner is None or not isinstance(inner_call.argument, bb.Struct):
-            return n
-        if inner != outer:
+        inner = _intrinsic_def(inner_call)
+        if inner is not outer or not isinstance(inner_call.argument, bb.Struct):
             return n
         g, x = inner_call.argument.elements[0][1], inner_call.argument.elements[1][1]
         g_type, f_type = g.type_signature, f.type_signature
@@ -229,34 +226,48 @@ def merge_chained_maps(node: bb.BuildingBlock) -> bb.BuildingBlock:
             return n
         param = _fresh("m", free_names(f) | free_names(g))
         composed = bb.Lambda(param, g_type.parameter, bb.Call(f, bb.Call(g, bb.Reference(param, g_type.parameter))))
-        uri = inner
-        fn_type = lookup(uri).instantiate(StructType([(None, composed.type_signature), (None, x.type_signature)]))
-        return bb.Call(bb.Intrinsic(uri, fn_type), bb.Struct([(None, composed), (None, x)]), source=n.source)
+        fn_type = inner.instantiate(StructType([(None, composed.type_signature), (None, x.type_signature)]))
+        return bb.Call(bb.Intrinsic(inner.uri, fn_type), bb.Struct([(None, composed), (None, x)]), source=n.source)
 
     return transform_postorder(node, visit)
 
 
-_REDUCES = ("federated_sum", "federated_mean", "federated_aggregate", "federated_weighted_mean")
+def _client_operand(definition: intrinsics.IntrinsicDef, argument: bb.BuildingBlock):
+    """An aggregation's (first) client value, and the rest of its argument: (node, [rest]) or None."""
+    if definition.client_operands is None:
+        return argument, []
+    if not isinstance(argument, bb.Struct):
+        return None
+    return argument.elements[0][1], [e for _, e in argument.elements[1:]]
 
 
-def fused_map_reduce(n: bb.BuildingBlock) -> Optional[Dict[str, bb.BuildingBlock]]:
-    """Recognizes ``reduce(federated_map(f, x))``: returns its parts, or None.
+def fuse_map_reduce(node: bb.BuildingBlock) -> bb.BuildingBlock:
+    """``A(<federated_map(<f, x>), rest...>)`` becomes ``A_of_map(<f, x, rest...>)`` for every aggregation A.
 
-    The TF backend and the distributed runtime run such a pair as one per-client
-    reduce, so client results are never materialized for all clients at once.
+    The fused intrinsic means the same; executors run it as one pass over
+    clients, so client results need never be held for all clients at once
+    (see ``intrinsics.declare_fused``).
     """
-    uri = _intrinsic_call(n, _REDUCES)
-    if uri is None:
-        return None
-    if uri == "federated_sum" or uri == "federated_mean":
-        mapped = n.argument
-    else:
-        if not isinstance(n.argument, bb.Struct):
-            return None
-        mapped = n.argument.elements[0][1]
-    if _intrinsic_call(mapped, ("federated_map",)) is None or not isinstance(mapped.argument, bb.Struct):
-        return None
-    return {"reduce": uri, "fn": mapped.argument.elements[0][1], "clients": mapped.argument.elements[1][1]}
+
+    def visit(n: bb.BuildingBlock) -> bb.BuildingBlock:
+        definition = _intrinsic_def(n)
+        fused = None if definition is None else intrinsics.fused_of(definition)
+        if fused is None:
+            return n
+        parts = _client_operand(definition, n.argument)
+        if parts is None:
+            return n
+        mapped, rest = parts
+        if _intrinsic_def(mapped) is not intrinsics.FEDERATED_MAP or not isinstance(mapped.argument, bb.Struct):
+            return n
+        fn, clients = mapped.argument.elements[0][1], mapped.argument.elements[1][1]
+        argument = bb.Struct([(None, fn), (None, clients)] + [(None, r) for r in rest])
+        fn_type = fused.instantiate(argument.type_signature)
+        if fn_type.result != n.type_signature:
+            return n
+        return bb.Call(bb.Intrinsic(fused.uri, fn_type), argument, source=n.source)
+
+    return transform_postorder(node, visit)
 
 
 def bound_names(node: bb.BuildingBlock) -> set:
@@ -362,7 +373,7 @@ def normalize_all_equal(node: bb.BuildingBlock) -> bb.BuildingBlock:
     """
 
     try:
-        new = _retype(node, {}, rename={"federated_map_all_equal": "federated_map"})
+        new = _retype(node, {}, rename={intrinsics.FEDERATED_MAP_ALL_EQUAL.uri: intrinsics.FEDERATED_MAP.uri})
     except TypeError:
         return node  # a federated-level lambda insists on an all-equal argument: keep the program as it is
     return new if new.type_signature == node.type_signature else node
@@ -434,6 +445,20 @@ def to_call_dominant(node: bb.BuildingBlock) -> bb.BuildingBlock:
 
 
 PIPELINE: List[Pass] = [reduce_calls, inline_blocks, remove_unused_locals, merge_chained_maps, reduce_calls]
+
+# The pipelines by name.  ``execution`` is what the TF and Ray executors run:
+# the standard passes, then map+aggregate fusion.
+PIPELINES: Dict[str, List[Pass]] = {
+    "standard": PIPELINE,
+    "execution": PIPELINE + [fuse_map_reduce],
+}
+
+
+def pipeline(name: str) -> List[Pass]:
+    try:
+        return PIPELINES[name]
+    except KeyError:
+        raise ValueError(f"unknown pipeline {name!r}; known pipelines are {', '.join(sorted(PIPELINES))}") from None
 
 
 def run_pipeline(node: bb.BuildingBlock, passes: Sequence[Pass] = tuple(PIPELINE)) -> bb.BuildingBlock:

@@ -26,7 +26,7 @@ __all__ = [
 def __getattr__(name):
     # RayExecutor is imported on first use, so that fedcore works without the ray extra.
     if name == "RayExecutor":
-        from fedcore.runtime.ray_executor import RayExecutor
+        from fedcore.runtime.ray import RayExecutor
 
         return RayExecutor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

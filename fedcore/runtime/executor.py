@@ -35,3 +35,11 @@ class Executor(Protocol):
 
 class ExecutionError(RuntimeError):
     """A computation failed while it ran (as opposed to a type or argument error)."""
+
+
+class Unsupported(ExecutionError):
+    """An executor cannot run this computation (as opposed to: the computation failed).
+
+    Raised, for example, by the TF executor for client values of unequal shapes;
+    a composite executor may then run the work another way.
+    """

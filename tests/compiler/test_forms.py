@@ -7,7 +7,7 @@ import pytest
 import fedcore
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import forms
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 from fedcore.testing import conformance
 from tests.compiler.form_drivers import run_distribute_aggregate_form, run_map_reduce_form
 

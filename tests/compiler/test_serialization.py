@@ -13,7 +13,7 @@ import fedcore
 from fedcore.compiler import serialization
 from fedcore.compiler.computation import Computation
 from fedcore.compiler.serialization import SerializationError, deserialize, serialize
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 from fedcore.testing import conformance
 
 _COMPUTATION_CASES = [c for c in conformance.CASES if isinstance(c.build(), Computation)]

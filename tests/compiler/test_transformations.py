@@ -16,8 +16,16 @@ PASSES = [
     tr.normalize_all_equal,
     tr.merge_chained_maps,
     tr.to_call_dominant,
+    tr.fuse_map_reduce,
     tr.run_pipeline,
 ]
+
+
+def _execution_pipeline(node):
+    return tr.run_pipeline(node, tr.pipeline("execution"))
+
+
+PASSES.append(_execution_pipeline)
 
 
 class _TransformingExecutor:
@@ -75,12 +83,35 @@ def test_substitution_avoids_capture():
     assert _text(reduced) == "(x:int32 -> (x_1:int32 -> <x_1,x>))"
 
 
-def test_fused_map_reduce_recognizes_the_pattern():
+def test_fuse_map_reduce_rewrites_an_aggregate_of_a_map_to_its_fused_intrinsic():
     node = parse_ir("(x:{int32}@CLIENTS -> federated_sum(federated_map(<(s:int32 -> s),x>)))")
-    parts = tr.fused_map_reduce(node.result)
-    assert parts["reduce"] == "federated_sum"
-    assert _text(parts["clients"]) == "x"
-    assert tr.fused_map_reduce(parse_ir("(x:{int32}@CLIENTS -> federated_sum(x))").result) is None
+    fused = tr.fuse_map_reduce(node)
+    assert _text(fused) == "(x:{int32}@CLIENTS -> federated_sum_of_map(<(s:int32 -> s),x>))"
+    assert fused.type_signature == node.type_signature
+    plain = parse_ir("(x:{int32}@CLIENTS -> federated_sum(x))")
+    assert tr.fuse_map_reduce(plain) is plain or _text(tr.fuse_map_reduce(plain)) == _text(plain)
+
+
+def test_fuse_map_reduce_keeps_the_other_operands_of_a_weighted_mean():
+    node = parse_ir(
+        "(x:<{float32}@CLIENTS,{float32}@CLIENTS> -> "
+        "federated_weighted_mean(<federated_map(<(s:float32 -> s),x[0]>),x[1]>))"
+    )
+    assert _text(tr.fuse_map_reduce(node)) == (
+        "(x:<{float32}@CLIENTS,{float32}@CLIENTS> -> federated_weighted_mean_of_map(<(s:float32 -> s),x[0],x[1]>))"
+    )
+
+
+def test_fuse_map_reduce_leaves_a_map_of_an_all_equal_value_and_secure_sums_alone():
+    node = parse_ir("(x:{int32}@CLIENTS -> federated_secure_sum(<federated_map(<(s:int32 -> s),x>),7>))")
+    assert _text(tr.fuse_map_reduce(node)) == _text(node)
+
+
+def test_the_execution_pipeline_ends_with_fusion():
+    assert tr.pipeline("execution")[-1] is tr.fuse_map_reduce
+    assert tr.pipeline("standard") == tr.PIPELINE
+    with pytest.raises(ValueError, match="unknown pipeline 'fast'"):
+        tr.pipeline("fast")
 
 
 def test_pipeline_rejects_a_pass_that_changes_the_type():

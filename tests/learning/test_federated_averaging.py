@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import fedcore
 from fedcore import learning
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 
 from tests.learning.helpers import (
     INPUT_SPEC,

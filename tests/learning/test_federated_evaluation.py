@@ -7,7 +7,7 @@ import pytest
 
 import fedcore
 from fedcore import learning
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 
 from tests.learning.helpers import federated_test_data, keras_model_fn
 from tests.learning.mnist_models import MnistModel

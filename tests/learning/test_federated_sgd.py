@@ -5,7 +5,7 @@ import tensorflow as tf
 
 import fedcore
 from fedcore import learning
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 
 from tests.learning.helpers import keras_model_fn, random_batches, run_rounds
 from tests.learning.mnist_models import MnistModel

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 import fedcore
-from fedcore.runtime import pipelines, tf_values
+from fedcore.runtime.tensorflow import pipelines, values as tf_values
 from fedcore.runtime.execution import execute
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 
 
 # --------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import tensorflow as tf
 import fedcore
 from fedcore import learning, simulation
 from fedcore.compiler.intrinsics import missing_rules
-from fedcore.runtime import ray_executor
-from fedcore.runtime.ray_executor import RayExecutor, WorkerFailure, WorkerPool
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.ray import executor as ray_executor
+from fedcore.runtime.ray import RayExecutor, WorkerFailure, WorkerPool
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 from fedcore.testing import conformance
 
 # Factories and preprocessing defined here travel to the workers by value.
@@ -271,7 +271,7 @@ def test_a_worker_killed_mid_round_is_dropped_and_the_round_retried(ray_session,
     pool = WorkerPool(num_workers=2, cpus_per_worker=CPUS)
     try:
         executor = RayExecutor(pool=pool, max_retries=1, timeout_s=60)
-        with caplog.at_level("WARNING", logger="fedcore.runtime.ray_executor"):
+        with caplog.at_level("WARNING", logger="fedcore.runtime.ray"):
             result, error = _kill_mid_round(pool, executor, [1.0, 2.0, 3.0, 4.0], tmp_path)
         assert error is None
         assert result == pytest.approx(30.0)

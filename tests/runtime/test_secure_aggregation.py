@@ -10,7 +10,7 @@ from scipy import stats
 import fedcore
 from fedcore.runtime import secure_aggregation as sa
 from fedcore.runtime.executor import ExecutionError
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 
 EXECUTORS = [fedcore.ReferenceExecutor, TensorFlowExecutor]
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import fedcore
 from fedcore.runtime.execution import execute
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 from fedcore.testing import conformance
 
 
@@ -82,7 +82,7 @@ def test_repeated_rounds_never_retrace():
 
 
 def test_static_datasets_are_read_once_and_shuffled_ones_reshuffle_every_pass():
-    from fedcore.runtime import tf_values
+    from fedcore.runtime.tensorflow import values as tf_values
 
     plain = tf.data.Dataset.range(5).map(lambda x: tf.cast(x, tf.float32)).batch(5)
     shuffled = tf.data.Dataset.range(50).map(lambda x: tf.cast(x, tf.float32)).shuffle(50).batch(50)
@@ -168,10 +168,13 @@ def test_fused_map_reduce_matches_the_reference(strategy, n):
 
 
 def test_sequential_fused_reduce_keeps_no_per_client_results():
-    from fedcore.compiler.transformations import fused_map_reduce, run_pipeline
+    from fedcore.compiler.intrinsics import Kind, lookup
+    from fedcore.compiler.transformations import pipeline, run_pipeline
 
-    ir = run_pipeline(_reductions.ir)
-    assert sum(fused_map_reduce(node) is not None for node in fedcore.compiler.building_blocks.walk(ir)) == 4
+    ir = run_pipeline(_reductions.ir, pipeline("execution"))
+    walk = fedcore.compiler.building_blocks.walk
+    fused = [n for n in walk(ir) if isinstance(n, fedcore.compiler.building_blocks.Intrinsic) and lookup(n.uri).kind is Kind.FUSED]
+    assert len(fused) == 4
     executor = TensorFlowExecutor(strategy="sequential")
     execute(_reductions, ([np.ones(2, np.float32)] * 3, [1.0] * 3), {}, executor=executor)
     (program,) = [p for programs in executor._programs.values() for p in programs.values()]

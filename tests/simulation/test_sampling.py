@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import fedcore
-from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 from fedcore.simulation import ClientData, ClientSampler, make_federated_data, sample_clients
 
 IDS = [f"c{i:02d}" for i in range(20)]

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.tf_bridge import leaf_types
-from fedcore.runtime import pipelines
+from fedcore.runtime.tensorflow import pipelines
 from fedcore.runtime.datasets import canonical_element, sequence_elements
 from fedcore.runtime.executor import ExecutionError
 from fedcore.types import StructType, TensorType, Type

@@ -192,7 +192,7 @@ class _Worker:
         # Pin TF to this worker's share of cores, so several workers run side by side.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-        from fedcore.runtime.tensorflow_executor import TensorFlowExecutor
+        from fedcore.runtime.tensorflow import TensorFlowExecutor
 
         self._tf = TensorFlowExecutor()
         self._functions: Dict[str, Computation] = {}

@@ -1,0 +1,5 @@
+"""Running computations on a Ray cluster (``pip install 'fedcore[ray]'``)."""
+
+from fedcore.runtime.ray.executor import RayExecutor, WorkerFailure, WorkerPool
+
+__all__ = ["RayExecutor", "WorkerFailure", "WorkerPool"]

@@ -1,0 +1,266 @@
+"""The TensorFlow backend: a whole federated computation compiled into one tf.function.
+
+The IR first goes through the compiler's pass pipeline.  Then each call is
+lowered, once per (computation, number of clients, input signature), into
+graph code where client values carry a leading clients axis.  federated_map
+runs its function over clients in one of two ways:
+
+* ``sequential``: a ``tf.map_fn`` loop inside the graph; works for any client
+  work, including per-client datasets of any sizes;
+* ``vectorized``: the client function is lowered once for all clients, with
+  TF computations under ``tf.vectorized_map`` and ``sequence_reduce`` over
+  padded client data stepping all clients together, masked where a client's
+  data has ended.
+
+``strategy='auto'`` tries vectorized lowering and falls back to sequential
+where the client work does not allow it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from fedcore.compiler import building_blocks as bb
+from fedcore.compiler import tf_bridge
+from fedcore.compiler.intrinsics import lookup
+from fedcore.compiler.transformations import pipeline, run_pipeline
+from fedcore.runtime.datasets import from_tf_leaf, make_dataset
+from fedcore.runtime.executor import ExecutionError, Unsupported
+from fedcore.runtime.tensorflow import batched as _batched_rules  # noqa: F401  (registers the vectorized rules)
+from fedcore.runtime.tensorflow import rules as _rules  # noqa: F401  (registers the rules)
+from fedcore.runtime.tensorflow.lowering import STRATEGIES, Compiler
+from fedcore.runtime.tensorflow.values import Stacked, materialize
+from fedcore.structure import Struct
+from fedcore.types import (
+    CLIENTS,
+    FederatedType,
+    FunctionType,
+    SequenceType,
+    StructType,
+    TensorType,
+    Type,
+)
+
+NAME = "tensorflow"
+
+
+# --------------------------------------------------------------------------
+# Encoding canonical arguments into graph inputs.
+
+
+class _Layout:
+    """How flat graph inputs rebuild one value of a type inside the graph."""
+
+    def __init__(self):
+        self.specs: List[Any] = []
+        self.key: List[Any] = []
+        self.arrays: List[Any] = []
+
+    def add(self, array: Any, spec: Any, key: Any) -> None:
+        self.arrays.append(array)
+        self.specs.append(spec)
+        self.key.append(key)
+
+
+def _tensor_input(value: Any, t: TensorType) -> Tuple[Any, tf.TensorSpec]:
+    if t.dtype == "string":
+        arr = np.asarray(value, dtype=object)
+        return arr, tf.TensorSpec(arr.shape, tf.string)
+    arr = np.asarray(value, dtype=t.np_dtype)
+    return arr, tf.TensorSpec(arr.shape, t.tf_dtype)
+
+
+def _encode(value: Any, t: Type, n: int, layout: _Layout) -> Callable[[List[Any]], Any]:
+    """Adds the inputs for ``value`` to ``layout``; returns a builder of the in-graph value."""
+    match t:
+        case TensorType():
+            arr, spec = _tensor_input(value, t)
+            layout.add(arr, spec, ("t", spec.dtype.name, tuple(spec.shape)))
+            return lambda it: next(it)
+        case StructType():
+            builders = [_encode(v, e, n, layout) for v, e in zip(value, t)]
+            names = t.names()
+            return lambda it: Struct([(name, b(it)) for name, b in zip(names, builders)])
+        case SequenceType(element=e):
+            ds = make_dataset(value, e)
+            spec = tf.data.DatasetSpec(tf_bridge.element_spec(e))
+            layout.add(ds, spec, ("d", str(t)))
+            return lambda it: next(it)
+        case FederatedType(member=member, all_equal=True):
+            return _encode(value, member, n, layout)
+        case FederatedType(member=member, placement=p) if p is CLIENTS:
+            build = _encode_clients(list(value), member, n, layout)
+            return lambda it: Stacked(build(it))
+    raise Unsupported(f"the TensorFlow executor cannot take an argument of type {t}")
+
+
+def _encode_clients(values: List[Any], t: Type, n: int, layout: _Layout):
+    match t:
+        case TensorType():
+            arrays = [_tensor_input(v, t)[0] for v in values]
+            shapes = {a.shape for a in arrays}
+            if len(shapes) > 1:
+                raise Unsupported(
+                    f"the TensorFlow executor needs equal shapes across clients for {{{t}}}@CLIENTS, got "
+                    f"{sorted(shapes)}"
+                )
+            shape = shapes.pop() if shapes else tuple(0 if d is None else d for d in (t.shape or ()))
+            dtype = object if t.dtype == "string" else t.np_dtype
+            stacked = np.stack(arrays) if arrays else np.zeros((0,) + shape, dtype)
+            spec = tf.TensorSpec(stacked.shape, tf.string if t.dtype == "string" else t.tf_dtype)
+            layout.add(stacked, spec, ("t", spec.dtype.name, tuple(spec.shape)))
+            return lambda it: next(it)
+        case StructType():
+            builders = [_encode_clients([v[i] for v in values], e, n, layout) for i, e in enumerate(t)]
+            names = t.names()
+            return lambda it: Struct([(name, b(it)) for name, b in zip(names, builders)])
+        case SequenceType(element=e):
+            data = materialize(values, e)
+            specs = data.specs()
+            layout.key.append(data.signature_key())
+            for array, spec in zip(data.tensors(), specs):
+                layout.add(array, spec, ("s", spec.dtype.name, tuple(spec.shape)))
+
+            def build(it):
+                return data.in_graph([next(it) for _ in specs])
+
+            return build
+    raise Unsupported(f"the TensorFlow executor cannot take client values of type {t}")
+
+
+# --------------------------------------------------------------------------
+# The executor.
+
+
+class TensorFlowExecutor:
+    """Compiles each computation into one tf.function and runs it.
+
+    ``strategy`` is 'auto' (vectorized where the client work allows it,
+    sequential elsewhere), 'sequential' or 'vectorized' (an error where it
+    can't apply).  ``num_clients`` is used when no argument is placed at CLIENTS.
+    """
+
+    name = NAME
+
+    def __init__(self, num_clients: Optional[int] = None, strategy: str = "auto"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if num_clients is not None and (not isinstance(num_clients, int) or num_clients < 0):
+            raise ValueError(f"num_clients must be a non-negative int, got {num_clients!r}")
+        self.num_clients = num_clients
+        self.strategy = strategy
+        self._programs: "weakref.WeakKeyDictionary[bb.BuildingBlock, Dict[Any, Any]]" = weakref.WeakKeyDictionary()
+        self.trace_count = 0
+
+    def __repr__(self) -> str:
+        return f"TensorFlowExecutor(num_clients={self.num_clients}, strategy={self.strategy!r})"
+
+    def execute(self, comp, argument, num_clients: Optional[int] = None):
+        n = num_clients if num_clients is not None else self.num_clients
+        t = comp.type_signature
+        layout = _Layout()
+        builder = None
+        if t.parameter is not None:
+            if n is None and _needs_clients(t.parameter):
+                raise ExecutionError("the number of clients is unknown; set TensorFlowExecutor(num_clients=N)")
+            builder = _encode(argument, t.parameter, n or 0, layout)
+        if n is None:
+            if _needs_clients(t.result) or _uses_client_count(comp.ir):
+                raise ExecutionError(
+                    "the number of clients cannot be inferred, since no argument is placed at CLIENTS; "
+                    "set it with TensorFlowExecutor(num_clients=N)"
+                )
+            n = 0
+        programs = self._programs.setdefault(comp.ir, {})
+        key = (n, tuple(layout.key))
+        program = programs.get(key)
+        if program is None:
+            program = self._compile(comp, builder, layout.specs, n)
+            programs[key] = program
+        try:
+            out = program(*layout.arrays)
+        except tf.errors.InvalidArgumentError as e:
+            raise ExecutionError(f"{comp.name} failed in the TensorFlow executor: {e.message}") from None
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        return _decode(out, t.result, n)
+
+    def _compile(self, comp, builder, specs, n: int):
+        ir = run_pipeline(comp.ir, pipeline("execution"))
+        compiler = Compiler(n, self.strategy, ir)
+        result_type = comp.type_signature.result
+
+        def program(*inputs):
+            self.trace_count += 1
+            fn = compiler.lower(ir, {})
+            if builder is None:
+                value = fn(None)
+            else:
+                value = fn(builder(iter(inputs)))
+            return _graph_outputs(value, result_type)
+
+        return tf.function(program, input_signature=specs, autograph=False)
+
+
+def _needs_clients(t: Type) -> bool:
+    match t:
+        case FederatedType(placement=p, all_equal=False):
+            return p is CLIENTS
+        case StructType():
+            return any(_needs_clients(e) for e in t)
+    return False
+
+
+def _uses_client_count(ir: bb.BuildingBlock) -> bool:
+    for node in bb.walk(ir):
+        if isinstance(node, bb.Intrinsic) and isinstance(node.type_signature, FunctionType):
+            if _needs_clients(node.type_signature.result) or _needs_clients(node.type_signature.parameter or StructType([])):
+                return True
+            if lookup(node.uri).is_aggregation:
+                return True
+    return False
+
+
+def _graph_outputs(value: Any, t: Type) -> List[Any]:
+    match t:
+        case StructType():
+            return [leaf for v, e in zip(value, t) for leaf in _graph_outputs(v, e)]
+        case FederatedType(member=m, all_equal=False, placement=p) if p is CLIENTS:
+            stacked = value.value if isinstance(value, Stacked) else value
+            out = _graph_outputs(stacked, m)
+            return out
+        case FederatedType(member=m):
+            return _graph_outputs(value, m)
+        case SequenceType():
+            return [value]
+        case TensorType():
+            return [tf.convert_to_tensor(value, dtype=t.tf_dtype)]
+    raise Unsupported(f"the TensorFlow executor cannot return a value of type {t}")
+
+
+def _decode(out: List[Any], t: Type, n: int) -> Any:
+    it = iter(out)
+
+    def build(t, clients: bool):
+        match t:
+            case StructType():
+                parts = [(name, build(e, clients)) for name, e in t.elements]
+                if clients:
+                    return [Struct([(name, p[i]) for name, p in parts]) for i in range(n)]
+                return Struct(parts)
+            case FederatedType(member=m, all_equal=False, placement=p) if p is CLIENTS:
+                return build(m, True)
+            case FederatedType(member=m):
+                return build(m, clients)
+            case _:
+                leaf = from_tf_leaf(next(it), t)
+                if clients:
+                    return [leaf[i] for i in range(n)]
+                return leaf
+
+    return build(t, False)
+
+

@@ -1,0 +1,329 @@
+"""Lowering IR to graph code: values carry a leading clients axis.
+
+``Compiler.lower`` walks the (already optimized) IR once per call signature
+and emits TF ops.  Intrinsic calls go to the rule tables in ``tables``;
+client work runs over the clients axis with ``tf.vectorized_map`` where it
+can (``Lowered.batched``) and in a graph loop otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+import tensorflow as tf
+
+from fedcore.compiler import building_blocks as bb
+from fedcore.compiler import tf_bridge
+from fedcore.compiler.intrinsics import lookup
+from fedcore.runtime.datasets import to_tf_leaves
+from fedcore.runtime.executor import ExecutionError, Unsupported
+from fedcore.runtime.tensorflow.tables import BATCHED, RULES, NotVectorizable
+from fedcore.runtime.tensorflow.values import Batched, ClientSequences, ShuffledSequences, Stacked
+from fedcore.structure import Struct
+from fedcore.types import FederatedType, FunctionType, SequenceType, StructType, TensorType, Type
+
+flatten, unflatten, leaf_types = tf_bridge.flatten, tf_bridge.unflatten, tf_bridge.leaf_types
+
+STRATEGIES = ("auto", "sequential", "vectorized")
+
+
+# --------------------------------------------------------------------------
+# In-graph helpers.
+
+
+def map_leaves(value: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(value, Struct):
+        return Struct([(n, map_leaves(v, fn)) for n, v in value.items()])
+    return fn(value)
+
+
+def flat(value: Any) -> List[Any]:
+    if isinstance(value, Struct):
+        return [leaf for v in value for leaf in flat(v)]
+    return [value]
+
+
+def client_view(value: Any, i: tf.Tensor) -> Any:
+    """Client ``i``'s member of a stacked value."""
+    if isinstance(value, Struct):
+        return Struct([(n, client_view(v, i)) for n, v in value.items()])
+    if isinstance(value, (ClientSequences, ShuffledSequences)):
+        return value.dataset(i)
+    return value[i]
+
+
+def batched_view(value: Any) -> Any:
+    if isinstance(value, Struct):
+        return Struct([(n, batched_view(v)) for n, v in value.items()])
+    if isinstance(value, (ClientSequences, ShuffledSequences)):
+        steps = value.stepper()
+        if steps is None:
+            raise NotVectorizable("client datasets whose elements differ in shape")
+        return BatchedSequence(value.element_type, steps)
+    return Batched(value)
+
+
+class BatchedSequence:
+    """All clients' sequences inside a vectorized client function (see ``tf_values.Steps``)."""
+
+    def __init__(self, element_type: Type, steps: Any):
+        self.element_type = element_type
+        self.steps = steps
+
+
+def tile(value: Any, n: int) -> Any:
+    return map_leaves(value, lambda x: tf.repeat(tf.expand_dims(tf.convert_to_tensor(x), 0), n, axis=0))
+
+
+def is_batched(value: Any) -> bool:
+    if isinstance(value, (Batched, BatchedSequence)):
+        return True
+    if isinstance(value, Struct):
+        return any(is_batched(v) for v in value)
+    return False
+
+
+def unwrap_batched(value: Any, n: int) -> Any:
+    """A (partly) batched value as one value whose every leaf has the clients axis."""
+    if isinstance(value, Batched):
+        return value.value
+    if isinstance(value, Struct):
+        return Struct([(name, unwrap_batched(v, n)) for name, v in value.items()])
+    if isinstance(value, (BatchedSequence, tf.data.Dataset)):
+        raise NotVectorizable("a dataset inside a vectorized value")
+    return tile(value, n)
+
+
+def with_clients_axis(x: Any, n: int) -> tf.Tensor:
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank is None or x.shape[0] == n:
+        return x
+    return tf.ensure_shape(x, [n] + x.shape.as_list()[1:])
+
+
+def cast_flat(value: Any, t: Type) -> List[tf.Tensor]:
+    """The leaves of an in-graph value as tensors of ``t``'s dtypes."""
+    return [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(flat(value), leaf_types(t))]
+
+
+def over_clients(n: int, body: Callable[[tf.Tensor], List[Any]], t: Type, parallel: bool = True) -> Any:
+    """``body(i)`` for every client i in a graph loop, stacked into a value of member type ``t``."""
+    specs = spec_of(t)
+    if n == 0:
+        flat = [tf.zeros([0] + [0 if d is None else d for d in (s.shape.as_list() or [])], s.dtype) for s in specs]
+    else:
+        flat = tf.map_fn(
+            lambda i: cast_flat(body(i), t), tf.range(n), fn_output_signature=specs,
+            parallel_iterations=None if parallel else 1,
+        )
+    return unflatten(list(flat), t)
+
+
+def spec_of(t: Type) -> List[tf.TensorSpec]:
+    out = []
+    for leaf in leaf_types(t):
+        if not isinstance(leaf, TensorType):
+            raise Unsupported(f"client work returning {leaf} is not supported by the TensorFlow executor")
+        out.append(tf.TensorSpec(None if leaf.shape is None else list(leaf.shape), leaf.tf_dtype))
+    return out
+
+
+def structure_to_internal(value: Any, t: Type) -> Any:
+    """Values the user's TF code returns (containers) -> Struct-based internal values."""
+    return tf_bridge.from_dataset_structure(value, t)
+
+
+# --------------------------------------------------------------------------
+# Lowered functions.
+
+
+class Lowered:
+    """A function value inside the graph."""
+
+    def __init__(self, fn_type: FunctionType, call: Callable[[Any], Any], call_batched: Optional[Callable[[Any], Any]]):
+        self.type_signature = fn_type
+        self._call = call
+        self._call_batched = call_batched
+
+    def __call__(self, arg: Any = None) -> Any:
+        return self._call(arg)
+
+    def batched(self, arg: Any) -> Any:
+        if self._call_batched is None:
+            raise NotVectorizable(f"a function of type {self.type_signature}")
+        return self._call_batched(arg)
+
+
+
+
+def fully_known(t: Type) -> bool:
+    return all(isinstance(lt, TensorType) and lt.shape is not None and None not in lt.shape for lt in leaf_types(t))
+
+
+def zeros(t: Type) -> Any:
+    if isinstance(t, StructType):
+        return Struct([(n, zeros(e)) for n, e in t.elements])
+    if t.shape is None or any(d is None for d in t.shape):
+        raise ExecutionError(f"cannot build a zero of type {t}, whose shape is not fully known")
+    return tf.zeros(t.shape, t.tf_dtype)
+
+
+def add(a: Any, b: Any) -> Any:
+    if isinstance(a, Struct):
+        return Struct([(n, add(x, y)) for (n, x), y in zip(a.items(), b)])
+    return a + b
+
+
+class Compiler:
+    """Lowers IR to graph code for one call signature."""
+
+    def __init__(self, num_clients: int, strategy: str, ir: Optional[bb.BuildingBlock] = None):
+        self.n = num_clients
+        self.strategy = strategy
+        # Client work that assigns tf.Variables must run one client at a time.
+        self.parallel_clients = ir is None or not any(
+            isinstance(node, bb.TensorFlowComputation) and node.function.writes_variables
+            for node in bb.walk(ir)
+        )
+
+    # -- function values --------------------------------------------------
+
+    def tf_function(self, node: bb.TensorFlowComputation) -> Lowered:
+        fn = node.function
+        t = node.type_signature
+
+        def call(arg):
+            leaves_in = [] if t.parameter is None else to_tf_leaves(arg, t.parameter)
+            return unflatten(fn.graph_call(leaves_in), t.result)
+
+        def call_batched(arg):
+            if t.parameter is None:
+                raise NotVectorizable("a computation with no parameter")
+            if fn.writes_variables:
+                raise NotVectorizable(f"{node.name or 'a TF computation'} assigns tf.Variables")
+            if any(isinstance(leaf, SequenceType) for leaf in leaf_types(t.parameter)):
+                raise NotVectorizable(f"{node.name or 'a TF computation'} takes a dataset")
+            if not is_batched(arg):
+                return call(arg)
+            flat_types = leaf_types(t.parameter)
+            arg_leaves = flatten(arg, t.parameter)
+            batched_idx = [i for i, a in enumerate(arg_leaves) if isinstance(a, Batched)]
+
+            def per_client(batched_leaves):
+                full = list(arg_leaves)
+                for i, v in zip(batched_idx, batched_leaves):
+                    full[i] = v
+                full = [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(full, flat_types)]
+                return fn.graph_call(full)
+
+            # A static clients axis lets pfor read each client's slice without copying the inputs.
+            inputs = [with_clients_axis(arg_leaves[i].value, self.n) for i in batched_idx]
+            out = tf.vectorized_map(per_client, inputs)
+            out = [Batched(o) for o in out]
+            return unflatten(out, t.result)
+
+        return Lowered(t, call, call_batched)
+
+    def lambda_(self, node: bb.Lambda, env: Dict[str, Any]) -> Lowered:
+        p, body = node.parameter_name, node.result
+
+        def call(arg):
+            return self.lower(body, env if p is None else {**env, p: arg})
+
+        return Lowered(node.type_signature, call, call)
+
+    # -- expressions ------------------------------------------------------
+
+    def lower(self, node: bb.BuildingBlock, env: Dict[str, Any]) -> Any:
+        match node:
+            case bb.Reference(name=name):
+                return env[name]
+            case bb.Selection(source=source, index=index):
+                value = self.lower(source, env)
+                if isinstance(value, Batched):
+                    return Batched(value.value[index])
+                if isinstance(value, Stacked):
+                    return Stacked(value.value[index])
+                return value[index]
+            case bb.Struct(elements=elements):
+                return Struct([(n, self.lower(e, env)) for n, e in elements])
+            case bb.Call(function=fn_node, argument=arg_node):
+                fn = self.lower(fn_node, env)
+                if arg_node is None:
+                    return fn(None)
+                arg = self.lower(arg_node, env)
+                if is_batched(arg):
+                    return fn.batched(arg)
+                return fn(arg)
+            case bb.Lambda():
+                return self.lambda_(node, env)
+            case bb.Block(locals=locals_, result=result):
+                scope = dict(env)
+                for name, value in locals_:
+                    scope[name] = self.lower(value, scope)
+                return self.lower(result, scope)
+            case bb.Intrinsic(uri=uri, type_signature=t):
+                definition = lookup(uri)
+                rule = RULES.get(definition)
+                if rule is None:
+                    raise Unsupported(f"the TensorFlow executor has no rule for {uri}")
+                if isinstance(t, FunctionType):
+                    batched = BATCHED[definition]
+                    return Lowered(t, lambda arg: rule(self, arg, t), lambda arg: batched(self, arg, t))
+                return rule(self, None, t)
+            case bb.Literal(value=value, type_signature=t):
+                return tf.constant(value, dtype=t.tf_dtype)
+            case bb.Placement(placement=p):
+                return p
+            case bb.TensorFlowComputation():
+                return self.tf_function(node)
+        raise Unsupported(f"the TensorFlow executor cannot lower {bb.to_string(node)}")
+
+    # -- clients ----------------------------------------------------------
+
+    def stacked(self, value: Any, t: FederatedType) -> Any:
+        """The stacked (clients-axis) form of a CLIENTS value, tiling all-equal ones."""
+        if isinstance(value, Stacked):
+            return value.value
+        if t.all_equal:
+            return tile(value, self.n)
+        return value
+
+    def map_clients(self, fn: Lowered, value: Any, value_type: FederatedType, result_member: Type) -> Stacked:
+        members = self.stacked(value, value_type)
+        vectorized = self._try_vectorized(fn, members)
+        if vectorized is not None:
+            return vectorized
+        return Stacked(self._map_sequential(fn, members, result_member))
+
+    def _try_vectorized(self, fn: Lowered, members: Any) -> Optional[Stacked]:
+        """The client work on a clients axis, or None where the sequential loop must run it."""
+        if self.strategy in ("auto", "vectorized") and self.n > 0:
+            try:
+                return Stacked(self._map_vectorized(fn, members))
+            except NotVectorizable as e:
+                if self.strategy == "vectorized":
+                    raise Unsupported(f"strategy='vectorized' cannot run this client work: {e}") from None
+        return None
+
+    def _fold(self, acc_type: Type, zero_flat: List[tf.Tensor], step: Callable[[Any, tf.Tensor], Any]) -> Any:
+        """Folds ``step(acc, client)`` over the clients in a graph loop."""
+
+        def body(i, *acc_flat):
+            return [i + 1] + cast_flat(step(unflatten(list(acc_flat), acc_type), i), acc_type)
+
+        invariants = [tf.TensorShape([])] + [
+            tf.TensorShape(None if lt.shape is None else list(lt.shape)) for lt in leaf_types(acc_type)
+        ]
+        out = tf.while_loop(lambda i, *_: i < self.n, body, [tf.constant(0)] + zero_flat, shape_invariants=invariants,
+                            parallel_iterations=10 if self.parallel_clients else 1)
+        return unflatten(list(out[1:]), acc_type)
+
+    def _map_vectorized(self, fn: Lowered, members: Any) -> Any:
+        out = fn.batched(batched_view(members))
+        return unwrap_batched(out, self.n)
+
+    def _map_sequential(self, fn: Lowered, members: Any, result_member: Type) -> Any:
+        return over_clients(self.n, lambda i: fn(client_view(members, i)), result_member, self.parallel_clients)
+
+
