@@ -40,7 +40,8 @@ from fedcore.compiler import building_blocks as bb
 from fedcore.compiler.tf_bridge import leaf_types
 from fedcore.compiler import transformations as tr
 from fedcore.compiler.computation import Computation
-from fedcore.compiler.intrinsics import lookup
+from fedcore.compiler import algebra
+from fedcore.compiler.intrinsics import IntrinsicDef, Kind, lookup
 from fedcore.types import FederatedType, FunctionType, StructType, TensorType, Type
 from fedcore.types.core import CLIENTS, SERVER
 
@@ -178,12 +179,6 @@ def _summary(kind: str, form: Any) -> str:
 # --------------------------------------------------------------------------
 # Splitting a round into phases.
 
-_AGGREGATIONS = (
-    "federated_sum", "federated_mean", "federated_weighted_mean", "federated_min", "federated_max",
-    "federated_aggregate", "federated_secure_sum",
-)
-_BROADCASTS = ("federated_broadcast", "federated_value_at_clients")
-
 STATE, DATA = "server_state", "client_data"
 
 
@@ -276,28 +271,29 @@ def _split(comp_ir: bb.BuildingBlock, form: str) -> _Split:
         deps = {phase[d] for d in names}
         needed = next((origin[d] for d in names if d in origin), None)
         places = _placements(call.type_signature)
-        uri = call.function.uri if isinstance(call.function, bb.Intrinsic) else None
+        definition = _definition(call)
+        uri = None if definition is None else definition.uri
         where = _where(call)
         if not places:
             kind = "consts"
             if deps - {"consts"}:
                 raise FormError(f"cannot compile to a {form}: the unplaced value {bb.to_string(call)} "
                                 f"depends on placed values{where}")
-        elif uri in _AGGREGATIONS:
+        elif definition is not None and definition.is_aggregation:
             kind = "aggregations"
             if needed is not None:
                 raise _two_rounds(form, call, needed)
             needed = call
         elif CLIENTS in places:
-            kind = "broadcasts" if uri in _BROADCASTS else "clients"
+            kind = "broadcasts" if definition is not None and definition.broadcast else "clients"
             if needed is not None:
                 raise _two_rounds(form, call, needed)
         else:
             kind = "after" if deps & {"after", "aggregations"} else "before"
-            if uri not in _SERVER_INTRINSICS:
+            if not _runs_at(definition, SERVER):
                 raise FormError(f"cannot compile to a {form}: {uri or bb.to_string(call.function)} "
                                 f"is not server work{where}")
-        if kind == "clients" and uri not in _CLIENT_INTRINSICS:
+        if kind == "clients" and not _runs_at(definition, CLIENTS):
             raise FormError(f"cannot compile to a {form}: {uri or bb.to_string(call.function)} "
                             f"is not client work{where}")
         phase[name] = kind
@@ -307,10 +303,18 @@ def _split(comp_ir: bb.BuildingBlock, form: str) -> _Split:
     return _Split(state_type, data_type, result=result, **groups)
 
 
-_SERVER_INTRINSICS = ("federated_apply", "federated_zip_at_server", "federated_value_at_server", "federated_eval_at_server")
-_CLIENT_INTRINSICS = (
-    "federated_map", "federated_map_all_equal", "federated_zip_at_clients", "federated_eval_at_clients",
-)
+def _definition(call: bb.Call) -> Optional[IntrinsicDef]:
+    return lookup(call.function.uri) if isinstance(call.function, bb.Intrinsic) else None
+
+
+# What one party can run on its own, once the intrinsic's placement is stripped (see _Unplacer).
+_LOCAL_KINDS = (Kind.VALUE, Kind.EVAL, Kind.MAP, Kind.ZIP)
+
+
+def _runs_at(definition: Optional[IntrinsicDef], placement) -> bool:
+    """Whether a call of ``definition`` is work done at ``placement`` alone."""
+    return (definition is not None and definition.placement is placement and definition.kind in _LOCAL_KINDS
+            and not definition.broadcast)
 
 
 def _where(call: bb.Call) -> str:
@@ -457,19 +461,20 @@ class _Unplacer:
     def call(self, name: str, call: bb.Call) -> bb.BuildingBlock:
         if not isinstance(call.function, bb.Intrinsic) or not _placements(call.type_signature):
             return call
-        uri, arg = call.function.uri, None if call.argument is None else self.atom(call.argument)
-        if uri in ("federated_apply", "federated_map", "federated_map_all_equal"):
-            new = bb.Call(_element(arg, 0), _element(arg, 1))
-        elif uri in ("federated_zip_at_server", "federated_zip_at_clients"):
-            new = bb.Struct(list(arg.elements) if isinstance(arg, bb.Struct) else
-                            [(n, bb.Selection(arg, i)) for i, (n, _) in enumerate(arg.type_signature.elements)],
-                            container=call.argument.type_signature.container)
-        elif uri in ("federated_value_at_server", "federated_value_at_clients", "federated_broadcast"):
-            new = arg
-        elif uri in ("federated_eval_at_server", "federated_eval_at_clients"):
-            new = bb.Call(arg)
-        else:
-            raise FormError(f"cannot compile {uri} into a {self.form} piece{_where(call)}")
+        definition, arg = _definition(call), None if call.argument is None else self.atom(call.argument)
+        match definition.kind:
+            case Kind.MAP:
+                new = bb.Call(_element(arg, 0), _element(arg, 1))
+            case Kind.ZIP:
+                new = bb.Struct(list(arg.elements) if isinstance(arg, bb.Struct) else
+                                [(n, bb.Selection(arg, i)) for i, (n, _) in enumerate(arg.type_signature.elements)],
+                                container=call.argument.type_signature.container)
+            case Kind.VALUE | Kind.BROADCAST:
+                new = arg
+            case Kind.EVAL:
+                new = bb.Call(arg)
+            case _:
+                raise FormError(f"cannot compile {definition.uri} into a {self.form} piece{_where(call)}")
         self.types[name] = new.type_signature
         return new
 
@@ -509,70 +514,24 @@ def _pair(a: Type, b: Type) -> StructType:
     return StructType([(None, a), (None, b)])
 
 
-def _generic_zero(t: Type) -> bb.BuildingBlock:
-    return bb.Intrinsic("generic_zero", t)
+def _monoid(definition: IntrinsicDef, parameter: Type, arg: bb.BuildingBlock) -> _Monoid:
+    """The zero/accumulate/merge/report of one aggregation, given its (unplaced) argument atom.
 
-
-def _generic_plus(t: Type) -> bb.BuildingBlock:
-    return bb.Intrinsic("generic_plus", lookup("generic_plus").instantiate(_pair(t, t)))
-
-
-def _identity(t: Type) -> bb.Lambda:
-    return bb.Lambda("x", t, bb.Reference("x", t))
-
-
-def _monoid(uri: str, arg_type: Type, arg: bb.BuildingBlock) -> _Monoid:
-    """The zero/accumulate/merge/report of one aggregation, given its (unplaced) argument atom."""
-    if uri == "federated_aggregate":
+    For ``federated_aggregate`` they are its arguments; otherwise they are the
+    definition's monoid, traced as TF computations.
+    """
+    if definition.monoid is None:
         zero, accumulate, merge, report = (_element(arg, i) for i in range(1, 5))
         return _Monoid(zero, accumulate, merge, report)
-    if uri == "federated_sum":
-        t = _member(arg_type)
-        return _Monoid(_generic_zero(t), _generic_plus(t), _generic_plus(t), _identity(t))
-    if uri == "federated_mean":
-        t = _member(arg_type)
-        n = TensorType("float64", ())
-        acc = _pair(t, n)
-        k = len(leaf_types(t))
-        add_one = _leafwise("mean_accumulate", _pair(acc, t),
-                            lambda xs: [s + v for s, v in zip(xs[:k], xs[k + 1:])] + [xs[k] + 1.0], acc)
-        divide = _leafwise("mean_report", acc, lambda xs: [_divide(s, xs[k]) for s in xs[:k]], t)
-        return _Monoid(_generic_zero(acc), add_one, _generic_plus(acc), divide)
-    if uri == "federated_weighted_mean":
-        t, w = _member(arg_type[0]), _member(arg_type[1])
-        acc = _pair(t, TensorType("float64", ()))
-        k = len(leaf_types(t))
-        accumulate = _leafwise(
-            "weighted_mean_accumulate", _pair(acc, _pair(t, w)),
-            lambda xs: [s + _times(v, xs[-1]) for s, v in zip(xs[:k], xs[k + 1:2 * k + 1])]
-            + [xs[k] + tf.cast(xs[-1], tf.float64)], acc)
-        divide = _leafwise("weighted_mean_report", acc, lambda xs: [_divide(s, xs[k]) for s in xs[:k]], t)
-        return _Monoid(_generic_zero(acc), accumulate, _generic_plus(acc), divide)
-    if uri in ("federated_min", "federated_max"):
-        t = _member(arg_type)
-        op = tf.minimum if uri == "federated_min" else tf.maximum
-        k = len(leaf_types(t))
-        identity = _leafwise(f"{uri}_identity", None, lambda xs: [_extreme(l, uri) for l in leaf_types(t)], t)
-        combine = _leafwise(f"{uri}_combine", _pair(t, t), lambda xs: [op(a, b) for a, b in zip(xs[:k], xs[k:])], t)
-        return _Monoid(bb.Call(identity), combine, combine, _identity(t))
-    raise AssertionError(f"no monoid for {uri}")
-
-
-def _times(v: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
-    return v * tf.cast(w, v.dtype)
-
-
-def _divide(s: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
-    return s / tf.cast(n, s.dtype)
-
-
-def _extreme(t: TensorType, uri: str) -> tf.Tensor:
-    dtype = tf.as_dtype(t.tf_dtype)
-    if dtype.is_floating:
-        value = float("inf") if uri == "federated_min" else float("-inf")
-    else:
-        value = dtype.max if uri == "federated_min" else dtype.min
-    return tf.fill(t.shape, tf.constant(value, dtype))
+    m, xp, name = definition.monoid, algebra.TENSORFLOW, definition.uri
+    u = definition.client_input_type(parameter)
+    acc = m.accumulator_type(u)
+    k = len(leaf_types(acc))
+    zero = _leafwise(f"{name}_zero", None, lambda xs: m.zero(xp, u), acc)
+    accumulate = _leafwise(f"{name}_accumulate", _pair(acc, u), lambda xs: m.accumulate(xp, u, xs[:k], xs[k:]), acc)
+    merge = _leafwise(f"{name}_merge", _pair(acc, acc), lambda xs: m.merge(xp, u, xs[:k], xs[k:]), acc)
+    report = _leafwise(f"{name}_report", acc, lambda xs: m.report(xp, u, xs), m.result_type(u))
+    return _Monoid(bb.Call(zero), accumulate, merge, report)
 
 
 def to_map_reduce_form(comp: Any) -> MapReduceForm:
@@ -590,19 +549,18 @@ def to_map_reduce_form(comp: Any) -> MapReduceForm:
 
     plain, secure = [], []
     for name, call in split.aggregations:
-        (secure if call.function.uri == "federated_secure_sum" else plain).append((name, call))
+        (secure if _definition(call).kind is Kind.SECURE else plain).append((name, call))
     client_values, monoids = [], []
     for name, call in plain:
-        uri, arg = call.function.uri, un.atom(call.argument)
-        if uri == "federated_aggregate":
-            client_values.append(_element(arg, 0))
-            monoids.append(_monoid(uri, call.argument.type_signature[0], arg))
-        elif uri == "federated_weighted_mean":
-            client_values.append(bb.Struct([(None, _element(arg, 0)), (None, _element(arg, 1))]))
-            monoids.append(_monoid(uri, call.argument.type_signature, arg))
-        else:
+        definition, arg = _definition(call), un.atom(call.argument)
+        k = definition.client_operands
+        if k is None:
             client_values.append(arg)
-            monoids.append(_monoid(uri, call.argument.type_signature, arg))
+        elif k == 1:
+            client_values.append(_element(arg, 0))
+        else:
+            client_values.append(bb.Struct([(None, _element(arg, i)) for i in range(k)]))
+        monoids.append(_monoid(definition, call.argument.type_signature, arg))
     secure_values = [_element(un.atom(call.argument), 0) for _, call in secure]
     secure_bounds = [_element(un.atom(call.argument), 1) for _, call in secure]
 

@@ -95,6 +95,8 @@ class IntrinsicDef:
         """The type of one client's input to this aggregation, given its parameter type."""
         if self.client_operands is None:
             return parameter.member
+        if self.client_operands == 1:
+            return parameter[0].member
         return StructType([(None, parameter[i].member) for i in range(self.client_operands)])
 
     def __repr__(self) -> str:

@@ -4,8 +4,9 @@ import pytest
 
 import fedcore
 from fedcore.compiler import intrinsics
-from fedcore.compiler.intrinsics import INTRINSICS, declare, lookup, missing_rules, register_rule
-from fedcore.runtime import reference  # noqa: F401  (registers the reference rules)
+from fedcore.compiler import algebra
+from fedcore.compiler.intrinsics import INTRINSICS, Kind, NoRule, RuleTable, declare, lookup
+from fedcore.runtime.reference import RULES as REFERENCE_RULES
 from fedcore.types import AbstractType, FunctionType, Type, parse, unify
 
 EXPECTED_INTRINSICS = {
@@ -32,10 +33,17 @@ EXPECTED_INTRINSICS = {
     "sequence_reduce",
     "sequence_sum",
 }
+# Aggregations of a client map, declared from each aggregation (transformations.fuse_map_reduce makes them).
+FUSED_INTRINSICS = {
+    f"{uri}_of_map"
+    for uri in ("federated_sum", "federated_mean", "federated_weighted_mean", "federated_min", "federated_max",
+                "federated_aggregate")
+}
+ALL_INTRINSICS = EXPECTED_INTRINSICS | FUSED_INTRINSICS
 
 
 def test_registry_holds_exactly_the_known_intrinsics():
-    assert set(INTRINSICS) == EXPECTED_INTRINSICS
+    assert set(INTRINSICS) == ALL_INTRINSICS
     for uri, definition in INTRINSICS.items():
         assert definition.uri == uri
         assert definition.doc
@@ -54,7 +62,7 @@ def test_declaring_a_bad_signature_is_refused():
     assert "test_bad_signature" not in INTRINSICS
 
 
-@pytest.mark.parametrize("uri", sorted(EXPECTED_INTRINSICS))
+@pytest.mark.parametrize("uri", sorted(ALL_INTRINSICS))
 def test_generic_signature_parses_and_prints_back(uri):
     definition = lookup(uri)
     generic = definition.generic_type
@@ -128,6 +136,22 @@ INSTANTIATIONS = [
     ),
     ("sequence_sum", "<x=int32,y=float32>*", "(<x=int32,y=float32>* -> <x=int32,y=float32>)"),
     ("generic_plus", "<int32[3],int32[3]>", "(<int32[3],int32[3]> -> int32[3])"),
+    ("federated_sum_of_map", "<(int32 -> float32),{int32}@CLIENTS>", "(<(int32 -> float32),{int32}@CLIENTS> -> float32@SERVER)"),
+    ("federated_mean_of_map", "<(int32 -> float32),{int32}@CLIENTS>", "(<(int32 -> float32),{int32}@CLIENTS> -> float32@SERVER)"),
+    (
+        "federated_weighted_mean_of_map",
+        "<(int32 -> float32[2]),{int32}@CLIENTS,{float32}@CLIENTS>",
+        "(<(int32 -> float32[2]),{int32}@CLIENTS,{float32}@CLIENTS> -> float32[2]@SERVER)",
+    ),
+    ("federated_min_of_map", "<(int32 -> int32),{int32}@CLIENTS>", "(<(int32 -> int32),{int32}@CLIENTS> -> int32@SERVER)"),
+    ("federated_max_of_map", "<(int32 -> int32),{int32}@CLIENTS>", "(<(int32 -> int32),{int32}@CLIENTS> -> int32@SERVER)"),
+    (
+        "federated_aggregate_of_map",
+        "<(string -> int32),{string}@CLIENTS,float32,(<float32,int32> -> float32),(<float32,float32> -> float32),"
+        "(float32 -> string)>",
+        "(<(string -> int32),{string}@CLIENTS,float32,(<float32,int32> -> float32),(<float32,float32> -> float32),"
+        "(float32 -> string)> -> string@SERVER)",
+    ),
 ]
 
 
@@ -141,7 +165,7 @@ def test_instantiate(uri, argument, expected):
 
 def test_every_function_intrinsic_has_an_instantiation_test():
     covered = {uri for uri, _, _ in INSTANTIATIONS}
-    assert covered == EXPECTED_INTRINSICS - {"generic_zero"}
+    assert covered == ALL_INTRINSICS - {"generic_zero"}
 
 
 def test_generic_zero_is_a_value_at_any_type():
@@ -171,6 +195,9 @@ REFUSALS = [
     ("sequence_sum", "string*", ["numeric", "string*"]),
     ("sequence_map", "<(int32 -> int32),float32*>", ["<(T -> U),T*>", "float32*"]),
     ("generic_plus", "<int32,float32>", ["<T,T>", "<int32,float32>"]),
+    ("federated_mean_of_map", "<(int32 -> int32),{int32}@CLIENTS>", ["floating-point", "{int32}@CLIENTS"]),
+    ("federated_sum_of_map", "<(int32 -> int32),{float32}@CLIENTS>", ["{float32}@CLIENTS"]),
+    ("federated_sum_of_map", "<{int32}@CLIENTS>", ["<(X -> T),{X}@CLIENTS>"]),
     (
         "federated_aggregate",
         "<{int32}@CLIENTS,float32,(<float32,float32> -> float32),(<float32,float32> -> float32),(float32 -> float32)>",
@@ -204,49 +231,55 @@ def test_lookup_of_unknown_intrinsic_lists_the_known_ones():
 
 
 def test_reference_executor_has_a_rule_for_every_intrinsic():
-    assert missing_rules("reference") == []
+    assert REFERENCE_RULES.missing() == []
     assert fedcore.ReferenceExecutor.name == "reference"
 
 
-def test_missing_rules_for_an_unknown_executor_lists_everything():
-    assert missing_rules("no-such-executor") == sorted(EXPECTED_INTRINSICS)
+def test_an_empty_table_lists_every_intrinsic_as_missing():
+    assert RuleTable("empty").missing() == sorted(ALL_INTRINSICS)
 
 
-@pytest.fixture
-def test_executor_rules():
-    name = "test-executor-rules"
-    yield name
-    for definition in INTRINSICS.values():
-        definition.rules.pop(name, None)
+def test_register_a_rule_in_a_new_table():
+    table = RuleTable("test")
 
-
-def test_register_rule_for_a_new_executor(test_executor_rules):
-    name = test_executor_rules
-
-    @register_rule(name, "federated_sum")
+    @table.register(intrinsics.FEDERATED_SUM)
     def my_sum(interp, arg, t):
         return "summed"
 
-    assert lookup("federated_sum").rules[name] is my_sum
-    missing = missing_rules(name)
-    assert "federated_sum" not in missing
-    assert len(missing) == len(EXPECTED_INTRINSICS) - 1
-    # Registering a rule for one executor leaves the others alone.
-    assert lookup("federated_sum").rules["reference"] is not my_sum
-    assert missing_rules("reference") == []
+    assert table[intrinsics.FEDERATED_SUM] is my_sum
+    assert "federated_sum" not in table.missing()
+    assert len(table.missing()) == len(ALL_INTRINSICS) - 1
+    # Another table is not touched.
+    assert REFERENCE_RULES[intrinsics.FEDERATED_SUM] is not my_sum
+    with pytest.raises(NoRule, match="the test rules have no rule for federated_mean"):
+        table[intrinsics.FEDERATED_MEAN]
 
 
-def test_register_rule_decorator_returns_the_function(test_executor_rules):
-    def rule(interp, arg, t):
-        return None
-
-    assert register_rule(test_executor_rules, "federated_mean")(rule) is rule
+def test_register_refuses_what_is_not_a_definition():
+    with pytest.raises(TypeError, match="intrinsic definitions"):
+        RuleTable("test").register("federated_sum")
 
 
-def test_register_rule_for_unknown_intrinsic(test_executor_rules):
-    with pytest.raises(ValueError, match="unknown intrinsic"):
-        register_rule(test_executor_rules, "federated_median")(lambda *a: None)
-    assert missing_rules(test_executor_rules) == sorted(EXPECTED_INTRINSICS)
+def test_a_kind_rule_serves_every_definition_of_the_kind_that_it_selects():
+    table = RuleTable("test")
+    table.register_kind(Kind.AGGREGATE, lambda d: (lambda *a: d.uri), when=lambda d: d.monoid is not None)
+    assert table[intrinsics.FEDERATED_MIN]() == "federated_min"
+    assert table.get(intrinsics.FEDERATED_AGGREGATE) is None  # no monoid: not selected
+    explicit = table.register(intrinsics.FEDERATED_SUM)(lambda *a: "explicit")
+    assert table[intrinsics.FEDERATED_SUM] is explicit
+
+
+def test_each_aggregation_has_its_metadata():
+    aggregations = {d.uri for d in intrinsics.definitions() if d.kind is Kind.AGGREGATE}
+    assert aggregations == {"federated_sum", "federated_mean", "federated_weighted_mean", "federated_min",
+                            "federated_max", "federated_aggregate"}
+    for d in intrinsics.definitions():
+        if d.kind is Kind.AGGREGATE and d is not intrinsics.FEDERATED_AGGREGATE:
+            assert isinstance(d.monoid, algebra.Monoid), d
+        if d.kind is Kind.FUSED:
+            assert intrinsics.fused_of(d.base) is d
+    assert intrinsics.FEDERATED_BROADCAST.broadcast and intrinsics.FEDERATED_VALUE_AT_CLIENTS.broadcast
+    assert not intrinsics.FEDERATED_MAP.broadcast
 
 
 def test_registry_module_exposes_the_declarations():

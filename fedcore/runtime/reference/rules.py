@@ -60,7 +60,8 @@ def client_inputs(interp, definition: defs.IntrinsicDef, arg: Any, parameter: Ty
     if definition.client_operands is None:
         return [tf_bridge.flatten(v, u) for v in interp.client_values(arg, parameter)]
     columns = [interp.client_values(arg[i], parameter[i]) for i in range(definition.client_operands)]
-    return [tf_bridge.flatten(Struct.unnamed(*row), u) for row in zip(*columns)]
+    rows = columns[0] if len(columns) == 1 else [Struct.unnamed(*row) for row in zip(*columns)]
+    return [tf_bridge.flatten(row, u) for row in rows]
 
 
 # --------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def _fold_clients(c: Compiler, base: defs.IntrinsicDef, t: FunctionType, fn: Low
     acc_type = monoid.accumulator_type(u)
 
     def step(acc, i):
-        x = cast_flat(mapped(i), u[0] if base.client_operands else u) + [leaf[i] for other in others for leaf in other]
+        x = cast_flat(mapped(i), fn.type_signature.result) + [leaf[i] for other in others for leaf in other]
         return unflatten(monoid.accumulate(xp, u, flatten(acc, acc_type), x), acc_type)
 
     zero = _zero(c, monoid, u, [])
