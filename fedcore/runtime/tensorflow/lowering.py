@@ -64,7 +64,7 @@ def batched_view(value: Any) -> Any:
 
 
 class BatchedSequence:
-    """All clients' sequences inside a vectorized client function (see ``tf_values.Steps``)."""
+    """All clients' sequences inside a vectorized client function (see ``values.Steps``)."""
 
     def __init__(self, element_type: Type, steps: Any):
         self.element_type = element_type
