@@ -177,7 +177,7 @@ def test_sequential_fused_reduce_keeps_no_per_client_results():
     assert len(fused) == 4
     executor = TensorFlowExecutor(strategy="sequential")
     execute(_reductions, ([np.ones(2, np.float32)] * 3, [1.0] * 3), {}, executor=executor)
-    (program,) = [p for programs in executor._programs.values() for p in programs.values()]
+    (program,) = list(executor._programs.values())
     graph = program.get_concrete_function().graph.as_graph_def()
     ops = {n.op for f in graph.library.function for n in f.node_def} | {n.op for n in graph.node}
     # tf.map_fn would stack every client's result in a TensorList; the fused loop only carries sums.

@@ -18,7 +18,8 @@ where the client work does not allow it.
 
 from __future__ import annotations
 
-import weakref
+import collections
+import hashlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -145,6 +146,7 @@ class TensorFlowExecutor:
     """
 
     name = NAME
+    max_programs = 64  # compiled programs kept per executor
 
     def __init__(self, num_clients: Optional[int] = None, strategy: str = "auto"):
         if strategy not in STRATEGIES:
@@ -153,7 +155,8 @@ class TensorFlowExecutor:
             raise ValueError(f"num_clients must be a non-negative int, got {num_clients!r}")
         self.num_clients = num_clients
         self.strategy = strategy
-        self._programs: "weakref.WeakKeyDictionary[bb.BuildingBlock, Dict[Any, Any]]" = weakref.WeakKeyDictionary()
+        # Compiled programs, keyed by the program's content (see ``program_key``), least recently used first.
+        self._programs: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
         self.trace_count = 0
 
     def __repr__(self) -> str:
@@ -175,12 +178,15 @@ class TensorFlowExecutor:
                     "set it with TensorFlowExecutor(num_clients=N)"
                 )
             n = 0
-        programs = self._programs.setdefault(comp.ir, {})
-        key = (n, tuple(layout.key))
-        program = programs.get(key)
+        key = (program_key(comp.ir), n, tuple(layout.key))
+        program = self._programs.get(key)
         if program is None:
             program = self._compile(comp, builder, layout.specs, n)
-            programs[key] = program
+            self._programs[key] = program
+            while len(self._programs) > self.max_programs:
+                self._programs.popitem(last=False)
+        else:
+            self._programs.move_to_end(key)
         try:
             out = program(*layout.arrays)
         except tf.errors.InvalidArgumentError as e:
@@ -203,6 +209,23 @@ class TensorFlowExecutor:
             return _graph_outputs(value, result_type)
 
         return tf.function(program, input_signature=specs, autograph=False)
+
+
+def program_key(ir: bb.BuildingBlock) -> str:
+    """A fingerprint of a program's content: its text with types, and each intrinsic's type.
+
+    TF computations appear by their own content fingerprint; one that captures
+    variables is also keyed by those variables, since its meaning depends on them.
+    """
+    h = hashlib.sha256(bb.to_string(ir, annotated=True).encode())
+    for node in bb.walk(ir):
+        if isinstance(node, bb.Intrinsic):
+            h.update(f"|{node.uri}:{node.type_signature}".encode())
+        elif isinstance(node, bb.TensorFlowComputation):
+            h.update(f"|{node.type_signature}".encode())
+            for v in getattr(node.function, "variables", ()):
+                h.update(f"|v{id(v)}".encode())
+    return h.hexdigest()
 
 
 def _needs_clients(t: Type) -> bool:
