@@ -2,7 +2,9 @@
 
 ``@federated_computation`` traces a Python function into a Lambda of typed IR.
 ``@tf_computation`` wraps TensorFlow code into a TensorFlowComputation node.
-Either one, called outside tracing, runs on the current executor.
+Either one, called outside tracing, goes to the innermost invoking context on
+the context stack (see ``context``): an execution context, which runs it on
+the current executor.
 """
 
 from __future__ import annotations
@@ -14,8 +16,16 @@ import tensorflow as tf
 
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import context
-from fedcore.compiler.tracing import Value, to_node
-from fedcore.structure import Struct
+from fedcore.compiler.tf_bridge import infer_tf_result
+from fedcore.compiler.tf_function import TFFunction
+from fedcore.compiler.tracing import (  # noqa: F401  (arrange_arguments, call_traced: re-exported)
+    Value,
+    arrange_arguments,
+    call_traced,
+    infer_type,
+    pack_arguments_as_node,
+    to_node,
+)
 from fedcore.types import FunctionType, StructType, Type, to_type
 
 
@@ -31,6 +41,11 @@ class Computation:
     @property
     def type_signature(self) -> FunctionType:
         return self._ir.type_signature
+
+    @property
+    def parameter_names(self) -> Optional[Tuple[str, ...]]:
+        """The names of the Python parameters packed into the struct parameter, or None if it is one."""
+        return self._parameter_names
 
     def _fedcore_ir(self) -> bb.BuildingBlock:
         return self._ir
@@ -55,9 +70,7 @@ class Computation:
             return call_traced(self._ir, self.name, self.type_signature, args, kwargs, self._parameter_names)
         if isinstance(top, context.TFTracingContext):
             return call_inside_tf(self, args, kwargs)
-        from fedcore.runtime.execution import execute
-
-        return execute(self, args, kwargs)
+        return context.invoking_context().invoke(self, args, kwargs)
 
 
 class PolymorphicComputation:
@@ -90,13 +103,11 @@ class PolymorphicComputation:
     def __call__(self, *args, **kwargs):
         top = context.current()
         if isinstance(top, context.TFTracingContext):
-            from fedcore.compiler.tf_bridge import infer_tf_result
-
             type_of = lambda v: infer_tf_result(v)[0]  # noqa: E731
         elif isinstance(top, context.TracingContext):
             type_of = lambda v: to_node(v).type_signature  # noqa: E731
         else:
-            from fedcore.runtime.values import infer_type as type_of
+            type_of = infer_type
         _check_binds(self._fn, self.name, args, kwargs)
         names = _python_parameter_names(self._fn)
         parameter_type = _packed_type(
@@ -193,8 +204,6 @@ def _build(fn: Callable, kind: str, parameter_type: Optional[Type], name: str, u
     if kind == "federated":
         ir = trace_federated(fn, parameter_type, unpack, name)
     else:
-        from fedcore.compiler.tf_function import TFFunction
-
         function = TFFunction(fn, parameter_type, unpack, name)
         ir = bb.TensorFlowComputation(function, FunctionType(parameter_type, function.result_type), name)
     return Computation(ir, name, packed_names)
@@ -226,83 +235,12 @@ def trace_federated(fn: Callable, parameter_type: Optional[Type], unpack: bool, 
     return bb.Lambda(pname, parameter_type, body)
 
 
-def call_traced(fn_node, name, fn_type: FunctionType, args, kwargs, parameter_names) -> Value:
-    """Appends a call of a computation to the current trace, checking the argument type."""
-    ctx = context.current_tracing()
-    location = context.user_location()
-    argument = pack_arguments_as_node(name, fn_type, args, kwargs, parameter_names)
-    if fn_type.parameter is not None and not fn_type.parameter.is_assignable_from(argument.type_signature):
-        raise context.type_error(
-            f"{name} expects an argument of type {fn_type.parameter}, got {argument.type_signature}", location
-        )
-    call = bb.Call(fn_node, argument, source=location)
-    return Value(ctx.bind(call))
-
-
-def arrange_arguments(name, parameter: Optional[Type], args, kwargs, parameter_names, error=context.type_error):
-    """Arranges a call's Python arguments for a computation's one parameter.
-
-    Returns ``(None, False)`` for no parameter, ``(argument, False)`` when the
-    single argument is the whole parameter, and ``(Struct, True)`` when several
-    arguments (or keywords) fill the elements of a struct parameter.  Shared by
-    tracing, execution and calls from inside TF code; ``error`` makes the
-    exception for a wrong number of arguments.
-    """
-    if parameter is None:
-        if args or kwargs:
-            raise error(f"{name} takes no arguments, got {len(args) + len(kwargs)}")
-        return None, False
-    if not args and not kwargs:
-        raise error(f"{name} expects an argument of type {parameter}, got none")
-    if len(args) == 1 and not kwargs and parameter_names is None:
-        return args[0], False
-    if not isinstance(parameter, StructType):
-        if kwargs:
-            raise error(
-                f"{name} takes one positional argument of type {parameter}, got keyword arguments {sorted(kwargs)}"
-            )
-        raise error(f"{name} expects one argument of type {parameter}, got {len(args) + len(kwargs)}")
-    return Struct(_match_arguments(name, parameter, args, kwargs)), True
-
-
-def pack_arguments_as_node(name, fn_type: FunctionType, args, kwargs, parameter_names):
-    value, packed = arrange_arguments(name, fn_type.parameter, args, kwargs, parameter_names)
-    if value is None and not packed:
-        return None
-    if packed:
-        return bb.Struct([(n, to_node(v, f"argument of {name}")) for n, v in value.items()])
-    return to_node(value, f"argument of {name}")
-
-
-def _match_arguments(name: str, parameter: StructType, args, kwargs) -> List[Tuple[Optional[str], Any]]:
-    """Maps positional and keyword arguments onto the elements of a struct parameter."""
-    if len(args) + len(kwargs) != len(parameter):
-        raise context.type_error(
-            f"{name} expects {len(parameter)} arguments for its parameter of type {parameter}, "
-            f"got {len(args) + len(kwargs)}"
-        )
-    unknown = set(kwargs) - set(parameter.names())
-    if unknown:
-        raise context.type_error(f"{name} got unexpected keyword arguments {sorted(unknown)}; parameter type is {parameter}")
-    items: List[Tuple[Optional[str], Any]] = []
-    for i, (n, _) in enumerate(parameter.elements):
-        if i < len(args):
-            if n is not None and n in kwargs:
-                raise context.type_error(f"{name} got two values for argument {n!r}")
-            items.append((n, args[i]))
-        else:
-            if n is None or n not in kwargs:
-                raise context.type_error(f"{name} is missing argument {n if n else i!r} of parameter type {parameter}")
-            items.append((n, kwargs[n]))
-    return items
-
-
 def call_inside_tf(comp: Computation, args, kwargs):
     """A tf_computation called from TF code being traced: inline its TF function."""
     ir = comp.ir
     if not isinstance(ir, bb.TensorFlowComputation):
         raise context.type_error(f"{comp.name} is a federated computation; it cannot be called from TensorFlow code")
-    value, _ = arrange_arguments(comp.name, comp.type_signature.parameter, args, kwargs, comp._parameter_names)
+    value, _ = arrange_arguments(comp.name, comp.type_signature.parameter, args, kwargs, comp.parameter_names)
     return ir.function.call_structured(value)
 
 

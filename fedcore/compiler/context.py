@@ -3,8 +3,15 @@
 While a ``federated_computation`` body runs, a TracingContext sits on top of
 the stack and every call appends a typed node to it.  While a
 ``tf_computation`` body is traced by TensorFlow, a TFTracingContext sits on
-top, and calls of other tf_computations inline their TF code.  With nothing
-on the stack, calls execute on the current executor.
+top, and calls of other tf_computations inline their TF code.  Otherwise the
+call goes to the innermost *invoking* context: an object with
+``invoke(comp, args, kwargs)`` pushed with ``pushed``, or, below them all,
+the process-wide default context.
+
+The front end knows nothing about executors and imports nothing above it:
+the execution layer installs its context at the bottom with
+``set_default_context`` when it is imported (as in TFF's context stack), and
+``fedcore.execution_context(executor)`` pushes one on top.
 """
 
 from __future__ import annotations
@@ -13,12 +20,20 @@ import contextlib
 import os
 import sys
 import threading
-from typing import List, Optional
+from typing import Any, List, Optional, Protocol
 
 from fedcore.compiler.building_blocks import BuildingBlock, Reference, SourceLocation
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _state = threading.local()
+_default: dict = {"context": None}
+
+
+class InvokingContext(Protocol):
+    """A context that runs computations: what a call outside tracing goes to."""
+
+    def invoke(self, comp: Any, args: tuple, kwargs: dict) -> Any:
+        """Runs ``comp`` on Python arguments; returns Python values."""
 
 
 def _stack() -> list:
@@ -60,13 +75,48 @@ def pushed(context):
 
 
 def current() -> Optional[object]:
-    stack = _stack()
-    return stack[-1] if stack else None
+    """The innermost tracing context (TracingContext or TFTracingContext), or None.
+
+    Invoking contexts pushed inside a trace do not stop it: calls there still trace.
+    """
+    for ctx in reversed(_stack()):
+        if isinstance(ctx, (TracingContext, TFTracingContext)):
+            return ctx
+    return None
 
 
 def current_tracing() -> Optional[TracingContext]:
     top = current()
     return top if isinstance(top, TracingContext) else None
+
+
+def set_default_context(ctx: Optional[InvokingContext]) -> None:
+    """Installs ``ctx`` at the bottom of every thread's stack (``None`` removes it)."""
+    if ctx is not None and not callable(getattr(ctx, "invoke", None)):
+        raise TypeError(f"expected a context with an invoke() method, got {ctx!r}")
+    _default["context"] = ctx
+
+
+def get_default_context() -> Optional[InvokingContext]:
+    return _default["context"]
+
+
+def invoking_contexts() -> List[InvokingContext]:
+    """The invoking contexts on this thread's stack, innermost first (tracing contexts skipped)."""
+    return [c for c in reversed(_stack()) if not isinstance(c, (TracingContext, TFTracingContext))]
+
+
+def invoking_context() -> InvokingContext:
+    """The context that runs a computation called now, outside tracing."""
+    pushed_contexts = invoking_contexts()
+    if pushed_contexts:
+        return pushed_contexts[0]
+    ctx = _default["context"]
+    if ctx is None:
+        raise RuntimeError(
+            "no execution context is installed, so computations cannot run; import fedcore, which installs one"
+        )
+    return ctx
 
 
 def user_location() -> Optional[SourceLocation]:
@@ -85,6 +135,10 @@ def user_location() -> Optional[SourceLocation]:
             return SourceLocation(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
         frame = frame.f_back
     return None
+
+
+class ArgumentError(TypeError):
+    """A value passed to a computation does not match its parameter type."""
 
 
 class FederatedTypeError(TypeError):

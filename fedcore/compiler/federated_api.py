@@ -11,8 +11,9 @@ from typing import Any, Optional
 
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import context
-from fedcore.compiler.intrinsics import lookup
-from fedcore.compiler.tracing import Value, to_node
+from fedcore.compiler.computation import tf_computation
+from fedcore.compiler.tracing import Value, call_intrinsic, map_uri, to_node
+from fedcore.compiler.tracing import require_tracing as _require_tracing
 from fedcore.types import (
     CLIENTS,
     SERVER,
@@ -23,45 +24,6 @@ from fedcore.types import (
     Type,
     to_placement,
 )
-
-
-def _require_tracing(name: str) -> context.TracingContext:
-    """The current tracing context; RuntimeError when no federated computation is being traced.
-
-    Called before any argument is checked, so that an intrinsic used outside a
-    federated computation says so instead of complaining about its arguments.
-    """
-    ctx = context.current_tracing()
-    if ctx is None:
-        raise RuntimeError(
-            f"{name} can only be used while tracing a federated_computation; "
-            "call it from inside a function decorated with @fedcore.federated_computation"
-        )
-    return ctx
-
-
-def call_intrinsic(uri: str, argument: Optional[bb.BuildingBlock], public_name: Optional[str] = None) -> Value:
-    name = public_name or uri
-    ctx = _require_tracing(name)
-    location = context.user_location()
-    argument_type = None if argument is None else argument.type_signature
-    try:
-        fn_type = lookup(uri).instantiate(argument_type)
-    except TypeError as e:
-        message = str(e)
-        if public_name and public_name != uri:
-            message = f"{public_name}: {message}"
-        raise context.type_error(message, location) from None
-    node = bb.Call(bb.Intrinsic(uri, fn_type), argument, source=location)
-    return Value(ctx.bind(node))
-
-
-def map_uri(t: Type) -> str:
-    if isinstance(t, FederatedType):
-        if t.placement is SERVER:
-            return "federated_apply"
-        return "federated_map_all_equal" if t.all_equal else "federated_map"
-    return "federated_map"
 
 
 def _federated(value: Any, name: str) -> bb.BuildingBlock:
@@ -84,8 +46,6 @@ def function_node(fn: Any, parameter_type: Optional[Type], name: str) -> bb.Buil
     if ir is not None:
         return ir()
     if callable(fn):
-        from fedcore.compiler.computation import tf_computation
-
         if parameter_type is None:
             return tf_computation(fn)._fedcore_ir()
         return tf_computation(fn, parameter_type)._fedcore_ir()

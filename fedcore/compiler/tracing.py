@@ -1,14 +1,16 @@
-"""Proxy values used while tracing a federated computation, and conversion of
-Python values into IR nodes."""
+"""Proxy values used while tracing a federated computation, conversion of
+Python values into IR nodes and types, and the arrangement of a call's
+Python arguments for a computation's one parameter."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import context
+from fedcore.compiler.intrinsics import lookup
 from fedcore.structure import Struct as StructValue, python_items
 from fedcore.types import (
     CLIENTS,
@@ -20,6 +22,7 @@ from fedcore.types import (
     StructType,
     TensorType,
     Type,
+    to_type,
 )
 
 
@@ -96,8 +99,6 @@ class Value:
         t = self.type_signature
         if not isinstance(t, FunctionType):
             raise context.type_error(f"cannot call a traced value of type {t}, which is not a function")
-        from fedcore.compiler.computation import call_traced
-
         return call_traced(self._node, "function value", t, args, kwargs, None)
 
     def _unsupported(self, *_):
@@ -128,8 +129,6 @@ def _federated_select(value: Value, key) -> Value:
     index = _resolve_index(t.member, key)
     name = t.member.elements[index][0]
     selector = bb.Lambda("s", t.member, bb.Selection(bb.Reference("s", t.member), index, name))
-    from fedcore.compiler.federated_api import map_uri, call_intrinsic
-
     return call_intrinsic(map_uri(t), bb.Struct([(None, selector), (None, value._node)]))
 
 
@@ -177,4 +176,191 @@ def to_node(value: Any, what: str = "value") -> bb.BuildingBlock:
     raise context.type_error(f"cannot use {value!r} of Python type {type(value).__name__} as a {what} in a federated computation")
 
 
-__all__ = ["Value", "to_node", "literal", "SERVER", "CLIENTS", "SequenceType"]
+# --------------------------------------------------------------------------
+# Intrinsic calls.
+
+
+def require_tracing(name: str) -> context.TracingContext:
+    """The current tracing context; RuntimeError when no federated computation is being traced.
+
+    Called before any argument is checked, so that an intrinsic used outside a
+    federated computation says so instead of complaining about its arguments.
+    """
+    ctx = context.current_tracing()
+    if ctx is None:
+        raise RuntimeError(
+            f"{name} can only be used while tracing a federated_computation; "
+            "call it from inside a function decorated with @fedcore.federated_computation"
+        )
+    return ctx
+
+
+def call_intrinsic(uri: str, argument: Optional[bb.BuildingBlock], public_name: Optional[str] = None) -> Value:
+    """Appends a call of intrinsic ``uri``, instantiated at the argument's type, to the current trace."""
+    name = public_name or uri
+    ctx = require_tracing(name)
+    location = context.user_location()
+    argument_type = None if argument is None else argument.type_signature
+    try:
+        fn_type = lookup(uri).instantiate(argument_type)
+    except TypeError as e:
+        message = str(e)
+        if public_name and public_name != uri:
+            message = f"{public_name}: {message}"
+        raise context.type_error(message, location) from None
+    node = bb.Call(bb.Intrinsic(uri, fn_type), argument, source=location)
+    return Value(ctx.bind(node))
+
+
+def map_uri(t: Type) -> str:
+    """The map intrinsic for a value of type ``t``: federated_map, federated_apply or the all-equal map."""
+    if isinstance(t, FederatedType):
+        if t.placement is SERVER:
+            return "federated_apply"
+        return "federated_map_all_equal" if t.all_equal else "federated_map"
+    return "federated_map"
+
+
+# --------------------------------------------------------------------------
+# Calls of computations: arguments.
+
+
+def call_traced(fn_node, name, fn_type: FunctionType, args, kwargs, parameter_names) -> Value:
+    """Appends a call of a computation to the current trace, checking the argument type."""
+    ctx = context.current_tracing()
+    location = context.user_location()
+    argument = pack_arguments_as_node(name, fn_type, args, kwargs, parameter_names)
+    if fn_type.parameter is not None and not fn_type.parameter.is_assignable_from(argument.type_signature):
+        raise context.type_error(
+            f"{name} expects an argument of type {fn_type.parameter}, got {argument.type_signature}", location
+        )
+    call = bb.Call(fn_node, argument, source=location)
+    return Value(ctx.bind(call))
+
+
+def arrange_arguments(name, parameter: Optional[Type], args, kwargs, parameter_names, error=context.type_error):
+    """Arranges a call's Python arguments for a computation's one parameter.
+
+    Returns ``(None, False)`` for no parameter, ``(argument, False)`` when the
+    single argument is the whole parameter, and ``(Struct, True)`` when several
+    arguments (or keywords) fill the elements of a struct parameter.  Shared by
+    tracing, execution and calls from inside TF code; ``error`` makes the
+    exception for a wrong number of arguments.
+    """
+    if parameter is None:
+        if args or kwargs:
+            raise error(f"{name} takes no arguments, got {len(args) + len(kwargs)}")
+        return None, False
+    if not args and not kwargs:
+        raise error(f"{name} expects an argument of type {parameter}, got none")
+    if len(args) == 1 and not kwargs and parameter_names is None:
+        return args[0], False
+    if not isinstance(parameter, StructType):
+        if kwargs:
+            raise error(
+                f"{name} takes one positional argument of type {parameter}, got keyword arguments {sorted(kwargs)}"
+            )
+        raise error(f"{name} expects one argument of type {parameter}, got {len(args) + len(kwargs)}")
+    return StructValue(_match_arguments(name, parameter, args, kwargs)), True
+
+
+def pack_arguments_as_node(name, fn_type: FunctionType, args, kwargs, parameter_names):
+    value, packed = arrange_arguments(name, fn_type.parameter, args, kwargs, parameter_names)
+    if value is None and not packed:
+        return None
+    if packed:
+        return bb.Struct([(n, to_node(v, f"argument of {name}")) for n, v in value.items()])
+    return to_node(value, f"argument of {name}")
+
+
+def _match_arguments(name: str, parameter: StructType, args, kwargs) -> List[Tuple[Optional[str], Any]]:
+    """Maps positional and keyword arguments onto the elements of a struct parameter."""
+    if len(args) + len(kwargs) != len(parameter):
+        raise context.type_error(
+            f"{name} expects {len(parameter)} arguments for its parameter of type {parameter}, "
+            f"got {len(args) + len(kwargs)}"
+        )
+    unknown = set(kwargs) - set(parameter.names())
+    if unknown:
+        raise context.type_error(f"{name} got unexpected keyword arguments {sorted(unknown)}; parameter type is {parameter}")
+    items: List[Tuple[Optional[str], Any]] = []
+    for i, (n, _) in enumerate(parameter.elements):
+        if i < len(args):
+            if n is not None and n in kwargs:
+                raise context.type_error(f"{name} got two values for argument {n!r}")
+            items.append((n, args[i]))
+        else:
+            if n is None or n not in kwargs:
+                raise context.type_error(f"{name} is missing argument {n if n else i!r} of parameter type {parameter}")
+            items.append((n, kwargs[n]))
+    return items
+
+
+# --------------------------------------------------------------------------
+# Types of Python values (for polymorphic computations called outside tracing).
+
+
+def _is_dataset(value: Any) -> bool:
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(value, tf.data.Dataset)
+
+
+def infer_type(value: Any) -> Type:
+    """The fedcore type of a Python value, for polymorphic computations; ArgumentError if it has none."""
+    try:
+        return _infer_type(value)
+    except RecursionError:
+        # Raised at the innermost level; the levels above let the ArgumentError through.
+        raise context.ArgumentError(
+            "cannot infer a fedcore type for a value nested this deeply: it exceeds Python's recursion limit"
+        ) from None
+
+
+def _infer_type(value: Any) -> Type:
+    if _is_dataset(value):
+        return SequenceType(to_type(value.element_spec))
+    # numpy first: np.float64 is a subclass of Python's float, but keeps its dtype.
+    if isinstance(value, (np.ndarray, np.generic)):
+        if value.dtype.kind in ("U", "S", "O"):
+            return TensorType("string", np.shape(value))
+        return TensorType(value.dtype, np.shape(value))
+    if isinstance(value, bool):
+        return TensorType("bool")
+    if isinstance(value, int):
+        return TensorType("int32")
+    if isinstance(value, float):
+        return TensorType("float32")
+    if isinstance(value, (str, bytes)):
+        return TensorType("string")
+    if hasattr(value, "numpy") and hasattr(value, "dtype") and hasattr(value, "shape"):
+        return TensorType(value.dtype, tuple(value.shape))
+    items = python_items(value)
+    if items is not None:
+        container = None if isinstance(value, StructValue) else type(value)
+        elements = [(n, infer_type(v)) for n, v in items]
+        try:
+            return StructType(elements, container=container)
+        except ValueError as e:  # e.g. dict keys that are not names
+            raise context.ArgumentError(f"cannot infer a fedcore type for {value!r}: {e}") from None
+    raise context.ArgumentError(
+        f"cannot infer a fedcore type for {value!r} of Python type {type(value).__name__}; "
+        "pass tensors, numbers, strings, datasets or containers of them, or declare the parameter types"
+    )
+
+
+__all__ = [
+    "Value",
+    "arrange_arguments",
+    "call_intrinsic",
+    "call_traced",
+    "infer_type",
+    "literal",
+    "map_uri",
+    "to_node",
+    "SERVER",
+    "CLIENTS",
+    "SequenceType",
+]

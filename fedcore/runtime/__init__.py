@@ -1,6 +1,13 @@
-"""Executors: the reference interpreter and the executor protocol."""
+"""Executors: the reference interpreter and the executor protocol.
 
+Importing this package installs the runtime below the front end: an
+``ExecutionContext`` at the bottom of the context stack, running calls outside
+tracing on the default executor (the reference interpreter unless set).
+"""
+
+from fedcore.runtime import execution as _execution
 from fedcore.runtime.execution import (
+    ExecutionContext,
     current_executor,
     execution_context,
     get_default_executor,
@@ -10,8 +17,12 @@ from fedcore.runtime.executor import ExecutionError, Executor
 from fedcore.runtime.reference import ReferenceExecutor
 from fedcore.runtime.values import ArgumentError
 
+_execution.set_default_executor_factory(ReferenceExecutor)
+_execution.install()
+
 __all__ = [
     "ArgumentError",
+    "ExecutionContext",
     "ExecutionError",
     "Executor",
     "ReferenceExecutor",

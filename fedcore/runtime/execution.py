@@ -1,63 +1,90 @@
-"""The executor stack: which executor runs a computation called outside tracing."""
+"""Execution contexts: which executor runs a computation called outside tracing.
+
+A call outside tracing goes to the innermost invoking context on the front
+end's context stack (``fedcore.compiler.context``).  ``fedcore.runtime``
+installs an ``ExecutionContext`` on the default executor at the bottom of that
+stack when it is imported; ``execution_context(executor)`` pushes one for
+``executor`` on top for the ``with`` block.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from fedcore.compiler import context
+from fedcore.compiler.tracing import arrange_arguments
 from fedcore.runtime import values
 
-_state = threading.local()
-_default = {"executor": None}
+_default: dict = {"executor": None, "factory": None}
 
 
-def _stack() -> list:
-    if not hasattr(_state, "stack"):
-        _state.stack = []
-    return _state.stack
+def _check_executor(executor) -> None:
+    if not callable(getattr(executor, "execute", None)):
+        raise TypeError(f"expected an executor with an execute() method, got {executor!r}")
+
+
+def set_default_executor_factory(factory: Callable[[], Any]) -> None:
+    """Sets what makes the default executor when none is set (``fedcore.runtime`` sets the reference one)."""
+    _default["factory"] = factory
 
 
 def get_default_executor():
     """The executor that runs computations called like Python functions."""
     if _default["executor"] is None:
-        from fedcore.runtime.reference import ReferenceExecutor
-
-        _default["executor"] = ReferenceExecutor()
+        if _default["factory"] is None:
+            raise RuntimeError("no default executor: import fedcore.runtime, which sets the reference executor")
+        _default["executor"] = _default["factory"]()
     return _default["executor"]
 
 
 def set_default_executor(executor) -> None:
     """Sets the default executor; ``None`` restores the reference interpreter."""
-    if executor is not None and not callable(getattr(executor, "execute", None)):
-        raise TypeError(f"expected an executor with an execute() method, got {executor!r}")
+    if executor is not None:
+        _check_executor(executor)
     _default["executor"] = executor
+
+
+class ExecutionContext:
+    """An invoking context that runs computations on ``executor`` (the default executor when None)."""
+
+    def __init__(self, executor: Optional[Any] = None):
+        if executor is not None:
+            _check_executor(executor)
+        self._executor = executor
+
+    @property
+    def executor(self):
+        return self._executor if self._executor is not None else get_default_executor()
+
+    def invoke(self, comp, args, kwargs) -> Any:
+        return execute(comp, args, kwargs, self.executor)
+
+    def __repr__(self) -> str:
+        return f"ExecutionContext({self._executor!r})"
 
 
 @contextlib.contextmanager
 def execution_context(executor):
     """Runs computations called inside the ``with`` block on ``executor``."""
-    if not callable(getattr(executor, "execute", None)):
-        raise TypeError(f"expected an executor with an execute() method, got {executor!r}")
-    stack = _stack()
-    stack.append(executor)
-    try:
+    _check_executor(executor)
+    with context.pushed(ExecutionContext(executor)):
         yield executor
-    finally:
-        stack.pop()
 
 
 def current_executor():
-    stack = _stack()
-    return stack[-1] if stack else get_default_executor()
+    """The executor that a computation called now (outside tracing) runs on."""
+    for ctx in context.invoking_contexts():
+        if isinstance(ctx, ExecutionContext):
+            return ctx.executor
+    ctx = context.get_default_context()
+    return ctx.executor if isinstance(ctx, ExecutionContext) else get_default_executor()
 
 
 def pack_argument(comp, args, kwargs) -> Any:
     """Packs Python arguments into one canonical value of the parameter type."""
-    from fedcore.compiler.computation import arrange_arguments
-
     parameter = comp.type_signature.parameter
-    value, packed = arrange_arguments(comp.name, parameter, args, kwargs, comp._parameter_names, values.ArgumentError)
+    value, packed = arrange_arguments(comp.name, parameter, args, kwargs, comp.parameter_names, values.ArgumentError)
     if parameter is None:
         return None
     where = f"arguments of {comp.name}" if packed else f"argument of {comp.name}"
@@ -76,3 +103,9 @@ def execute(comp, args, kwargs, executor: Optional[Any] = None) -> Any:
     num_clients = values.count_clients(argument, comp.type_signature.parameter)
     result = executor.execute(comp, argument, num_clients=num_clients)
     return values.to_python(result, comp.type_signature.result)
+
+
+def install() -> None:
+    """Puts an ExecutionContext on the default executor at the bottom of the context stack."""
+    if not isinstance(context.get_default_context(), ExecutionContext):
+        context.set_default_context(ExecutionContext())

@@ -9,6 +9,8 @@ Executors see one canonical form of every value:
 
 ``to_internal`` checks and converts a user's argument to that form;
 ``to_python`` converts a result back into the declared containers.
+``ArgumentError`` and ``infer_type`` are the front end's (``fedcore.compiler``),
+re-exported here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from fedcore.compiler.context import ArgumentError
+from fedcore.compiler.tracing import infer_type  # noqa: F401  (the type of a Python value; lives in the front end)
 from fedcore.structure import Struct, build_container, python_items
 from fedcore.types import (
     CLIENTS,
@@ -30,59 +34,12 @@ from fedcore.types import (
 )
 
 
-class ArgumentError(TypeError):
-    """A value passed to a computation does not match its parameter type."""
-
-
 def _is_dataset(value: Any) -> bool:
     try:
         import tensorflow as tf
     except ImportError:  # pragma: no cover
         return False
     return isinstance(value, tf.data.Dataset)
-
-
-def infer_type(value: Any) -> Type:
-    """The fedcore type of a Python value, for polymorphic computations."""
-    try:
-        return _infer_type(value)
-    except RecursionError:
-        # Raised at the innermost level; the levels above let the ArgumentError through.
-        raise ArgumentError(
-            "cannot infer a fedcore type for a value nested this deeply: it exceeds Python's recursion limit"
-        ) from None
-
-
-def _infer_type(value: Any) -> Type:
-    if _is_dataset(value):
-        return SequenceType(to_type(value.element_spec))
-    # numpy first: np.float64 is a subclass of Python's float, but keeps its dtype.
-    if isinstance(value, (np.ndarray, np.generic)):
-        if value.dtype.kind in ("U", "S", "O"):
-            return TensorType("string", np.shape(value))
-        return TensorType(value.dtype, np.shape(value))
-    if isinstance(value, bool):
-        return TensorType("bool")
-    if isinstance(value, int):
-        return TensorType("int32")
-    if isinstance(value, float):
-        return TensorType("float32")
-    if isinstance(value, (str, bytes)):
-        return TensorType("string")
-    if hasattr(value, "numpy") and hasattr(value, "dtype") and hasattr(value, "shape"):
-        return TensorType(value.dtype, tuple(value.shape))
-    items = python_items(value)
-    if items is not None:
-        container = None if isinstance(value, Struct) else type(value)
-        elements = [(n, infer_type(v)) for n, v in items]
-        try:
-            return StructType(elements, container=container)
-        except ValueError as e:  # e.g. dict keys that are not names
-            raise ArgumentError(f"cannot infer a fedcore type for {value!r}: {e}") from None
-    raise ArgumentError(
-        f"cannot infer a fedcore type for {value!r} of Python type {type(value).__name__}; "
-        "pass tensors, numbers, strings, datasets or containers of them, or declare the parameter types"
-    )
 
 
 def _tensor(value: Any, t: TensorType, where: str) -> Any:
