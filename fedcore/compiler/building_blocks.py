@@ -1,14 +1,16 @@
 """The IR: a handful of immutable node types, each carrying its type signature.
 
 Nodes compare by identity (they may be large); ``to_string(node)`` gives the
-compact text form, e.g. ``(x -> federated_map(<comp#a1,x>))``, and
-``to_formatted_string(node)`` a multi-line one.
+compact text form, e.g. ``(x -> federated_map(<comp#3f9a01c2,x>))``, and
+``to_formatted_string(node)`` a multi-line one.  A TF computation prints as
+``comp#`` and the first 8 hex digits of its function's content fingerprint, so
+printed IR depends only on the program.
 """
 
 from __future__ import annotations
 
-import itertools
-from typing import Any, Optional, Tuple
+import hashlib
+from typing import Any, List, Optional, Protocol, Tuple
 
 import attrs
 import numpy as np
@@ -245,21 +247,61 @@ class Data(BuildingBlock):
     type_signature: Type = attrs.field(validator=_is_type)
 
 
-_comp_ids = itertools.count(1)
+class TensorFlowFunction(Protocol):
+    """What a TensorFlowComputation node refers to: a TF function, described as data.
+
+    Implemented by ``fedcore.compiler.tf_function.TFFunction`` (traced from a
+    user's code) and ``fedcore.compiler.serialization.ImportedTFFunction``
+    (rebuilt from a GraphDef).  Executors use only these members.  Values
+    cross as flat lists of leaves (tensors and ``tf.data.Dataset`` s) in
+    fedcore's leaf order (``tf_bridge.flatten``).
+    """
+
+    name: str
+    parameter_type: Optional[Type]
+    result_type: Type
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex SHA-256 of the content: the canonical serialized GraphDef, inputs, outputs and types."""
+
+    @property
+    def writes_variables(self) -> bool:
+        """Whether calls assign ``tf.Variable`` s, and so must run one at a time, in order."""
+
+    def call_leaves(self, leaves: List[Any]) -> List[Any]:
+        """Runs the function eagerly on flat leaves; returns flat result leaves."""
+
+    def graph_call(self, leaves: List[Any]) -> List[Any]:
+        """Calls the function from inside another graph being traced, on flat leaves."""
+
+
+def _short_id(function: Any, name: str, type_signature: Type) -> str:
+    fingerprint = getattr(function, "fingerprint", None)
+    if not isinstance(fingerprint, str):  # a stand-in function (tests): named by what the node says
+        fingerprint = hashlib.sha256(f"{name}:{type_signature}".encode()).hexdigest()
+    return fingerprint[:8]
 
 
 @attrs.frozen(eq=False)
 class TensorFlowComputation(BuildingBlock):
     """A typed TensorFlow function.
 
-    ``function`` is a callable taking and returning fedcore values whose
-    leaves are tensors (see fedcore.compiler.tensorflow_computation).
+    ``function`` is a ``TensorFlowFunction``.  ``id``, printed as ``comp#id``,
+    is the first 8 hex digits of its fingerprint unless given (computed when
+    first asked for).
     """
 
     function: Any
     type_signature: FunctionType = attrs.field(validator=attrs.validators.instance_of(FunctionType))
     name: str = ""
-    id: str = attrs.field(factory=lambda: f"{next(_comp_ids):x}")
+    _id: Optional[str] = attrs.field(default=None, alias="id", validator=_is_optional_str)
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            object.__setattr__(self, "_id", _short_id(self.function, self.name, self.type_signature))
+        return self._id
 
 
 # --------------------------------------------------------------------------

@@ -359,7 +359,7 @@ def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], by
     cf = getattr(fn, "concrete_function", None)
     if cf is None:
         raise SerializationError(f"TF computation {label} has no traced TensorFlow function to serialize")
-    if getattr(fn, "writes_variables", False):
+    if fn.writes_variables:
         raise SerializationError(
             f"TF computation {label} assigns tf.Variables; only pure TF computations can be serialized "
             "(e.g. write models with stateless calls, taking and returning their weights)"
@@ -390,7 +390,11 @@ def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], by
 
 
 class ImportedTFFunction(TFCalls):
-    """A TF computation rebuilt from a GraphDef: the interface executors use from ``TFFunction``."""
+    """A TF computation rebuilt from a GraphDef: a ``building_blocks.TensorFlowFunction``, as ``TFFunction`` is.
+
+    Its fingerprint is computed from the GraphDef it was loaded from, so a
+    function that captured nothing keeps the fingerprint it had when traced.
+    """
 
     writes_variables = False
     variables: Tuple[Any, ...] = ()
@@ -442,6 +446,9 @@ class ImportedTFFunction(TFCalls):
 
         self._tf_function = tf.function(flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=False)
         self.concrete_function = self._tf_function.get_concrete_function()
+
+    def _graph_parts(self) -> Tuple[Any, List[str], List[str]]:
+        return self._graph_def, list(self._input_names), list(self._output_names)
 
     def __repr__(self) -> str:
         return f"<ImportedTFFunction {self.name}: {self.parameter_type} -> {self.result_type}>"
@@ -520,7 +527,7 @@ def serialize(comp: Any) -> bytes:
     if isinstance(comp, (forms.MapReduceForm, forms.DistributeAggregateForm)):
         return _serialize_form(comp)
     if isinstance(comp, Computation):
-        ir, name, parameter_names = comp.ir, comp.name, comp._parameter_names
+        ir, name, parameter_names = comp.ir, comp.name, comp.parameter_names
     elif isinstance(comp, bb.BuildingBlock):
         ir, name, parameter_names = comp, "", None
     elif hasattr(comp, "_fedcore_specialize"):
@@ -560,7 +567,7 @@ def _serialize_form(form: Any) -> bytes:
     """A form's pieces, each stored as a computation; TF graphs shared between pieces are stored once."""
     encoder = _Encoder()
     pieces = {
-        name: _computation_entry(encoder, comp.ir, comp.name, comp._parameter_names)
+        name: _computation_entry(encoder, comp.ir, comp.name, comp.parameter_names)
         for name, comp in form.pieces().items()
     }
     header = {

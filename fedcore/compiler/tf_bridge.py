@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import keyword
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attrs
 import numpy as np
@@ -208,3 +209,116 @@ def from_dataset_structure(value: Any, t: Type) -> Any:
         items = items_by_names(value, t.names())
         return Struct([(n, from_dataset_structure(v, e)) for (n, e), (_, v) in zip(t.elements, items)])
     return value
+
+
+# --------------------------------------------------------------------------
+# Content fingerprints of TF graphs.
+
+# Node attributes that hold a per-process counter rather than content.
+_COUNTER_ATTRS = ("_gradient_op_type",)
+_FINGERPRINT_VERSION = b"fedcore.tf-function.v1\0"
+
+
+def _renamer(names: Dict[str, str]):
+    """Rewrites a tensor or input reference (``name``, ``name:port``, ``^name``) by node name."""
+
+    def rename(ref: str) -> str:
+        control = ref.startswith("^")
+        base, sep, rest = ref[1:].partition(":") if control else ref.partition(":")
+        return ("^" if control else "") + names.get(base, base) + sep + rest
+
+    return rename
+
+
+def _rename_nodes(nodes: Any) -> Dict[str, str]:
+    """Names each node by its position (``n0``, ``n1``, ...) and rewrites the inputs and colocations."""
+    names = {node.name: f"n{i}" for i, node in enumerate(nodes)}
+    rename = _renamer(names)
+    for node in nodes:
+        node.name = names[node.name]
+        inputs = [rename(i) for i in node.input]
+        del node.input[:]
+        node.input.extend(inputs)
+        if "_class" in node.attr:
+            values = [b"loc:@" + names.get(v[5:].decode(), v[5:].decode()).encode() if v.startswith(b"loc:@") else v
+                      for v in node.attr["_class"].list.s]
+            del node.attr["_class"].list.s[:]
+            node.attr["_class"].list.s.extend(values)
+    return names
+
+
+def canonical_graph_parts(graph_def: Any, inputs: Sequence[str] = (), outputs: Sequence[str] = ()
+                          ) -> Tuple[bytes, List[str], List[str]]:
+    """A GraphDef's bytes (and its input and output tensor names) with what depends on the tracing process taken out.
+
+    TensorFlow names the functions of a graph's library with a process-wide
+    counter (``__inference_f_123``), and libraries such as Keras name their
+    ops with one (``dense_1/MatMul``).  Here every node is named by its
+    position, each reference to a library function is replaced by the SHA-256
+    of that function's own canonical bytes, the library itself is dropped, and
+    counter-valued attributes are cleared.  Serialization is deterministic (map
+    entries sorted), so two traces of the same code give the same bytes.
+    """
+    library = {f.signature.name: f for f in graph_def.library.function}
+    digests: Dict[str, str] = {}
+
+    def function_digest(name: str) -> str:
+        if name not in library:
+            return name
+        if name not in digests:
+            digests[name] = name  # a reference back to a function being hashed keeps its name
+            fdef = type(library[name])()
+            fdef.CopyFrom(library[name])
+            fdef.signature.name = ""
+            for node in fdef.node_def:
+                rewrite_node(node)
+            names = _rename_nodes(fdef.node_def)
+            rename = _renamer(names)
+            for key in list(fdef.ret):
+                fdef.ret[key] = rename(fdef.ret[key])
+            for key in list(fdef.control_ret):
+                fdef.control_ret[key] = names.get(fdef.control_ret[key], fdef.control_ret[key])
+            for value in fdef.attr.values():
+                rewrite_attr(value)
+            digests[name] = "fn:" + hashlib.sha256(fdef.SerializeToString(deterministic=True)).hexdigest()
+        return digests[name]
+
+    def rewrite_attr(value: Any) -> None:
+        if value.HasField("func"):
+            value.func.name = function_digest(value.func.name)
+            for inner in value.func.attr.values():
+                rewrite_attr(inner)
+        for fn in value.list.func:
+            fn.name = function_digest(fn.name)
+            for inner in fn.attr.values():
+                rewrite_attr(inner)
+
+    def rewrite_node(node: Any) -> None:
+        node.op = function_digest(node.op)
+        node.ClearField("experimental_debug_info")
+        for key in _COUNTER_ATTRS:
+            if key in node.attr:
+                del node.attr[key]
+        for value in node.attr.values():
+            rewrite_attr(value)
+
+    graph = type(graph_def)()
+    graph.CopyFrom(graph_def)
+    graph.ClearField("library")
+    for node in graph.node:
+        rewrite_node(node)
+    rename = _renamer(_rename_nodes(graph.node))
+    return graph.SerializeToString(deterministic=True), [rename(i) for i in inputs], [rename(o) for o in outputs]
+
+
+def graph_fingerprint(graph_def: Any, parameter_type: Optional[Type], result_type: Optional[Type],
+                      inputs: Sequence[str] = (), outputs: Sequence[str] = ()) -> str:
+    """The hex SHA-256 of a TF function: its canonical graph, its input and output tensors, and its types."""
+    graph_bytes, inputs, outputs = canonical_graph_parts(graph_def, inputs, outputs)
+    h = hashlib.sha256(_FINGERPRINT_VERSION)
+    for part in (str(parameter_type), str(result_type), "\0".join(inputs), "\0".join(outputs)):
+        data = part.encode("utf-8")
+        h.update(len(data).to_bytes(8, "big") + data)
+    h.update(graph_bytes)
+    return h.hexdigest()
+

@@ -18,11 +18,18 @@ from fedcore.types import SequenceType, StructType, TensorType, Type
 
 
 class TFCalls:
-    """How executors and other TF code call a TF computation; needs ``concrete_function``,
-    ``_tf_function``, ``parameter_type``, ``result_type`` and ``name``."""
+    """The ``TensorFlowFunction`` protocol (see ``building_blocks``), shared by traced and imported functions.
+
+    A subclass sets ``name``, ``parameter_type``, ``result_type``,
+    ``concrete_function`` (the traced graph, taking and returning flat leaves)
+    and ``_tf_function`` (the tf.function to call from other graphs), and
+    implements ``_graph_parts()``.
+    """
+
+    _fingerprint: Optional[str] = None
 
     def call_leaves(self, leaves: List[Any]) -> List[Any]:
-        """Runs the traced function on flat leaves; returns flat result leaves."""
+        """Runs the traced function eagerly on flat leaves; returns flat result leaves."""
         out = self.concrete_function(*leaves)
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
@@ -33,10 +40,29 @@ class TFCalls:
 
     def call_structured(self, value: Any) -> Any:
         """Calls from inside other TF code being traced: takes and returns user structures."""
-        leaves = _leaves_of_user_value(value, self.parameter_type, self.name)
+        leaves = leaves_of_user_value(value, self.parameter_type, self.name)
         out = self._tf_function(*leaves)
         out = list(out) if isinstance(out, (list, tuple)) else [out]
         return tf_bridge.to_user_structure(tf_bridge.unflatten(out, self.result_type), self.result_type)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex SHA-256 of the function's content: its canonical GraphDef, inputs, outputs and types.
+
+        Equal for two traces of the same code at the same types, in any
+        process; captured ``tf.Variable`` s enter only as graph inputs (their
+        dtype and shape), not by their values.
+        """
+        if self._fingerprint is None:
+            graph_def, inputs, outputs = self._graph_parts()
+            self._fingerprint = tf_bridge.graph_fingerprint(
+                graph_def, self.parameter_type, self.result_type, inputs, outputs
+            )
+        return self._fingerprint
+
+    def _graph_parts(self) -> Tuple[Any, List[str], List[str]]:
+        """(GraphDef, names of the input tensors, names of the output tensors)."""
+        raise NotImplementedError
 
 
 class TFFunction(TFCalls):
@@ -76,6 +102,14 @@ class TFFunction(TFCalls):
             )
         return self._writes_variables
 
+    def _graph_parts(self) -> Tuple[Any, List[str], List[str]]:
+        cf = self.concrete_function
+        n_in = len(tf_bridge.flat_specs(self.parameter_type))
+        return cf.graph.as_graph_def(), [t.name for t in cf.inputs[:n_in]], [t.name for t in cf.outputs]
+
+    def __repr__(self) -> str:
+        return f"<TFFunction {self.name}: {self.parameter_type} -> {self.result_type}>"
+
     def _call_user(self, value: Any):
         user_value = None if value is None else tf_bridge.to_user_structure(value, self.parameter_type)
         with context.pushed(context.TFTracingContext(self.name)):
@@ -111,7 +145,8 @@ def _graph_writes_variables(graph_def: Any) -> bool:
     return any(node.op.startswith(_WRITE_OP_PREFIXES) for node in nodes)
 
 
-def _leaves_of_user_value(value: Any, t: Optional[Type], name: str) -> List[Any]:
+def leaves_of_user_value(value: Any, t: Optional[Type], name: str) -> List[Any]:
+    """The flat leaves (tensors, datasets) of a user's value of type ``t``, for calls from TF code."""
     if t is None:
         return []
     match t:
@@ -119,7 +154,7 @@ def _leaves_of_user_value(value: Any, t: Optional[Type], name: str) -> List[Any]
             items = items_by_names(value, t.names())
             if items is None or len(items) != len(t):
                 raise context.type_error(f"{name} expects a value of type {t}, got {value!r}")
-            return [leaf for (_, v), e in zip(items, t) for leaf in _leaves_of_user_value(v, e, name)]
+            return [leaf for (_, v), e in zip(items, t) for leaf in leaves_of_user_value(v, e, name)]
         case SequenceType(element=e):
             if not isinstance(value, tf.data.Dataset):
                 raise context.type_error(f"{name} expects a dataset of type {t}, got {value!r}")
@@ -127,3 +162,6 @@ def _leaves_of_user_value(value: Any, t: Optional[Type], name: str) -> List[Any]
         case TensorType():
             return [tf.convert_to_tensor(value, dtype=t.tf_dtype)]
     raise context.type_error(f"{name} cannot take a value of type {t}")
+
+
+_leaves_of_user_value = leaves_of_user_value  # the old private name, still used by forms

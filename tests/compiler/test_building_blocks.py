@@ -170,11 +170,21 @@ def test_tensorflow_computation():
     assert bb.to_string(node) == "comp#a1"
 
 
-def test_tensorflow_computations_get_distinct_ids():
-    first = bb.TensorFlowComputation(None, FunctionType(I32, I32))
-    second = bb.TensorFlowComputation(None, FunctionType(I32, I32))
-    assert first.id != second.id
-    assert bb.to_string(first) != bb.to_string(second)
+class _Fingerprinted:
+    def __init__(self, fingerprint):
+        self.fingerprint = fingerprint
+
+
+def test_tensorflow_computation_ids_name_their_content():
+    # The id is the start of the function's fingerprint: the same content prints the same, whatever ran before.
+    first = bb.TensorFlowComputation(_Fingerprinted("0123456789abcdef" * 4), FunctionType(I32, I32))
+    same = bb.TensorFlowComputation(_Fingerprinted("0123456789abcdef" * 4), FunctionType(I32, I32))
+    other = bb.TensorFlowComputation(_Fingerprinted("fedcba9876543210" * 4), FunctionType(I32, I32))
+    assert first.id == same.id == "01234567"
+    assert bb.to_string(first) == "comp#01234567"
+    assert bb.to_string(other) == "comp#fedcba98"
+    # A stand-in function without a fingerprint is named by the node's name and type.
+    assert bb.TensorFlowComputation(None, FunctionType(I32, I32), "f").id != bb.TensorFlowComputation(None, FunctionType(I32, I32), "g").id
 
 
 # --------------------------------------------------------------------------
