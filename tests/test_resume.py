@@ -39,13 +39,13 @@ def finish(proc):
     assert proc.returncode == 0, err[-3000:]
 
 
-def kill_at_random_point(proc, directory, rng, done_before):
-    """SIGKILLs ``proc`` at a random moment between rounds ``done_before`` and ``ROUNDS - 8``.
+def kill_at_random_point(proc, directory, rng, done_before, last=ROUNDS - 8):
+    """SIGKILLs ``proc`` at a random moment between rounds ``done_before`` and ``last``.
 
     It waits for the checkpoint of a randomly drawn round, then a random
     fraction of a round, and kills.  Returns the round of the latest checkpoint left.
     """
-    target = rng.randint(done_before + 1, ROUNDS - 8)
+    target = rng.randint(done_before + 1, max(done_before + 1, last))
     deadline = time.monotonic() + 120
     while True:
         latest = ckpt.latest_checkpoint(directory)
@@ -84,7 +84,9 @@ def test_a_run_killed_twice_and_resumed_ends_with_the_uninterrupted_model(tmp_pa
     reference = fedcore_train(*ARGS, "--out", str(straight))
     finish(reference)
 
-    first = kill_at_random_point(fedcore_train(*ARGS, "--out", str(interrupted)), interrupted / "checkpoints", rng, 0)
+    # The first kill leaves room for a second: the run may finish a few more rounds before the kill lands.
+    first = kill_at_random_point(fedcore_train(*ARGS, "--out", str(interrupted)), interrupted / "checkpoints", rng, 0,
+                                 last=ROUNDS // 2)
     second = kill_at_random_point(fedcore_train("--resume", str(interrupted)), interrupted / "checkpoints", rng, first)
     print(f"killed after the checkpoints of rounds {first} and {second} of {ROUNDS}")
     assert 0 < first < second < ROUNDS
