@@ -214,8 +214,9 @@ def from_dataset_structure(value: Any, t: Type) -> Any:
 # --------------------------------------------------------------------------
 # Content fingerprints of TF graphs.
 
-# Node attributes that hold a per-process counter rather than content.
-_COUNTER_ATTRS = ("_gradient_op_type",)
+# Node attributes that hold a per-process counter rather than content: gradient
+# registrations, and the debug names of tf.data ops (``metadata``, e.g. "MapDataset:7").
+_COUNTER_ATTRS = ("_gradient_op_type", "metadata")
 _FINGERPRINT_VERSION = b"fedcore.tf-function.v1\0"
 
 
@@ -256,7 +257,7 @@ def canonical_graph_parts(graph_def: Any, inputs: Sequence[str] = (), outputs: S
     ops with one (``dense_1/MatMul``).  Here every node is named by its
     position, each reference to a library function is replaced by the SHA-256
     of that function's own canonical bytes, the library itself is dropped, and
-    counter-valued attributes are cleared.  Serialization is deterministic (map
+    counter-valued attributes and the names of resource handles are cleared.  Serialization is deterministic (map
     entries sorted), so two traces of the same code give the same bytes.
     """
     library = {f.signature.name: f for f in graph_def.library.function}
@@ -284,6 +285,9 @@ def canonical_graph_parts(graph_def: Any, inputs: Sequence[str] = (), outputs: S
         return digests[name]
 
     def rewrite_attr(value: Any) -> None:
+        if value.HasField("tensor"):
+            for handle in value.tensor.resource_handle_val:  # e.g. a shuffle's SeedGenerator_12
+                handle.name = ""
         if value.HasField("func"):
             value.func.name = function_digest(value.func.name)
             for inner in value.func.attr.values():

@@ -2,10 +2,11 @@
 
 A ClientData is a sorted list of client ids and a function that builds a
 client's dataset.  Datasets are immutable, so each client's dataset is built
-once and the same object is returned on every later request.  This matters
-for speed: the TensorFlow executor caches the tensors it reads from a client's
-dataset, keyed (weakly) by the dataset object, so a client sampled again in a
-later round costs nothing to read.
+once and the same object is returned on every later request: building one may
+read a file (see ``load_hdf5``).  Nothing else depends on that identity: the
+TensorFlow executor keys what it reads from a dataset by the dataset's
+content, so a client sampled again in a later round costs nothing to read
+either way.
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ class ClientData:
         the same function object returns the same ClientData (the last few
         functions are remembered), so a preprocessed client dataset is built
         once however often it is asked for.  Pass a named function, not a new
-        lambda each round, to benefit.
+        lambda each round, to save rebuilding it (the executor's cache hits
+        either way: it is keyed by content).
         """
         if not callable(fn):
             raise TypeError(f"preprocess expects a function from tf.data.Dataset to tf.data.Dataset, got {fn!r}")

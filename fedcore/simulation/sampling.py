@@ -95,8 +95,9 @@ def make_federated_data(
 
     With ``preprocess``, each dataset is ``preprocess(dataset)``.  The datasets
     are memoized: asking again for a client (with the same ``preprocess``
-    function object) returns the same dataset object, which lets the
-    TensorFlow executor reuse what it read from it in an earlier round.
+    function object) returns the same dataset object, without building it
+    again.  (The TensorFlow executor reuses what it read in an earlier round
+    for any dataset of the same content.)
     """
     if not isinstance(client_data, ClientData):
         raise TypeError(f"make_federated_data expects a ClientData, got {type(client_data).__name__}")

@@ -129,14 +129,38 @@ def test_drop_remainder_drops_the_partial_batch():
     assert [len(b.y) for b in batches] == [5, 5]
 
 
-def test_seeded_pipelines_give_a_reproducible_sequence_of_orders():
-    def orders(ds):
-        return [np.concatenate([b.y for b in tf_values.client_elements(ds, ELEMENT)]) for _ in range(3)]
+def test_seeded_pipelines_give_the_order_of_the_epoch_they_are_given():
+    def orders(ds, epochs):
+        return [np.concatenate([b.y for b in tf_values.client_elements(ds, ELEMENT, epoch=e)]) for e in epochs]
 
-    first, second = orders(_base().shuffle(12, seed=5).batch(4)), orders(_base().shuffle(12, seed=5).batch(4))
-    for a, b in zip(first, second):
+    first = orders(_base().shuffle(12, seed=5).batch(4), [0, 1, 2])
+    # Another dataset object, asked in another order: each epoch's order depends on nothing that ran before.
+    second = orders(_base().shuffle(12, seed=5).batch(4), [2, 1, 0, 0])
+    for a, b in zip(first, second[2::-1]):
         np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(first[0], first[1])  # still a new order on every pass
+    np.testing.assert_array_equal(second[2], second[3])  # the same epoch twice: the same order
+    assert not np.array_equal(first[0], first[1])  # a new epoch, a new order
+    with pytest.raises(ValueError, match="epoch"):
+        tf_values.client_elements(_base().shuffle(12, seed=5).batch(4), ELEMENT, epoch=-1)
+
+
+def test_reads_are_cached_by_content_in_a_bounded_cache():
+    cache = tf_values.DatasetCache(max_datasets=2)
+    plain = lambda n=12: _base(n).map(lambda e: e).batch(4)  # noqa: E731
+    first = cache.read(plain(), ELEMENT)
+    assert cache.read(plain(), ELEMENT) is first  # another object built the same way: read once
+    assert cache.fingerprint(plain()) == cache.fingerprint(plain()) != cache.fingerprint(plain(11))
+    assert cache.read(plain(11), ELEMENT) is not first
+    cache.read(plain(10), ELEMENT)
+    assert cache.read(plain(), ELEMENT) is not first  # the oldest of three was dropped
+    seeded = cache.fingerprint(_base().shuffle(6, seed=1).batch(4))
+    assert seeded == cache.fingerprint(_base().shuffle(6, seed=1).batch(4)) != cache.fingerprint(_base().shuffle(6, seed=2).batch(4))
+    # A pipeline whose graph cannot be serialized is known only by its object.
+    generated = tf.data.Dataset.from_generator(lambda: iter([1.0]), output_signature=tf.TensorSpec([], tf.float32))
+    assert pipelines.fingerprint(generated) is None
+    assert cache.fingerprint(generated) == cache.fingerprint(generated)
+    assert cache.fingerprint(generated) != cache.fingerprint(
+        tf.data.Dataset.from_generator(lambda: iter([1.0]), output_signature=tf.TensorSpec([], tf.float32)))
 
 
 # --------------------------------------------------------------------------

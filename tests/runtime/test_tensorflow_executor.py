@@ -84,10 +84,14 @@ def test_repeated_rounds_never_retrace():
 def test_static_datasets_are_read_once_and_shuffled_ones_reshuffle_every_pass():
     from fedcore.runtime.tensorflow import values as tf_values
 
-    plain = tf.data.Dataset.range(5).map(lambda x: tf.cast(x, tf.float32)).batch(5)
+    def make_plain():
+        return tf.data.Dataset.range(5).map(lambda x: tf.cast(x, tf.float32)).batch(5)
+
+    plain = make_plain()
     shuffled = tf.data.Dataset.range(50).map(lambda x: tf.cast(x, tf.float32)).shuffle(50).batch(50)
     t = fedcore.to_type((tf.float32, [None]))
     assert tf_values.read(plain, t) is tf_values.read(plain, t)  # read once
+    assert tf_values.read(make_plain(), t) is tf_values.read(plain, t)  # keyed by content, not by object
     np.testing.assert_array_equal(tf_values.client_elements(plain, t)[0], np.arange(5))
     first, second = (tf_values.client_elements(shuffled, t)[0] for _ in range(2))
     assert sorted(first) == sorted(second) == list(range(50))

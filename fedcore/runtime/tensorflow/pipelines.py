@@ -7,22 +7,25 @@ module splits a pipeline into
 
 * a **base**: the deterministic prefix, read once and cached;
 * a **plan**: how every round turns the base into elements: repeat it,
-  shuffle it with tf.data's buffer algorithm (a fresh order each round), and
-  batch it.
+  shuffle it with tf.data's buffer algorithm (an order drawn from the seed and
+  an explicit epoch, see ``shuffle_rng``), and batch it.
 
 ``analyze`` returns that split, or tells that a pipeline must be read through
 tf.data on every use (when its randomness is somewhere the plan cannot
-replay, e.g. a map that draws random numbers).
+replay, e.g. a map that draws random numbers).  ``fingerprint`` names a
+dataset by its content, for caches of what was read from it.
 """
 
 from __future__ import annotations
 
-import weakref
+import hashlib
 from typing import Any, Iterator, Optional, Tuple
 
 import attrs
 import numpy as np
 import tensorflow as tf
+
+from fedcore.compiler import tf_bridge
 
 # Pipeline stages that pass elements through unchanged.
 _TRANSPARENT = {"_PrefetchDataset", "PrefetchDataset", "_OptionsDataset", "_ModelDataset", "_MaxIntraOpParallelismDataset",
@@ -241,17 +244,44 @@ def buffer_shuffle_orders(n: int, buffer_size: int, rng: np.random.Generator, ro
     return out
 
 
-_epochs: "weakref.WeakKeyDictionary[tf.data.Dataset, int]" = weakref.WeakKeyDictionary()
-_unseeded = np.random.default_rng()
+def shuffle_rng(plan: Plan, epoch: int = 0) -> np.random.Generator:
+    """The generator for one pass of a shuffled plan.
 
-
-def next_rng(ds: tf.data.Dataset, plan: Plan) -> np.random.Generator:
-    """The generator for ``ds``'s next pass: seeded datasets give a reproducible sequence of orders."""
+    A seeded shuffle's order is a function of its seeds and ``epoch`` only:
+    the same epoch gives the same order, whatever ran before, in any process;
+    pass a new epoch (e.g. the round number) for a new order.  An unseeded
+    shuffle draws from fresh entropy on every pass, as tf.data does.
+    """
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise ValueError(f"a shuffle epoch must be a non-negative int, got {epoch!r}")
     if plan.seed is None:
-        return _unseeded
-    epoch = _epochs.get(ds, 0)
-    _epochs[ds] = epoch + 1
-    return np.random.default_rng([plan.seed[0] & 0xFFFFFFFF, plan.seed[1] & 0xFFFFFFFF, epoch])
+        return np.random.default_rng()
+    return np.random.default_rng([plan.seed[0] & 0xFFFFFFFF, plan.seed[1] & 0xFFFFFFFF, int(epoch)])
 
 
-__all__ = ["Plan", "analyze", "buffer_shuffle_orders", "is_deterministic", "next_rng"]
+# --------------------------------------------------------------------------
+# Content fingerprints of datasets.
+
+
+def fingerprint(ds: tf.data.Dataset) -> Optional[str]:
+    """Hex SHA-256 of a dataset's content: its tf.data graph, canonicalized (see ``tf_bridge``).
+
+    Two pipelines built the same way from the same data have the same
+    fingerprint.  None when the graph cannot be serialized (e.g. it calls
+    Python, draws random numbers in a map, or reads a variable).
+    """
+    try:
+        serialized = ds._as_serialized_graph(  # noqa: SLF001 - tf.data's own graph serialization
+            external_state_policy=tf.data.experimental.ExternalStatePolicy.FAIL
+        )
+    except (tf.errors.OpError, ValueError, TypeError):
+        return None
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(serialized.numpy())
+    digest = hashlib.sha256(b"fedcore.dataset.v1\0")
+    digest.update(str(ds.element_spec).encode("utf-8") + b"\0")
+    digest.update(tf_bridge.canonical_graph_parts(graph_def)[0])
+    return digest.hexdigest()
+
+
+__all__ = ["Plan", "analyze", "buffer_shuffle_orders", "fingerprint", "is_deterministic", "shuffle_rng"]

@@ -10,13 +10,20 @@
   - ``StaticData``: the elements themselves, for pipelines that give the same
     elements on every pass (cached across calls);
   - ``ShuffledData``: the examples before a reshuffling ``shuffle`` (cached),
-    plus this call's order of them, drawn with tf.data's buffer algorithm, and
-    the batch size; the graph gathers each batch.
+    plus this call's order of them, drawn with tf.data's buffer algorithm from
+    the shuffle's seed and an explicit ``epoch``, and the batch size; the
+    graph gathers each batch.
+
+What was read is kept in a ``DatasetCache``, keyed by the datasets' content
+fingerprints (``pipelines.fingerprint``), bounded, and owned by whoever made
+it: an executor passes its own, or the functions here use ``DEFAULT_CACHE``.
 """
 
 from __future__ import annotations
 
 import collections
+import threading
+import uuid
 import weakref
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -29,6 +36,7 @@ from fedcore.compiler.tf_bridge import leaf_types
 from fedcore.runtime.tensorflow import pipelines
 from fedcore.runtime.datasets import canonical_element, sequence_elements
 from fedcore.runtime.executor import ExecutionError
+from fedcore.structure import Struct
 from fedcore.types import StructType, TensorType, Type
 
 
@@ -73,7 +81,6 @@ class _Read:
     elements: Optional[list]  # canonical elements (static plans)
 
 
-_reads: "weakref.WeakKeyDictionary[tf.data.Dataset, _Read]" = weakref.WeakKeyDictionary()
 # Plans whose passes are built from the base's examples: an order, then batches.
 REPLAYED = ("batched", "shuffled")
 
@@ -130,11 +137,8 @@ def _empty(t: TensorType) -> np.ndarray:
     return np.zeros((0,) + shape, _np_dtype(t))
 
 
-def read(ds: tf.data.Dataset, element_type: Type) -> _Read:
-    """Reads ``ds`` once (cached per dataset object): its elements, or its base examples and plan."""
-    cached = _reads.get(ds)
-    if cached is not None:
-        return cached
+def _read_uncached(ds: tf.data.Dataset, element_type: Type) -> Tuple[_Read, bool]:
+    """Reads ``ds`` once; returns (read, whether later passes may reuse it)."""
     _check_finite(ds)
     plan = pipelines.analyze(ds)
     result = None
@@ -148,17 +152,139 @@ def read(ds: tf.data.Dataset, element_type: Type) -> _Read:
     if plan is not None and plan.kind == "static":
         result = _Read(plan, None, sequence_elements(ds, element_type))
     if result is None:  # randomness the plan cannot replay: read through tf.data on every use
-        return _Read(None, None, None)
-    _reads[ds] = result
-    return result
+        return _Read(None, None, None), False
+    return result, True
 
 
-def _order(ds: tf.data.Dataset, r: _Read) -> np.ndarray:
-    """This pass's order of ``ds``'s examples (indices into its base)."""
+class _LRU:
+    """At most ``size`` entries of at most ``max_bytes`` in all, the least recently used dropped first."""
+
+    def __init__(self, size: int, max_bytes: Optional[int] = None):
+        self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.entries: "collections.OrderedDict[Any, Tuple[Any, int]]" = collections.OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        self.entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: Any, value: Any, nbytes: int = 0) -> None:
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        self.entries[key] = (value, nbytes)
+        self.bytes += nbytes
+        while self.entries and (
+            len(self.entries) > self.size or (self.max_bytes is not None and self.bytes > self.max_bytes)
+        ):
+            _, (_, dropped) = self.entries.popitem(last=False)
+            self.bytes -= dropped
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (list, tuple, Struct)):
+        return sum(_nbytes(v) for v in value)
+    return 64
+
+
+def _read_size(r: _Read) -> int:
+    return _nbytes(list(r.examples or ())) + _nbytes(r.elements or [])
+
+
+class DatasetCache:
+    """What the TF backend read from client datasets, keyed by their content.
+
+    * reads of single datasets (their elements, or their base examples and
+      plan), at most ``max_datasets`` of at most ``max_bytes`` in all;
+    * the device tensors of the last ``max_cohorts`` cohorts.
+
+    Keys are content fingerprints (``pipelines.fingerprint``), so a dataset
+    built again the same way hits, whatever object it is.  Datasets whose
+    graph cannot be serialized get a fresh random token instead, kept while
+    the object lives, so only that object hits.  Fingerprints are remembered
+    per live dataset object (datasets are immutable), so passing the same
+    object again costs nothing.  Nothing here changes a result: only what is
+    read again.  An executor makes its own; ``DEFAULT_CACHE`` serves callers
+    that pass none.
+    """
+
+    def __init__(self, max_datasets: int = 4096, max_bytes: int = 2 << 30, max_cohorts: int = 4):
+        for name, value in (("max_datasets", max_datasets), ("max_bytes", max_bytes), ("max_cohorts", max_cohorts)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        self._reads = _LRU(max_datasets, max_bytes)
+        self._cohorts = _LRU(max_cohorts)
+        self._fingerprints: "weakref.WeakKeyDictionary[tf.data.Dataset, str]" = weakref.WeakKeyDictionary()
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return (f"DatasetCache({len(self._reads.entries)}/{self._reads.size} datasets, "
+                f"{len(self._cohorts.entries)}/{self._cohorts.size} cohorts)")
+
+    def fingerprint(self, ds: tf.data.Dataset) -> str:
+        """The content key of ``ds``."""
+        with self._lock:
+            key = self._fingerprints.get(ds)
+            if key is None:
+                content = pipelines.fingerprint(ds)
+                key = content if content is not None else f"object:{uuid.uuid4().hex}"
+                self._fingerprints[ds] = key
+            return key
+
+    def read(self, ds: tf.data.Dataset, element_type: Type) -> _Read:
+        """Reads ``ds`` once: its elements, or its base examples and plan (cached by content)."""
+        key = (self.fingerprint(ds), str(element_type))
+        with self._lock:
+            cached = self._reads.get(key)
+        if cached is not None:
+            return cached
+        result, reusable = _read_uncached(ds, element_type)
+        if reusable:
+            with self._lock:
+                self._reads.put(key, result, _read_size(result))
+        return result
+
+    def cohort(self, kind: str, seqs: Sequence[tf.data.Dataset], element_type: Type, build) -> Any:
+        """The device tensors of a cohort (``build()`` on a miss), keyed by its datasets' content."""
+        key = (kind, str(element_type), tuple(self.fingerprint(s) for s in seqs))
+        with self._lock:
+            cached = self._cohorts.get(key)
+        if cached is None:
+            cached = build()
+            with self._lock:
+                self._cohorts.put(key, cached)
+        return cached
+
+    def clear(self) -> None:
+        with self._lock:
+            self._reads.clear()
+            self._cohorts.clear()
+
+
+DEFAULT_CACHE = DatasetCache()
+
+
+def read(ds: tf.data.Dataset, element_type: Type, cache: Optional[DatasetCache] = None) -> _Read:
+    """Reads ``ds`` once (cached by content in ``cache``): its elements, or its base examples and plan."""
+    return (cache if cache is not None else DEFAULT_CACHE).read(ds, element_type)
+
+
+def _order(r: _Read, epoch: int) -> np.ndarray:
+    """A pass's order of a dataset's examples (indices into its base), for shuffle epoch ``epoch``."""
     plan = r.plan
     length = len(r.examples[0]) if r.examples else 0
     n = length * plan.repeat
-    order = pipelines.buffer_shuffle_orders(n, plan.buffer_size, pipelines.next_rng(ds, plan))[0]
+    order = pipelines.buffer_shuffle_orders(n, plan.buffer_size, pipelines.shuffle_rng(plan, epoch))[0]
     return order % max(length, 1)
 
 
@@ -169,16 +295,16 @@ def _usable(plan: pipelines.Plan, n: int) -> int:
     return n
 
 
-def client_elements(seq: Any, element_type: Type) -> list:
-    """One pass over a client's sequence, as canonical elements."""
+def client_elements(seq: Any, element_type: Type, epoch: int = 0, cache: Optional[DatasetCache] = None) -> list:
+    """One pass over a client's sequence, as canonical elements; a seeded shuffle's order is that of ``epoch``."""
     if not isinstance(seq, tf.data.Dataset):
         return list(seq)
-    r = read(seq, element_type)
+    r = read(seq, element_type, cache)
     if r.plan is None:
         return sequence_elements(seq, element_type)
     if r.elements is not None:
         return r.elements
-    order = _order(seq, r)
+    order = _order(r, epoch)
     order = order[: _usable(r.plan, len(order))]
     b = r.plan.batch_size
     pieces = order if b is None else [order[i : i + b] for i in range(0, len(order), b)]
@@ -187,38 +313,6 @@ def client_elements(seq: Any, element_type: Type) -> list:
 
 # --------------------------------------------------------------------------
 # A cohort's data.
-
-
-class _CohortCache:
-    """The last few cohorts' device tensors, keyed by the identity of their datasets."""
-
-    def __init__(self, size: int = 4):
-        self.size = size
-        self.entries: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
-
-    def get(self, key: tuple, datasets: Sequence[Any]):
-        entry = self.entries.get(key)
-        if entry is None:
-            return None
-        refs, value = entry
-        if any(ref() is not ds for ref, ds in zip(refs, datasets)):
-            del self.entries[key]
-            return None
-        self.entries.move_to_end(key)
-        return value
-
-    def put(self, key: tuple, datasets: Sequence[Any], value: Any) -> None:
-        self.entries[key] = ([weakref.ref(ds) for ds in datasets], value)
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-
-
-_cohorts = _CohortCache()
-
-
-def _cohort_key(kind: str, seqs: Sequence[Any], element_type: Type) -> tuple:
-    return (kind, str(element_type), tuple(id(s) for s in seqs))
 
 
 def _to_device(arrays: Sequence[np.ndarray]) -> List[Any]:
@@ -351,28 +445,29 @@ class ShuffledData:
                                  self.batch_size, self.full_batches)
 
 
-def _examples_on_device(seqs: Sequence[Any], reads: List[_Read], element_type: Type) -> Tuple[Tuple[Any, ...], np.ndarray]:
+def _examples_on_device(seqs: Sequence[Any], reads: List[_Read], element_type: Type,
+                        cache: DatasetCache) -> Tuple[Tuple[Any, ...], np.ndarray]:
     """All clients' base examples concatenated (cached per cohort), and each client's first row."""
-    key = _cohort_key("shuffled", seqs, element_type)
-    cached = _cohorts.get(key, seqs)
-    if cached is None:
+
+    def build():
         sizes = np.asarray([len(r.examples[0]) for r in reads], np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         examples = tuple(_to_device([np.concatenate(leaf) for leaf in zip(*[r.examples for r in reads])]))
-        cached = (examples, offsets)
-        _cohorts.put(key, seqs, cached)
-    return cached
+        return examples, offsets
+
+    return cache.cohort("shuffled", seqs, element_type, build)
 
 
-def _shuffled(seqs: Sequence[Any], reads: List[_Read], element_type: Type) -> Optional[ShuffledData]:
+def _shuffled(seqs: Sequence[Any], reads: List[_Read], element_type: Type, cache: DatasetCache,
+              epoch: int) -> Optional[ShuffledData]:
     batching = {r.plan.batching for r in reads}
     if len(batching) != 1:
         return None
     batch_size, _ = batching.pop()
     if any(len({x.shape[1:] for x in leaf}) > 1 for leaf in zip(*[r.examples for r in reads])):
         return None  # clients' examples differ in shape
-    examples, offsets = _examples_on_device(seqs, reads, element_type)
-    orders = [_order(ds, r) for ds, r in zip(seqs, reads)]
+    examples, offsets = _examples_on_device(seqs, reads, element_type, cache)
+    orders = [_order(r, epoch) for r in reads]
     counts = np.asarray([_usable(r.plan, len(o)) for r, o in zip(reads, orders)], np.int64)
     b = batch_size or 1
     steps = -(-counts // b)
@@ -383,23 +478,27 @@ def _shuffled(seqs: Sequence[Any], reads: List[_Read], element_type: Type) -> Op
     return ShuffledData(element_type, examples, order, counts, steps.astype(np.int64), batch_size)
 
 
-def materialize(client_seqs: List[Any], element_type: Type):
+def materialize(client_seqs: List[Any], element_type: Type, cache: Optional[DatasetCache] = None, epoch: int = 0):
     """One call's client data: ``ShuffledData`` when every client's pipeline has a replayable shuffle
-    with the same batching, else ``StaticData`` (elements read once where the pipeline allows)."""
+    with the same batching, else ``StaticData`` (elements read once where the pipeline allows).
+
+    What is read is kept in ``cache`` (``DEFAULT_CACHE`` when None).  Seeded
+    shuffles give the order of ``epoch``: the same call gives the same data
+    whatever ran before.
+    """
+    cache = cache if cache is not None else DEFAULT_CACHE
     datasets = all(isinstance(s, tf.data.Dataset) for s in client_seqs) and client_seqs
-    reads = [read(s, element_type) for s in client_seqs] if datasets else []
+    reads = [cache.read(s, element_type) for s in client_seqs] if datasets else []
     if datasets and all(r.plan is not None and r.plan.kind in REPLAYED and r.examples is not None for r in reads):
-        data = _shuffled(client_seqs, reads, element_type)
+        data = _shuffled(client_seqs, reads, element_type, cache, epoch)
         if data is not None:
             return data
     if datasets and all(r.plan is not None and r.plan.kind == "static" for r in reads):
-        key = _cohort_key("static", client_seqs, element_type)
-        cached = _cohorts.get(key, client_seqs)
-        if cached is None:
-            cached = StaticData.build([r.elements for r in reads], element_type).on_device()
-            _cohorts.put(key, client_seqs, cached)
-        return cached
-    return StaticData.build([client_elements(s, element_type) for s in client_seqs], element_type)
+        return cache.cohort(
+            "static", client_seqs, element_type,
+            lambda: StaticData.build([r.elements for r in reads], element_type).on_device(),
+        )
+    return StaticData.build([client_elements(s, element_type, epoch, cache) for s in client_seqs], element_type)
 
 
 # --------------------------------------------------------------------------
@@ -499,7 +598,9 @@ class ShuffledSequences:
 
 
 __all__ = [
+    "DEFAULT_CACHE",
     "Batched",
+    "DatasetCache",
     "ClientSequences",
     "ShuffledData",
     "ShuffledSequences",
