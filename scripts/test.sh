@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Sets up .venv on first use; exits non-zero on any failure.
+# Checks the import contracts in setup.cfg ([importlinter]) first: a broken layer fails the run.
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
+.venv/bin/lint-imports --no-logo --no-cache || exit 1
 exec .venv/bin/python -m pytest -n 2 -q "$@"

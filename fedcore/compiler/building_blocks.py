@@ -304,6 +304,24 @@ class TensorFlowComputation(BuildingBlock):
         return self._id
 
 
+def literal(value: Any, dtype: Optional[str] = None) -> "Literal":
+    """A Literal node for a Python or numpy constant: Python ints are int32, floats float32, as in TF."""
+    if isinstance(value, (str, bytes)):
+        return Literal(value.decode() if isinstance(value, bytes) else value, TensorType("string"))
+    if isinstance(value, bool):
+        arr = np.asarray(value)
+    elif isinstance(value, int) and dtype is None:
+        arr = np.asarray(value, np.int32)
+    elif isinstance(value, float) and not isinstance(value, np.generic) and dtype is None:
+        # Python floats are float32, as in TF; np.float64 (a float subclass) keeps its dtype.
+        arr = np.asarray(value, np.float32)
+    else:
+        arr = np.asarray(value) if dtype is None else np.asarray(value, dtype)
+    if arr.dtype.kind in ("U", "S", "O"):
+        return Literal(arr.astype(object), TensorType("string", arr.shape))
+    return Literal(arr, TensorType(arr.dtype, arr.shape))
+
+
 # --------------------------------------------------------------------------
 # Printing
 

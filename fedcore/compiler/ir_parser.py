@@ -144,18 +144,12 @@ class _Builder:
             if annotation is not None:
                 t = self.type_of(annotation)
                 return bb.Literal(np.asarray(float(text) if t.np_dtype.kind in "fc" else int(text), t.np_dtype), t)
-            from fedcore.compiler.tracing import literal
-
-            return literal(float(text) if any(ch in text for ch in ".eEn") else int(text))
+            return bb.literal(float(text) if any(ch in text for ch in ".eEn") else int(text))
         if kind == "string":
-            from fedcore.compiler.tracing import literal
-
-            return literal(ast.literal_eval(str(c[0])))
+            return bb.literal(ast.literal_eval(str(c[0])))
         if kind == "array":
             t = self.type_of(c[1])
             return bb.Literal(np.asarray(ast.literal_eval(str(c[0]).replace("nan", "None")), t.np_dtype), t)
         if kind in ("true", "false"):
-            from fedcore.compiler.tracing import literal
-
-            return literal(kind == "true")
+            return bb.literal(kind == "true")
         raise IRSyntaxError(f"unexpected IR construct {kind}")

@@ -132,21 +132,7 @@ def _federated_select(value: Value, key) -> Value:
     return call_intrinsic(map_uri(t), bb.Struct([(None, selector), (None, value._node)]))
 
 
-def literal(value: Any, dtype: Optional[str] = None) -> bb.Literal:
-    if isinstance(value, (str, bytes)):
-        return bb.Literal(value.decode() if isinstance(value, bytes) else value, TensorType("string"))
-    if isinstance(value, bool):
-        arr = np.asarray(value)
-    elif isinstance(value, int) and dtype is None:
-        arr = np.asarray(value, np.int32)
-    elif isinstance(value, float) and not isinstance(value, np.generic) and dtype is None:
-        # Python floats are float32, as in TF; np.float64 (a float subclass) keeps its dtype.
-        arr = np.asarray(value, np.float32)
-    else:
-        arr = np.asarray(value) if dtype is None else np.asarray(value, dtype)
-    if arr.dtype.kind in ("U", "S", "O"):
-        return bb.Literal(arr.astype(object), TensorType("string", arr.shape))
-    return bb.Literal(arr, TensorType(arr.dtype, arr.shape))
+literal = bb.literal  # a Python constant as a Literal node (defined with the IR)
 
 
 def to_node(value: Any, what: str = "value") -> bb.BuildingBlock:
