@@ -218,7 +218,10 @@ class Compiler:
 
             # A static clients axis lets pfor read each client's slice without copying the inputs.
             inputs = [with_clients_axis(arg_leaves[i].value, self.n) for i in batched_idx]
-            out = tf.vectorized_map(per_client, inputs)
+            try:
+                out = tf.vectorized_map(per_client, inputs)
+            except AttributeError as e:  # pfor cannot convert some functions imported from a GraphDef
+                raise Unsupported(f"tf.vectorized_map cannot convert {node.name or 'a TF computation'}: {e}") from None
             out = [Batched(o) for o in out]
             return unflatten(out, t.result)
 
