@@ -12,9 +12,10 @@ import tensorflow as tf
 
 import fedcore
 from fedcore import learning, simulation
-from fedcore.compiler.intrinsics import missing_rules
-from fedcore.runtime.ray import executor as ray_executor
-from fedcore.runtime.ray import RayExecutor, WorkerFailure, WorkerPool
+from fedcore.compiler import intrinsics
+from fedcore.runtime.ray import RayExecutor, WorkerFailure, WorkerPool, plan, wire
+from fedcore.runtime.ray.executor import assign
+from fedcore.runtime.ray.rules import RULES
 from fedcore.runtime.tensorflow import TensorFlowExecutor
 from fedcore.testing import conformance
 
@@ -54,7 +55,9 @@ def test_conformance(case, pool):
 
 
 def test_every_intrinsic_has_a_rule():
-    assert missing_rules("ray") == []
+    defined = intrinsics.definitions()
+    assert any(d.kind is intrinsics.Kind.FUSED for d in defined)  # the fused ones are among them
+    assert RULES.missing(defined) == []
 
 
 def test_client_work_runs_on_the_workers(pool):
@@ -136,14 +139,14 @@ def test_factory_data_is_built_on_the_workers_not_shipped(pool, fedavg, monkeypa
         fedavg.next(state, data)
     assert requests
     for request in requests:
-        assert not request["datasets"]  # no dataset graph was sent
-        for node in request["nodes"]:
-            if node[0] == "arg":  # the client datasets travel as (source, client id) references
-                assert all(isinstance(r, ray_executor._DataRef) and r.kind == "factory" for r in node[2])
+        assert not request.datasets  # no dataset graph was sent
+        for node in request.nodes:
+            if isinstance(node.op, plan.Arg):  # the client datasets travel as (source, client id) references
+                assert all(isinstance(r, wire.ClientDataRef) for r in node.op.values)
     # The factory and each function travel once per worker, not every round.
-    assert sum(len(r["sources"]) for r in requests) <= pool.num_workers
+    assert sum(len(r.sources) for r in requests) <= pool.num_workers
     second_round = requests[-pool.num_workers:]
-    assert all(not r["functions"] and not r["sources"] for r in second_round)
+    assert all(not r.functions and not r.sources for r in second_round)
 
 
 def test_datasets_without_a_factory_are_shipped_once(pool):
@@ -159,7 +162,7 @@ def test_datasets_without_a_factory_are_shipped_once(pool):
     with fedcore.execution_context(executor):
         assert total(data) == 3 + 10 + 45
         assert total(data) == 3 + 10 + 45
-    shipped = [len(r["datasets"]) for r in requests]
+    shipped = [len(r.datasets) for r in requests]
     assert sum(shipped) == 3 and all(n == 0 for n in shipped[len(shipped) // 2:])
 
 
@@ -174,12 +177,12 @@ def test_executor_without_factory_refuses_federated_data(pool):
 
 
 def test_greedy_assignment_balances_dataset_sizes():
-    shards = ray_executor._assign([10, 1, 1, 8, 1, 1, 2], 2)
+    shards = assign([10, 1, 1, 8, 1, 1, 2], 2)
     loads = [sum([10, 1, 1, 8, 1, 1, 2][i] for i in s) for s in shards]
     assert sorted(i for s in shards for i in s) == list(range(7))
     assert max(loads) - min(loads) <= 1
     assert shards == [sorted(s) for s in shards]
-    assert ray_executor._assign([1, 1], 3)[2] == []
+    assert assign([1, 1], 3)[2] == []
 
 
 def test_bad_configuration_is_a_clear_error(pool):
@@ -345,8 +348,8 @@ def test_datasets_calling_python_are_read_once_on_the_driver_and_sent_as_element
     data = [generated(4), generated(6)]
     with fedcore.execution_context(executor):
         assert total(data) == 6 + 15
-    kinds = [payload[0] for r in requests for payload in r["datasets"].values()]
-    assert kinds == ["elements", "elements"]
+    payloads = [payload for r in requests for payload in r.datasets.values()]
+    assert len(payloads) == 2 and all(isinstance(p, wire.DatasetElements) for p in payloads)
 
 
 def test_clients_are_assigned_by_dataset_size(pool):
@@ -360,7 +363,7 @@ def test_clients_are_assigned_by_dataset_size(pool):
     executor._request = lambda *a: requests.append(original(*a)) or requests[-1]
     with fedcore.execution_context(executor):
         assert total([tf.data.Dataset.range(n) for n in (1, 2, 30, 3)]) == 0 + 1 + 435 + 3
-    assert sorted(r["clients"] for r in requests) == [[0, 1, 3], [2]]  # the big client alone
+    assert sorted(r.clients for r in requests) == [[0, 1, 3], [2]]  # the big client alone
 
 
 # --------------------------------------------------------------------------

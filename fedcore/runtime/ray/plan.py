@@ -1,0 +1,260 @@
+"""Ray's plan of client work: typed records, each with its encoding and its run on a worker.
+
+A value placed at CLIENTS is, on the driver, a ``Node``: an *op* over other
+nodes (``Arg``, ``Const``, ``Select``, ``Zip``, ``Map``, ``Eval``).  What the
+driver needs from client work is an *output* over one node (``Values``, or a
+partial aggregate: ``MonoidPartial``, ``AggregatePartial``,
+``SecureSumPartial``).  Each record has
+
+* ``encode(shipment)``: the record as sent to one worker, restricted to that
+  worker's clients and in wire form (``shipping.Shipment``);
+* ``run(worker, ...)``: what the worker computes from it (``worker.Worker``);
+* for outputs, ``gather`` (the workers' parts, on the driver) and, where the
+  record says everything, ``finish`` (the driver's result from the parts).
+
+So the driver and the workers read the same record and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import attrs
+import numpy as np
+
+from fedcore.compiler import algebra
+from fedcore.compiler import tf_bridge
+from fedcore.runtime import reference, secure_aggregation
+from fedcore.runtime.executor import ExecutionError
+from fedcore.runtime.ray.wire import FunctionRef, datasets_to_lists, from_wire
+from fedcore.structure import Struct
+from fedcore.types import Type
+
+_ids = itertools.count()
+
+
+def _same(self, shipment):
+    return self
+
+
+# --------------------------------------------------------------------------
+# Client nodes.
+
+
+@attrs.frozen(eq=False)
+class Node:
+    """A value at CLIENTS: ``op`` applied to the nodes ``inputs`` (by id)."""
+
+    op: Any
+    inputs: Tuple[int, ...] = ()
+    id: int = attrs.field(factory=lambda: next(_ids))
+
+    def encode(self, shipment) -> "Node":
+        return attrs.evolve(self, op=self.op.encode(shipment))
+
+    def run(self, worker, values: Dict[int, List[Any]]) -> List[Any]:
+        return self.op.run(worker, [values[i] for i in self.inputs])
+
+
+@attrs.frozen
+class Arg:
+    """Client values given to the computation: all clients' on the driver, the worker's as sent."""
+
+    values: List[Any]
+
+    def encode(self, shipment) -> "Arg":
+        return Arg(shipment.value([self.values[i] for i in shipment.clients]))
+
+    def run(self, worker, inputs) -> List[Any]:
+        return from_wire(self.values, worker.resolve)
+
+
+@attrs.frozen
+class Const:
+    """A value equal at all clients."""
+
+    value: Any
+
+    def encode(self, shipment) -> "Const":
+        return Const(shipment.value(self.value))
+
+    def run(self, worker, inputs) -> List[Any]:
+        return [from_wire(self.value, worker.resolve)] * len(worker.clients)
+
+
+@attrs.frozen
+class Select:
+    """Element ``index`` of each client's struct."""
+
+    index: int
+    encode = _same
+
+    def run(self, worker, inputs) -> List[Any]:
+        return [v[self.index] for v in inputs[0]]
+
+
+@attrs.frozen
+class Zip:
+    """Each client's values of the inputs, as one struct with ``names``."""
+
+    names: Tuple[Optional[str], ...]
+    encode = _same
+
+    def run(self, worker, inputs) -> List[Any]:
+        return [Struct(zip(self.names, row)) for row in zip(*inputs)]
+
+
+@attrs.frozen
+class Map:
+    """A shipped function applied to each client's value, on the worker's TF executor."""
+
+    fn: FunctionRef
+
+    def encode(self, shipment) -> "Map":
+        return Map(shipment.function(self.fn))
+
+    def run(self, worker, inputs) -> List[Any]:
+        return worker.map(self.fn, inputs[0])
+
+
+@attrs.frozen
+class Eval:
+    """A shipped function of no argument, run at each client."""
+
+    fn: FunctionRef
+
+    def encode(self, shipment) -> "Eval":
+        return Eval(shipment.function(self.fn))
+
+    def run(self, worker, inputs) -> List[Any]:
+        return [worker.call(self.fn) for _ in worker.clients]
+
+
+# --------------------------------------------------------------------------
+# Outputs: what the driver needs from a node.
+
+
+class Output:
+    """What the driver needs from node ``source``; by default one part per worker."""
+
+    source: int
+    encode = _same
+
+    def gather(self, shards: Sequence[List[int]], parts: Sequence[Any], num_clients: int) -> List[Any]:
+        return [from_wire(p) for p in parts]
+
+
+@attrs.frozen
+class Values(Output):
+    """The node's per-client values themselves, in client order."""
+
+    source: int
+
+    def run(self, worker, members: List[Any]) -> List[Any]:
+        return datasets_to_lists(members)
+
+    def gather(self, shards, parts, num_clients):
+        values: List[Any] = [None] * num_clients
+        for shard, part in zip(shards, parts):
+            for i, v in zip(shard, from_wire(part)):
+                values[i] = v
+        return values
+
+
+@attrs.frozen
+class MonoidPartial(Output):
+    """An aggregation by ``monoid`` of each client's input ``u`` (flat leaves of the node's values).
+
+    A worker folds its clients into the monoid's zero (``accumulate_all`` over
+    its clients' stacked leaves); the driver merges the workers' accumulators
+    and reports once.  Over no clients the result is ``report(zero)``.
+    """
+
+    source: int
+    monoid: algebra.Monoid
+    u: Type
+    what: str  # for messages: the aggregation's name
+
+    def run(self, worker, members: List[Any]) -> List[Any]:
+        rows = [tf_bridge.flatten(v, self.u) for v in members]
+        xp = algebra.NUMPY
+        if not rows:
+            return self._zero(None)
+        shapes = [np.shape(x) for x in rows[0]]
+        stacked = [np.stack([np.asarray(r[i]) for r in rows]) for i in range(len(shapes))]
+        return self.monoid.accumulate_all(xp, self.u, self._zero(shapes), stacked)
+
+    def finish(self, parts: List[List[Any]]) -> Any:
+        xp = algebra.NUMPY
+        acc = self._zero(None) if not parts else parts[0]
+        for p in parts[1:]:
+            acc = self.monoid.merge(xp, self.u, acc, p)
+        return tf_bridge.unflatten(self.monoid.report(xp, self.u, acc), self.monoid.result_type(self.u))
+
+    def _zero(self, shapes):
+        try:
+            return self.monoid.zero(algebra.NUMPY, self.u, shapes)
+        except algebra.ShapeNotKnown as e:
+            raise ExecutionError(f"{self.what} over no clients: {e}") from None
+
+
+@attrs.frozen
+class AggregatePartial(Output):
+    """The user's accumulator: a worker folds its clients into ``zero`` with the shipped
+    ``accumulate``; the driver merges the workers' accumulators with the user's ``merge``
+    and reports (the rule gives that finish, since it calls driver functions)."""
+
+    source: int
+    zero: Any
+    accumulate: FunctionRef
+
+    def encode(self, shipment) -> "AggregatePartial":
+        return AggregatePartial(self.source, shipment.value(self.zero), shipment.function(self.accumulate))
+
+    def run(self, worker, members: List[Any]) -> Any:
+        acc = from_wire(self.zero, worker.resolve)
+        for v in members:
+            acc = worker.call(self.accumulate, Struct.unnamed(acc, v))
+        return acc
+
+
+@attrs.frozen
+class SecureSumPartial(Output):
+    """``fedcore.runtime.secure_aggregation`` across workers.
+
+    Each client's value is bound-checked, encoded and masked with its own
+    pairwise seeds on its worker, which adds its clients' masked vectors mod
+    2^bits; the driver sees only those masked partial sums, whose masks cancel
+    in their total.  ``seeds``: every pair's seed on the driver; as sent, each
+    of the worker's clients' own seeds.
+    """
+
+    source: int
+    member: Type
+    bounds: List[np.ndarray]
+    bits: int
+    seeds: Dict[Any, Any]
+
+    def encode(self, shipment) -> "SecureSumPartial":
+        own = {i: secure_aggregation.client_seeds(i, self.seeds) for i in shipment.clients}
+        return attrs.evolve(self, seeds=own)
+
+    def run(self, worker, members: List[Any]) -> Tuple[np.ndarray, List[Tuple[int, ...]]]:
+        leaves = [tf_bridge.flatten(v, self.member) for v in members]
+        shapes = [np.shape(leaf) for leaf in leaves[0]]
+        masked = [
+            secure_aggregation.mask(i, secure_aggregation.encode(i, v, self.bounds, shapes), self.seeds[i], self.bits)
+            for i, v in zip(worker.clients, leaves)
+        ]
+        return (secure_aggregation.unmask_sum(masked, self.bits), shapes)
+
+    def finish(self, parts: List[Tuple[np.ndarray, Any]]) -> Any:
+        if not parts:
+            return reference.zero(self.member)
+        dtypes = [leaf.np_dtype for leaf in tf_bridge.leaf_types(self.member)]
+        try:
+            total = secure_aggregation.unmask_sum([p[0] for p in parts], self.bits)
+            return tf_bridge.unflatten(secure_aggregation.decode(total, parts[0][1], dtypes), self.member)
+        except secure_aggregation.SecureSumError as e:
+            raise ExecutionError(str(e)) from None
