@@ -315,14 +315,33 @@ def canonical_graph_parts(graph_def: Any, inputs: Sequence[str] = (), outputs: S
     return graph.SerializeToString(deterministic=True), [rename(i) for i in inputs], [rename(o) for o in outputs]
 
 
+def captured_value_bytes(captured: Sequence[Any]) -> List[bytes]:
+    """The content of a function's captured inputs: each tensor's dtype, shape and bytes.
+
+    A captured resource (a ``tf.Variable``) is mutable, so it enters by its kind only.
+    """
+    parts = []
+    for tensor in captured:
+        if tensor.dtype == tf.resource or tensor.dtype == tf.variant:
+            parts.append(f"{tensor.dtype.name}".encode())
+            continue
+        try:
+            value = np.asarray(tensor.numpy())
+        except (AttributeError, NotImplementedError, TypeError, ValueError):  # a symbolic tensor: no value to read
+            parts.append(f"{tensor.dtype.name}{tensor.shape}:symbolic".encode())
+            continue
+        data = b"\0".join(x if isinstance(x, bytes) else str(x).encode() for x in value.reshape(-1)) if value.dtype == object else value.tobytes()
+        parts.append(f"{tensor.dtype.name}{list(value.shape)}:".encode() + data)
+    return parts
+
+
 def graph_fingerprint(graph_def: Any, parameter_type: Optional[Type], result_type: Optional[Type],
-                      inputs: Sequence[str] = (), outputs: Sequence[str] = ()) -> str:
-    """The hex SHA-256 of a TF function: its canonical graph, its input and output tensors, and its types."""
+                      inputs: Sequence[str] = (), outputs: Sequence[str] = (), captured: Sequence[bytes] = ()) -> str:
+    """The hex SHA-256 of a TF function: its canonical graph, input and output tensors, types and captured values."""
     graph_bytes, inputs, outputs = canonical_graph_parts(graph_def, inputs, outputs)
     h = hashlib.sha256(_FINGERPRINT_VERSION)
-    for part in (str(parameter_type), str(result_type), "\0".join(inputs), "\0".join(outputs)):
-        data = part.encode("utf-8")
+    parts = [part.encode("utf-8") for part in (str(parameter_type), str(result_type), "\0".join(inputs), "\0".join(outputs))]
+    for data in parts + list(captured) + [graph_bytes]:
         h.update(len(data).to_bytes(8, "big") + data)
-    h.update(graph_bytes)
     return h.hexdigest()
 

@@ -50,19 +50,26 @@ class TFCalls:
         """Hex SHA-256 of the function's content: its canonical GraphDef, inputs, outputs and types.
 
         Equal for two traces of the same code at the same types, in any
-        process; captured ``tf.Variable`` s enter only as graph inputs (their
-        dtype and shape), not by their values.
+        process.  Captured tensors enter by their values; captured
+        ``tf.Variable`` s, being mutable, only by their place in the graph:
+        two functions of the same code over different variables share a
+        fingerprint (``variables`` tells them apart).
         """
         if self._fingerprint is None:
             graph_def, inputs, outputs = self._graph_parts()
             self._fingerprint = tf_bridge.graph_fingerprint(
-                graph_def, self.parameter_type, self.result_type, inputs, outputs
+                graph_def, self.parameter_type, self.result_type, inputs, outputs,
+                tf_bridge.captured_value_bytes(self._captured()),
             )
         return self._fingerprint
 
     def _graph_parts(self) -> Tuple[Any, List[str], List[str]]:
         """(GraphDef, names of the input tensors, names of the output tensors)."""
         raise NotImplementedError
+
+    def _captured(self) -> List[Any]:
+        """The tensors the graph captured from outside it (none for an imported graph)."""
+        return []
 
 
 class TFFunction(TFCalls):
@@ -106,6 +113,9 @@ class TFFunction(TFCalls):
         cf = self.concrete_function
         n_in = len(tf_bridge.flat_specs(self.parameter_type))
         return cf.graph.as_graph_def(), [t.name for t in cf.inputs[:n_in]], [t.name for t in cf.outputs]
+
+    def _captured(self) -> List[Any]:
+        return list(self.concrete_function.captured_inputs)
 
     def __repr__(self) -> str:
         return f"<TFFunction {self.name}: {self.parameter_type} -> {self.result_type}>"

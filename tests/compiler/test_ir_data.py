@@ -115,3 +115,17 @@ def test_printed_ir_depends_only_on_the_program():
     node = next(n for n in bb.walk(first.ir) if isinstance(n, bb.TensorFlowComputation))
     assert node.id == node.function.fingerprint[:8]
     assert f"comp#{node.id}" in first.to_ir_string()
+
+
+def test_captured_tensors_are_part_of_the_content():
+    def adding(values):
+        offset = tf.constant(values)  # an eager tensor: captured by the graph, not a constant in it
+
+        @fedcore.tf_computation(fedcore.to_type((tf.float32, [2])))
+        def add(x):
+            return x + offset
+
+        return add.ir.function
+
+    assert adding([1.0, 2.0]).concrete_function.captured_inputs
+    assert adding([1.0, 2.0]).fingerprint == adding([1.0, 2.0]).fingerprint != adding([1.0, 3.0]).fingerprint
