@@ -4,6 +4,9 @@ Client work runs on a local ``TensorFlowExecutor`` (each program compiled
 once, kept across rounds).  Where that executor says it cannot run the work
 (``fedcore.runtime.executor.Unsupported``), the reference interpreter runs
 it; every other error is the client work's own, and goes back to the driver.
+A function that only moves data (selections and structs, no TF work and no
+intrinsic, such as FedAvg's ``s -> s.update``) is interpreted per client: a
+fraction of a millisecond, where a TF program call costs about 9 ms.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Dict, List, Tuple
 
 import tensorflow as tf
 
+from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import federated_api as api
 from fedcore.compiler.computation import Computation, federated_computation
 from fedcore.compiler.serialization import deserialize
@@ -25,6 +29,8 @@ from fedcore.structure import Struct
 from fedcore.types import StructType, type_at_clients, type_at_server
 
 _NO_ARGUMENT = object()
+# The IR nodes of a function that only moves data around.
+_DATA_MOVES = (bb.Lambda, bb.Reference, bb.Selection, bb.Struct, bb.Block, bb.Call)
 
 
 class Worker:
@@ -39,6 +45,7 @@ class Worker:
         self._tf = TensorFlowExecutor()
         self.functions: Dict[str, Computation] = {}
         self.programs: Dict[Tuple[str, bool], Computation] = {}
+        self.moves_data_only: Dict[str, bool] = {}
         self.sources: Dict[str, Any] = {}
         self.datasets: Dict[str, Any] = {}
         self.clients: List[int] = []
@@ -94,6 +101,8 @@ class Worker:
 
     def map(self, fn: FunctionRef, members: List[Any]) -> List[Any]:
         """``fn`` applied to each client's value, over all of this worker's clients at once."""
+        if self._moves_data_only(fn.sha):  # e.g. (s -> s.update): interpreted, no TF program
+            return [self.call(fn, v) for v in members]
         comp = self._program(fn.sha, fn.has_env)
         argument = Struct([("env", from_wire(fn.env)), ("x", members)]) if fn.has_env else members
         return self.execute(comp, argument, len(members))
@@ -113,6 +122,14 @@ class Worker:
             return self._tf.execute(comp, argument, num_clients=n)
         except Unsupported:
             return reference.ReferenceExecutor().execute(comp, argument, num_clients=n)
+
+    def _moves_data_only(self, sha: str) -> bool:
+        """Whether a function only selects, builds structs and calls its own lambdas: no TF work, no
+        intrinsic.  Interpreting it costs microseconds per client, a TF program milliseconds per call."""
+        moves = self.moves_data_only.get(sha)
+        if moves is None:
+            moves = self.moves_data_only[sha] = all(isinstance(n, _DATA_MOVES) for n in bb.walk(self.functions[sha].ir))
+        return moves
 
     def _program(self, sha: str, has_env: bool) -> Computation:
         key = (sha, has_env)
