@@ -221,7 +221,8 @@ class Compiler:
             try:
                 out = tf.vectorized_map(per_client, inputs)
             except AttributeError as e:  # pfor cannot convert some functions imported from a GraphDef
-                raise Unsupported(f"tf.vectorized_map cannot convert {node.name or 'a TF computation'}: {e}") from None
+                # Not vectorizable: 'auto' runs the sequential loop instead, 'vectorized' reports Unsupported.
+                raise NotVectorizable(f"tf.vectorized_map cannot convert {node.name or 'a TF computation'}: {e}") from None
             out = [Batched(o) for o in out]
             return unflatten(out, t.result)
 
