@@ -1,6 +1,7 @@
 """The conformance suite, run on the reference executor (its oracle), and checks of the suite itself."""
 
 import collections
+import functools
 import subprocess
 import sys
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 
 import fedcore
+from fedcore.compiler.computation import Computation
 from fedcore.compiler.intrinsics import INTRINSICS
 from fedcore.runtime.executor import ExecutionError
+from fedcore.runtime.tensorflow import TensorFlowExecutor
 from fedcore.structure import Struct
 from fedcore.testing import conformance
 
@@ -104,6 +107,66 @@ def test_pytest_params_and_select():
     with pytest.raises(KeyError):
         conformance.select(names=["no_such_case"])
     assert conformance.get_case("federated_mean").expected == pytest.approx(69.5333, abs=1e-4)
+
+
+def test_select_rejects_unknown_tags():
+    with pytest.raises(ValueError, match=r"unknown conformance tag in exclude_tags: 'error'; known tags: .*\berrors\b"):
+        conformance.select(exclude_tags=("error",))
+    with pytest.raises(ValueError, match=r"unknown conformance tags in tags: 'nope', 'typo'; known tags: containers, "):
+        conformance.select(tags=["typo", "datasets", "nope"])
+    with pytest.raises(TypeError, match="collection of tags"):
+        conformance.select(tags="errors")
+    # Tags of the cases given count as known.
+    mine = attrs.evolve(conformance.get_case("federated_sum"), name="mine", tags={"my_tag"})
+    assert conformance.select([mine], tags=["my_tag"]) == [mine]
+    with pytest.raises(ValueError, match="'my_tag'"):
+        conformance.select(tags=["my_tag"])
+
+
+# --------------------------------------------------------------------------
+# The TensorFlow executor with its client work forced onto the vectorized path.
+
+_NOT_VECTORIZABLE = "strategy='vectorized' cannot run this client work"
+
+
+def _vectorized(num_clients):
+    return TensorFlowExecutor(num_clients=num_clients, strategy="vectorized")
+
+
+@functools.lru_cache(maxsize=None)
+def _run_vectorized(name):
+    """'matched' if the case passed under strategy='vectorized'; 'not vectorizable' if its client work was refused."""
+    case = conformance.get_case(name)
+    try:
+        conformance.run_case(case, _vectorized)
+    except AssertionError as e:
+        error = e.__cause__
+        if case.expect_error is None and isinstance(error, ExecutionError) and str(error).startswith(_NOT_VECTORIZABLE):
+            return "not vectorizable"
+        raise
+    return "matched"
+
+
+@conformance.parametrize()
+def test_tensorflow_executor_vectorized_conforms_or_refuses_the_client_work(case):
+    _run_vectorized(case.name)
+
+
+def test_most_cases_run_vectorized():
+    value_cases = [c for c in conformance.CASES if c.expect_error is None]
+    outcomes = {c.name: _run_vectorized(c.name) for c in value_cases}
+    matched = {name for name, outcome in outcomes.items() if outcome == "matched"}
+    assert len(matched) >= 0.8 * len(value_cases), f"not vectorizable: {sorted(set(outcomes) - matched)}"
+    # Not only cases without client work: most that map at some clients ran vectorized too.
+    mapping = {
+        c.name
+        for c in value_cases
+        if "zero_clients" not in c.tags
+        and isinstance(c.build(), Computation)
+        and "federated_map" in conformance.intrinsic_uris(c.build().ir)
+    }
+    assert len(mapping) >= 10
+    assert len(mapping & matched) >= 0.6 * len(mapping), f"not vectorizable: {sorted(mapping - matched)}"
 
 
 # --------------------------------------------------------------------------
