@@ -60,6 +60,41 @@ def test_every_intrinsic_has_a_rule():
     assert RULES.missing(defined) == []
 
 
+def test_a_new_aggregation_runs_from_its_definition_alone(pool):
+    from fedcore.compiler import algebra, federated_api, tracing
+
+    definition = intrinsics.declare(
+        "federated_product", "({T}@CLIENTS -> T@SERVER)", "Multiplies client values at the server.",
+        intrinsics.Kind.AGGREGATE, placement=fedcore.SERVER, monoid=algebra.Product(),
+    )
+    fused = intrinsics.declare_fused(definition)
+    try:
+        assert RULES.missing([definition, fused]) == []
+
+        def product(value):
+            return federated_api.call_intrinsic(definition.uri, tracing.to_node(value, definition.uri))
+
+        @fedcore.tf_computation(tf.float32)
+        def plus_one(x):
+            return x + 1.0
+
+        @fedcore.federated_computation(fedcore.type_at_clients(tf.float32))
+        def product_of_map(xs):
+            return product(fedcore.federated_map(plus_one, xs))
+
+        @fedcore.federated_computation(fedcore.type_at_clients(fedcore.TensorType(tf.float32, [2])))
+        def product_of_values(xs):
+            return product(xs)
+
+        values = [np.array([1.5, -2.0], np.float32), np.array([2.0, 3.0], np.float32), np.array([4.0, 0.5], np.float32)]
+        with fedcore.execution_context(make(pool)(None)):
+            assert product_of_map([1.0, 2.0, 3.0]) == pytest.approx(24.0)
+            np.testing.assert_allclose(product_of_values(values), np.prod(values, axis=0), rtol=1e-6)
+    finally:
+        intrinsics.undeclare(fused)
+        intrinsics.undeclare(definition)
+
+
 def test_client_work_runs_on_the_workers(pool):
     @fedcore.tf_computation(tf.float32)
     def double(x):
