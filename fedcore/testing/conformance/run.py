@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import attrs
 
 from fedcore.compiler import building_blocks as bb
+from fedcore.compiler.transformations import pipeline, run_pipeline
 from fedcore.runtime.execution import execution_context
 from fedcore.runtime.reference import ReferenceExecutor
 from fedcore.testing.conformance.case import CASES, Case, ErrorSpec
@@ -211,7 +212,8 @@ def intrinsic_uris(ir: bb.BuildingBlock) -> set:
 def exercised_intrinsics(cases: Optional[Iterable[Case]] = None) -> Dict[str, List[str]]:
     """Maps each intrinsic uri to the names of the cases whose computations use it.
 
-    Runs the cases on the reference executor and looks at the IR it was given.
+    Runs the cases on the reference executor and looks at the IR it was given,
+    before and after the execution pipeline (which makes the fused intrinsics).
     """
     used: Dict[str, List[str]] = collections.defaultdict(list)
     for case in CASES if cases is None else cases:
@@ -221,6 +223,7 @@ def exercised_intrinsics(cases: Optional[Iterable[Case]] = None) -> Dict[str, Li
         except Exception:  # noqa: BLE001 -- a case that cannot build uses nothing
             continue
         _run(comp, case, lambda n: _RecordingExecutor(n, seen))
-        for uri in sorted(set().union(*[intrinsic_uris(ir) for ir in seen])):
+        irs = seen + [run_pipeline(ir, pipeline("execution")) for ir in seen]
+        for uri in sorted(set().union(*[intrinsic_uris(ir) for ir in irs])):
             used[uri].append(case.name)
     return dict(used)

@@ -193,3 +193,45 @@ add_case(
     expected=OD(a=4, b=6),
     tags={"intrinsics", "containers"},
 )
+
+
+def _aggregates_of_maps():
+    @fedcore.tf_computation(tf.int32)
+    def square(v):
+        return v * v
+
+    @fedcore.tf_computation(tf.int32)
+    def halve(v):
+        return tf.cast(v, tf.float32) / 2.0
+
+    @fedcore.tf_computation(tf.int32, tf.int32)
+    def add(a, b):
+        return a + b
+
+    @fedcore.tf_computation(tf.int32)
+    def report(total):
+        return total * 10
+
+    @fedcore.federated_computation(_clients(tf.int32))
+    def aggregates_of_maps(x):
+        # Each aggregate takes its own map (a map used twice is computed once, not fused).
+        return OD(
+            min=fedcore.federated_min(fedcore.federated_map(square, x)),
+            max=fedcore.federated_max(fedcore.federated_map(square, x)),
+            sum=fedcore.federated_sum(fedcore.federated_map(halve, x)),
+            mean=fedcore.federated_mean(fedcore.federated_map(halve, x)),
+            weighted=fedcore.federated_mean(fedcore.federated_map(halve, x), fedcore.federated_map(halve, x)),
+            aggregate=fedcore.federated_aggregate(fedcore.federated_map(square, x), 0, add, add, report),
+        )
+
+    return aggregates_of_maps
+
+
+# Each aggregation of a client map: what the execution pipeline fuses into one pass over clients.
+add_case(
+    "aggregates_of_client_maps",
+    _aggregates_of_maps,
+    [3, -1, 2, 4],
+    expected=OD(min=1, max=16, sum=4.0, mean=1.0, weighted=(2.25 + 0.25 + 1.0 + 4.0) / 4.0, aggregate=300),
+    tags={"intrinsics"},
+)
