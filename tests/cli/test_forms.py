@@ -1,4 +1,4 @@
-"""``fedcore compile`` and ``fedcore inspect``, run in-process through fedcore.cli.main."""
+"""``fedcore compile`` and ``fedcore inspect`` (fedcore.cli.forms), run in-process through fedcore.cli.main."""
 
 import sys
 import textwrap

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 from fedcore._files import write_atomically
+from fedcore.cli.signature import resolve_target
 from fedcore.compiler import building_blocks as bb
 
 FORMS = ("mapreduce", "distribute-aggregate")
@@ -39,13 +40,13 @@ def add_commands(commands: Any) -> None:
     inspect_.add_argument("file", type=Path, metavar="FILE")
 
 
-def compile_command(args: argparse.Namespace, parser: argparse.ArgumentParser, resolve: Callable[[str], Any]) -> int:
+def compile_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fedcore.compiler import forms
     from fedcore.compiler.computation import Computation
     from fedcore.compiler.serialization import SerializationError, serialize
 
     try:
-        obj = resolve(args.target)
+        obj = resolve_target(args.target)
     except ValueError as e:
         parser.error(f"argument MODULE:ATTR: {e}")
     comp = obj.next if not isinstance(obj, Computation) and isinstance(getattr(obj, "next", None), Computation) else obj
