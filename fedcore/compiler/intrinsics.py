@@ -14,7 +14,7 @@ the definition, as JAX keys its rule tables by the primitive.
 from __future__ import annotations
 
 import enum
-from typing import Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import attrs
 

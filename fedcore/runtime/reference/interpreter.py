@@ -19,7 +19,6 @@ from fedcore.types import (
     FederatedType,
     FunctionType,
     StructType,
-    TensorType,
     Type,
 )
 
