@@ -244,18 +244,19 @@ def buffer_shuffle_orders(n: int, buffer_size: int, rng: np.random.Generator, ro
     return out
 
 
-def shuffle_rng(plan: Plan, epoch: int = 0) -> np.random.Generator:
+def shuffle_rng(plan: Plan, epoch: int = 0, unseeded: Optional[np.random.Generator] = None) -> np.random.Generator:
     """The generator for one pass of a shuffled plan.
 
     A seeded shuffle's order is a function of its seeds and ``epoch`` only:
     the same epoch gives the same order, whatever ran before, in any process;
     pass a new epoch (e.g. the round number) for a new order.  An unseeded
-    shuffle draws from fresh entropy on every pass, as tf.data does.
+    shuffle draws from fresh entropy on every pass, as tf.data does: from
+    ``unseeded`` when given (one generator for a whole cohort), else from a new one.
     """
     if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
         raise ValueError(f"a shuffle epoch must be a non-negative int, got {epoch!r}")
     if plan.seed is None:
-        return np.random.default_rng()
+        return unseeded if unseeded is not None else np.random.default_rng()
     return np.random.default_rng([plan.seed[0] & 0xFFFFFFFF, plan.seed[1] & 0xFFFFFFFF, int(epoch)])
 
 

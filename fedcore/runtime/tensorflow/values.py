@@ -279,12 +279,12 @@ def read(ds: tf.data.Dataset, element_type: Type, cache: Optional[DatasetCache] 
     return (cache if cache is not None else DEFAULT_CACHE).read(ds, element_type)
 
 
-def _order(r: _Read, epoch: int) -> np.ndarray:
+def _order(r: _Read, epoch: int, unseeded: Optional[np.random.Generator] = None) -> np.ndarray:
     """A pass's order of a dataset's examples (indices into its base), for shuffle epoch ``epoch``."""
     plan = r.plan
     length = len(r.examples[0]) if r.examples else 0
     n = length * plan.repeat
-    order = pipelines.buffer_shuffle_orders(n, plan.buffer_size, pipelines.shuffle_rng(plan, epoch))[0]
+    order = pipelines.buffer_shuffle_orders(n, plan.buffer_size, pipelines.shuffle_rng(plan, epoch, unseeded))[0]
     return order % max(length, 1)
 
 
@@ -467,7 +467,8 @@ def _shuffled(seqs: Sequence[Any], reads: List[_Read], element_type: Type, cache
     if any(len({x.shape[1:] for x in leaf}) > 1 for leaf in zip(*[r.examples for r in reads])):
         return None  # clients' examples differ in shape
     examples, offsets = _examples_on_device(seqs, reads, element_type, cache)
-    orders = [_order(r, epoch) for r in reads]
+    unseeded = np.random.default_rng()  # fresh entropy for this call's unseeded shuffles
+    orders = [_order(r, epoch, unseeded) for r in reads]
     counts = np.asarray([_usable(r.plan, len(o)) for r, o in zip(reads, orders)], np.int64)
     b = batch_size or 1
     steps = -(-counts // b)
