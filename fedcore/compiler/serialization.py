@@ -25,15 +25,11 @@ module and name among modules already imported, never by importing.
 
 from __future__ import annotations
 
-import base64
-import collections
 import hashlib
 import json
 import struct as _struct
-import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-import attrs
 import numpy as np
 import tensorflow as tf
 
@@ -41,9 +37,17 @@ from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.computation import Computation
 from fedcore.compiler.intrinsics import lookup
+from fedcore.compiler.serialization_values import (
+    SerializationError,
+    dec_container,
+    dec_literal_value,
+    dec_type,
+    enc_container,
+    enc_literal_value,
+    enc_type,
+)
 from fedcore.compiler.tf_function import TFCalls
-from fedcore.structure import Struct
-from fedcore.types import FederatedType, FunctionType, SequenceType, StructType, TensorType, Type, parse
+from fedcore.types import FunctionType, TensorType, Type
 from fedcore.types.core import PLACEMENTS
 
 FORMAT = "fedcore.computation"
@@ -56,142 +60,7 @@ _HASH = 32
 _PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 
 
-class SerializationError(ValueError):
-    """A computation cannot be serialized, or bytes are not a valid serialized computation."""
-
-
 __all__ = ["serialize", "deserialize", "SerializationError", "ImportedTFFunction", "FORMAT", "VERSION"]
-
-
-# --------------------------------------------------------------------------
-# Types and their containers.
-
-_BUILTIN_CONTAINERS = {"list": list, "tuple": tuple, "dict": dict, "OrderedDict": collections.OrderedDict, "Struct": Struct}
-_BUILTIN_NAMES = {v: k for k, v in _BUILTIN_CONTAINERS.items()}
-
-
-def _enc_container(c: Optional[type]) -> Any:
-    if c is None:
-        return None
-    if c in _BUILTIN_NAMES:
-        return _BUILTIN_NAMES[c]
-    return {"module": c.__module__, "qualname": c.__qualname__}
-
-
-def _dec_container(data: Any) -> Optional[type]:
-    if data is None:
-        return None
-    if isinstance(data, str):
-        if data not in _BUILTIN_CONTAINERS:
-            raise SerializationError(f"unknown container {data!r}")
-        return _BUILTIN_CONTAINERS[data]
-    # A class: looked up among modules already imported, never imported; only attrs
-    # classes and namedtuples (data records) are accepted, to rebuild results.
-    module = sys.modules.get(str(data.get("module")))
-    obj: Any = module
-    for part in str(data.get("qualname", "")).split("."):
-        if obj is None or part.startswith("<"):
-            return None
-        obj = getattr(obj, part, None)
-    if isinstance(obj, type) and (attrs.has(obj) or (issubclass(obj, tuple) and hasattr(obj, "_fields"))):
-        return obj
-    return None  # unknown here: the struct comes back as a fedcore.Struct
-
-
-def _containers(t: Optional[Type]) -> Any:
-    """A JSON tree of the containers in ``t``; None where there are none."""
-    match t:
-        case StructType():
-            kids = [_containers(e) for e in t]
-            c = _enc_container(t.container)
-            if c is None and all(k is None for k in kids):
-                return None
-            return {"c": c, "e": kids}
-        case FederatedType(member=m):
-            return _containers(m)
-        case SequenceType(element=e):
-            return _containers(e)
-        case FunctionType(parameter=p, result=r):
-            a, b = _containers(p), _containers(r)
-            return None if a is None and b is None else {"p": a, "r": b}
-    return None
-
-
-def _with_containers(t: Optional[Type], tree: Any) -> Optional[Type]:
-    if tree is None or t is None:
-        return t
-    match t:
-        case StructType():
-            kids = tree["e"]
-            if len(kids) != len(t):
-                raise SerializationError(f"containers do not match type {t}")
-            elements = [(n, _with_containers(e, k)) for (n, e), k in zip(t.elements, kids)]
-            return StructType(elements, container=_dec_container(tree["c"]))
-        case FederatedType(member=m):
-            return attrs.evolve(t, member=_with_containers(m, tree))
-        case SequenceType(element=e):
-            return attrs.evolve(t, element=_with_containers(e, tree))
-        case FunctionType(parameter=p, result=r):
-            return FunctionType(_with_containers(p, tree["p"]), _with_containers(r, tree["r"]))
-    return t
-
-
-def _enc_type(t: Optional[Type]) -> Any:
-    if t is None:
-        return None
-    c = _containers(t)
-    return {"t": str(t)} if c is None else {"t": str(t), "c": c}
-
-
-def _dec_type(data: Any) -> Optional[Type]:
-    if data is None:
-        return None
-    return _with_containers(parse(data["t"]), data.get("c"))
-
-
-# --------------------------------------------------------------------------
-# Literals.
-
-
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode("ascii")
-
-
-def _unb64(s: str) -> bytes:
-    return base64.b64decode(s.encode("ascii"), validate=True)
-
-
-def _enc_literal_value(value: Any) -> Any:
-    if isinstance(value, (bytes, str)):
-        return {"kind": "bytes" if isinstance(value, bytes) else "str", "data": _b64(value.encode() if isinstance(value, str) else value)}
-    kind = "ndarray" if isinstance(value, np.ndarray) else "generic" if isinstance(value, np.generic) else type(value).__name__
-    if kind not in ("ndarray", "generic", "int", "float", "bool", "complex"):
-        raise SerializationError(f"cannot serialize a literal of Python type {type(value).__name__}")
-    arr = np.asarray(value)
-    if arr.dtype.kind in "OSU":
-        items = [x if isinstance(x, bytes) else str(x).encode() for x in arr.reshape(-1).tolist()]
-        return {"kind": kind, "strings": [_b64(x) for x in items], "shape": list(arr.shape)}
-    return {"kind": kind, "dtype": arr.dtype.str, "shape": list(arr.shape), "data": _b64(arr.tobytes())}
-
-
-def _dec_literal_value(data: Dict[str, Any]) -> Any:
-    kind = data["kind"]
-    if kind in ("bytes", "str"):
-        raw = _unb64(data["data"])
-        return raw if kind == "bytes" else raw.decode()
-    shape = tuple(int(d) for d in data["shape"])
-    if "strings" in data:
-        arr = np.array([_unb64(s) for s in data["strings"]], dtype=object).reshape(shape)
-    else:
-        dtype = np.dtype(data["dtype"])
-        if dtype.kind not in "biufc":
-            raise SerializationError(f"unsupported literal dtype {data['dtype']!r}")
-        arr = np.frombuffer(_unb64(data["data"]), dtype=dtype).reshape(shape).copy()
-    if kind == "ndarray":
-        return arr
-    if kind == "generic":
-        return arr[()]
-    return {"int": int, "float": float, "bool": bool, "complex": complex}[kind](arr[()])
 
 
 # --------------------------------------------------------------------------
@@ -206,27 +75,27 @@ class _Encoder:
     def node(self, n: bb.BuildingBlock) -> Dict[str, Any]:
         match n:
             case bb.Reference(name=name, type_signature=t):
-                return {"k": "Reference", "name": name, "type": _enc_type(t)}
+                return {"k": "Reference", "name": name, "type": enc_type(t)}
             case bb.Selection(source=s, index=i, name=name):
                 return {"k": "Selection", "source": self.node(s), "index": i, "name": name}
             case bb.Struct(elements=elements, container=c):
-                return {"k": "Struct", "elements": [[nm, self.node(e)] for nm, e in elements], "container": _enc_container(c)}
+                return {"k": "Struct", "elements": [[nm, self.node(e)] for nm, e in elements], "container": enc_container(c)}
             case bb.Call(function=f, argument=a):
                 return {"k": "Call", "function": self.node(f), "argument": None if a is None else self.node(a)}
             case bb.Lambda(parameter_name=p, parameter_type=t, result=r):
-                return {"k": "Lambda", "parameter_name": p, "parameter_type": _enc_type(t), "result": self.node(r)}
+                return {"k": "Lambda", "parameter_name": p, "parameter_type": enc_type(t), "result": self.node(r)}
             case bb.Block(locals=locs, result=r):
                 return {"k": "Block", "locals": [[nm, self.node(v)] for nm, v in locs], "result": self.node(r)}
             case bb.Intrinsic(uri=uri, type_signature=t):
-                return {"k": "Intrinsic", "uri": uri, "type": _enc_type(t)}
+                return {"k": "Intrinsic", "uri": uri, "type": enc_type(t)}
             case bb.Literal(value=v, type_signature=t):
-                return {"k": "Literal", "value": _enc_literal_value(v), "type": _enc_type(t)}
+                return {"k": "Literal", "value": enc_literal_value(v), "type": enc_type(t)}
             case bb.Placement(placement=p):
                 return {"k": "Placement", "placement": p.name}
             case bb.Data(uri=uri, type_signature=t):
-                return {"k": "Data", "uri": uri, "type": _enc_type(t)}
+                return {"k": "Data", "uri": uri, "type": enc_type(t)}
             case bb.TensorFlowComputation(type_signature=t, name=name, id=cid):
-                return {"k": "TensorFlowComputation", "function": self.function(n), "type": _enc_type(t), "name": name, "id": cid}
+                return {"k": "TensorFlowComputation", "function": self.function(n), "type": enc_type(t), "name": name, "id": cid}
         raise SerializationError(f"cannot serialize IR node {n!r}")
 
     def function(self, node: bb.TensorFlowComputation) -> int:
@@ -248,7 +117,7 @@ class _Decoder:
     def node(self, d: Dict[str, Any]) -> bb.BuildingBlock:
         k = d["k"]
         if k == "Reference":
-            name, t = d["name"], _dec_type(d["type"])
+            name, t = d["name"], dec_type(d["type"])
             if name not in self.scope:
                 raise SerializationError(f"corrupted fedcore file: a reference to {name!r}, which nothing binds")
             if self.scope[name] != t:
@@ -260,12 +129,12 @@ class _Decoder:
         if k == "Selection":
             return bb.Selection(self.node(d["source"]), d["index"], d["name"])
         if k == "Struct":
-            return bb.Struct([(nm, self.node(e)) for nm, e in d["elements"]], container=_dec_container(d["container"]))
+            return bb.Struct([(nm, self.node(e)) for nm, e in d["elements"]], container=dec_container(d["container"]))
         if k == "Call":
             return bb.Call(self.node(d["function"]), None if d["argument"] is None else self.node(d["argument"]))
         if k == "Lambda":
             outer = dict(self.scope)
-            parameter_type = _dec_type(d["parameter_type"])
+            parameter_type = dec_type(d["parameter_type"])
             if d["parameter_name"] is not None:
                 self.scope[d["parameter_name"]] = parameter_type
             try:
@@ -284,9 +153,9 @@ class _Decoder:
             finally:
                 self.scope = outer
         if k == "Intrinsic":
-            return _dec_intrinsic(d["uri"], _dec_type(d["type"]))
+            return _dec_intrinsic(d["uri"], dec_type(d["type"]))
         if k == "Literal":
-            value, t = _dec_literal_value(d["value"]), _dec_type(d["type"])
+            value, t = dec_literal_value(d["value"]), dec_type(d["type"])
             if isinstance(t, TensorType) and t.dtype != "string":
                 shape = np.shape(value)
                 fits = t.shape is None or (
@@ -303,12 +172,12 @@ class _Decoder:
                 raise SerializationError(f"unknown placement {d['placement']!r}")
             return bb.Placement(PLACEMENTS[d["placement"]])
         if k == "Data":
-            return bb.Data(d["uri"], _dec_type(d["type"]))
+            return bb.Data(d["uri"], dec_type(d["type"]))
         if k == "TensorFlowComputation":
             index = int(d["function"])
             if not 0 <= index < len(self.functions):
                 raise SerializationError(f"corrupted fedcore file: TF computation number {index} does not exist")
-            fn, t = self.functions[index], _dec_type(d["type"])
+            fn, t = self.functions[index], dec_type(d["type"])
             if t != FunctionType(fn.parameter_type, fn.result_type):
                 raise SerializationError(
                     f"corrupted fedcore file: a TF computation node has type {t}, but its graph "
@@ -353,7 +222,7 @@ def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], by
     fn = node.function
     label = node.name or getattr(fn, "name", "") or f"comp#{node.id}"
     if isinstance(fn, ImportedTFFunction):
-        meta = {"name": fn.name, "parameter_type": _enc_type(fn.parameter_type), "result_type": _enc_type(fn.result_type),
+        meta = {"name": fn.name, "parameter_type": enc_type(fn.parameter_type), "result_type": enc_type(fn.result_type),
                 "inputs": list(fn._input_names), "outputs": list(fn._output_names)}
         return meta, fn._graph_def.SerializeToString()
     cf = getattr(fn, "concrete_function", None)
@@ -381,8 +250,8 @@ def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], by
         raise SerializationError(f"TF computation {label} calls Python ({', '.join(sorted(bad))}); it cannot be serialized")
     meta = {
         "name": label,
-        "parameter_type": _enc_type(parameter_type),
-        "result_type": _enc_type(node.type_signature.result),
+        "parameter_type": enc_type(parameter_type),
+        "result_type": enc_type(node.type_signature.result),
         "inputs": [t.name for t in cf.inputs[:n_in]],
         "outputs": [t.name for t in cf.outputs],
     }
@@ -468,7 +337,7 @@ def _import_function(meta: Dict[str, Any], graph_bytes: bytes) -> ImportedTFFunc
     try:
         return ImportedTFFunction(
             graph_def, [str(n) for n in meta["inputs"]], [str(n) for n in meta["outputs"]],
-            _dec_type(meta["parameter_type"]), _dec_type(meta["result_type"]), name,
+            dec_type(meta["parameter_type"]), dec_type(meta["result_type"]), name,
         )
     except SerializationError:
         raise
@@ -575,7 +444,7 @@ def _serialize_form(form: Any) -> bytes:
         "version": VERSION,
         "form": _FORM_KINDS[type(form).__name__],
         "type_signature": str(form.type_signature),
-        "form_type": _enc_type(form.type_signature),
+        "form_type": enc_type(form.type_signature),
         "pieces": pieces,
     }
     return _finish(header, encoder)
@@ -605,7 +474,7 @@ def _decode_form(header: Dict[str, Any], functions: List[Any]) -> Any:
             f"corrupted fedcore file: a {cls.__name__} needs the pieces {', '.join(cls.PIECES)}, "
             f"the file has {', '.join(sorted(pieces)) if isinstance(pieces, dict) else pieces!r}"
         )
-    form_type = _dec_type(header["form_type"])
+    form_type = dec_type(header["form_type"])
     if str(form_type) != header["type_signature"]:
         raise SerializationError(
             f"corrupted fedcore file: the form's type is {form_type}, the header says {header['type_signature']}"
