@@ -34,7 +34,7 @@ from fedcore.runtime.executor import ExecutionError, Unsupported
 from fedcore.runtime.tensorflow import batched as _batched_rules  # noqa: F401  (registers the vectorized rules)
 from fedcore.runtime.tensorflow import rules as _rules  # noqa: F401  (registers the rules)
 from fedcore.runtime.tensorflow.lowering import STRATEGIES, Compiler
-from fedcore.runtime.tensorflow.values import Stacked, materialize
+from fedcore.runtime.tensorflow.values import DatasetCache, Stacked, materialize
 from fedcore.structure import Struct
 from fedcore.types import (
     CLIENTS,
@@ -75,7 +75,7 @@ def _tensor_input(value: Any, t: TensorType) -> Tuple[Any, tf.TensorSpec]:
     return arr, tf.TensorSpec(arr.shape, t.tf_dtype)
 
 
-def _encode(value: Any, t: Type, n: int, layout: _Layout) -> Callable[[List[Any]], Any]:
+def _encode(value: Any, t: Type, n: int, layout: _Layout, cache: DatasetCache) -> Callable[[List[Any]], Any]:
     """Adds the inputs for ``value`` to ``layout``; returns a builder of the in-graph value."""
     match t:
         case TensorType():
@@ -83,7 +83,7 @@ def _encode(value: Any, t: Type, n: int, layout: _Layout) -> Callable[[List[Any]
             layout.add(arr, spec, ("t", spec.dtype.name, tuple(spec.shape)))
             return lambda it: next(it)
         case StructType():
-            builders = [_encode(v, e, n, layout) for v, e in zip(value, t)]
+            builders = [_encode(v, e, n, layout, cache) for v, e in zip(value, t)]
             names = t.names()
             return lambda it: Struct([(name, b(it)) for name, b in zip(names, builders)])
         case SequenceType(element=e):
@@ -92,14 +92,14 @@ def _encode(value: Any, t: Type, n: int, layout: _Layout) -> Callable[[List[Any]
             layout.add(ds, spec, ("d", str(t)))
             return lambda it: next(it)
         case FederatedType(member=member, all_equal=True):
-            return _encode(value, member, n, layout)
+            return _encode(value, member, n, layout, cache)
         case FederatedType(member=member, placement=p) if p is CLIENTS:
-            build = _encode_clients(list(value), member, n, layout)
+            build = _encode_clients(list(value), member, n, layout, cache)
             return lambda it: Stacked(build(it))
     raise Unsupported(f"the TensorFlow executor cannot take an argument of type {t}")
 
 
-def _encode_clients(values: List[Any], t: Type, n: int, layout: _Layout):
+def _encode_clients(values: List[Any], t: Type, n: int, layout: _Layout, cache: DatasetCache):
     match t:
         case TensorType():
             arrays = [_tensor_input(v, t)[0] for v in values]
@@ -116,11 +116,11 @@ def _encode_clients(values: List[Any], t: Type, n: int, layout: _Layout):
             layout.add(stacked, spec, ("t", spec.dtype.name, tuple(spec.shape)))
             return lambda it: next(it)
         case StructType():
-            builders = [_encode_clients([v[i] for v in values], e, n, layout) for i, e in enumerate(t)]
+            builders = [_encode_clients([v[i] for v in values], e, n, layout, cache) for i, e in enumerate(t)]
             names = t.names()
             return lambda it: Struct([(name, b(it)) for name, b in zip(names, builders)])
         case SequenceType(element=e):
-            data = materialize(values, e)
+            data = materialize(values, e, cache=cache)
             specs = data.specs()
             layout.key.append(data.signature_key())
             for array, spec in zip(data.tensors(), specs):
@@ -158,6 +158,8 @@ class TensorFlowExecutor:
         # Compiled programs, keyed by the program's content (see ``program_key``), least recently used first.
         self._programs: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
         self.trace_count = 0
+        # Client datasets read once and kept, keyed by their tf.data graph's content.
+        self._datasets = DatasetCache()
 
     def __repr__(self) -> str:
         return f"TensorFlowExecutor(num_clients={self.num_clients}, strategy={self.strategy!r})"
@@ -170,7 +172,7 @@ class TensorFlowExecutor:
         if t.parameter is not None:
             if n is None and _needs_clients(t.parameter):
                 raise ExecutionError("the number of clients is unknown; set TensorFlowExecutor(num_clients=N)")
-            builder = _encode(argument, t.parameter, n or 0, layout)
+            builder = _encode(argument, t.parameter, n or 0, layout, self._datasets)
         if n is None:
             if _needs_clients(t.result) or _uses_client_count(comp.ir):
                 raise ExecutionError(
