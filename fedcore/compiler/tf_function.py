@@ -27,6 +27,8 @@ class TFCalls:
     """
 
     _fingerprint: Optional[str] = None
+    # The tf.Variables the function captured; they enter the fingerprint only by position.
+    variables: Tuple[Any, ...] = ()
 
     def call_leaves(self, leaves: List[Any]) -> List[Any]:
         """Runs the traced function eagerly on flat leaves; returns flat result leaves."""

@@ -224,8 +224,8 @@ def program_key(ir: bb.BuildingBlock) -> str:
         if isinstance(node, bb.Intrinsic):
             h.update(f"|{node.uri}:{node.type_signature}".encode())
         elif isinstance(node, bb.TensorFlowComputation):
-            h.update(f"|{node.type_signature}".encode())
-            for v in getattr(node.function, "variables", ()):
+            h.update(f"|{node.type_signature}|{node.function.fingerprint}".encode())
+            for v in node.function.variables:  # the same code over other variables is another program
                 h.update(f"|v{id(v)}".encode())
     return h.hexdigest()
 
