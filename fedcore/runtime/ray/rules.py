@@ -38,14 +38,10 @@ RULES.register_kind(Kind.SEQUENCE, on_driver, when=lambda d: reference.RULES.get
 RULES.register_kind(Kind.GENERIC, on_driver, when=lambda d: reference.RULES.get(d) is not None)
 
 
-@RULES.register(defs.FEDERATED_VALUE_AT_SERVER, defs.FEDERATED_VALUE_AT_CLIENTS, defs.FEDERATED_BROADCAST)
-def _identity(interp, arg, t):
-    return arg
-
-
-@RULES.register(defs.FEDERATED_EVAL_AT_SERVER)
-def _eval_at_server(interp, fn, t):
-    return fn()
+# Placing a value and server work mean on the driver what they mean in the reference.
+for _definition in (defs.FEDERATED_VALUE_AT_SERVER, defs.FEDERATED_VALUE_AT_CLIENTS, defs.FEDERATED_BROADCAST,
+                    defs.FEDERATED_EVAL_AT_SERVER):
+    RULES.register(_definition)(reference.RULES[_definition])
 
 
 @RULES.register(defs.FEDERATED_EVAL_AT_CLIENTS)
