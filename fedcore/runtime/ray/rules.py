@@ -40,7 +40,7 @@ RULES.register_kind(Kind.GENERIC, on_driver, when=lambda d: reference.RULES.get(
 
 # Placing a value and server work mean on the driver what they mean in the reference.
 for _definition in (defs.FEDERATED_VALUE_AT_SERVER, defs.FEDERATED_VALUE_AT_CLIENTS, defs.FEDERATED_BROADCAST,
-                    defs.FEDERATED_EVAL_AT_SERVER):
+                    defs.FEDERATED_EVAL_AT_SERVER, defs.FEDERATED_MAP_ALL_EQUAL, defs.FEDERATED_APPLY):
     RULES.register(_definition)(reference.RULES[_definition])
 
 
@@ -54,12 +54,6 @@ def _eval_at_clients(interp, fn, t):
 def _map(interp, arg, t):
     fn, values = arg
     return interp.node(plan.Map(interp.executor.ship(fn)), interp.client_node(values, t.parameter[1]))
-
-
-@RULES.register(defs.FEDERATED_MAP_ALL_EQUAL, defs.FEDERATED_APPLY)
-def _apply(interp, arg, t):
-    fn, value = arg
-    return fn(value)
 
 
 @RULES.register(defs.FEDERATED_ZIP_AT_CLIENTS)
