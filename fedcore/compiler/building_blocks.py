@@ -404,5 +404,39 @@ def walk(node: BuildingBlock):
         stack.extend(reversed(current.children()))
 
 
+def references_out_of_scope(node: BuildingBlock, scope: Optional[dict] = None):
+    """The references in ``node`` that no binder explains, as ``(reference, bound type or None)``.
+
+    ``scope`` maps the names bound around ``node`` to their types.  A reference
+    is out of scope when no enclosing Lambda or Block (nor ``scope``) binds its
+    name (``None``), or when the binder gives the name another type than the
+    reference carries (the binder's type): a selection typed against one value
+    but reading another.  Walks without recursion, so deep IR is fine.
+    """
+    found = []
+    # Work items: (node, scope) to visit, or ("bind", scope, name, type) continuations for blocks.
+    stack = [(node, dict(scope or {}))]
+    while stack:
+        current, env = stack.pop()
+        match current:
+            case Reference(name=name, type_signature=t):
+                if name not in env:
+                    found.append((current, None))
+                elif env[name] != t:
+                    found.append((current, env[name]))
+            case Lambda(parameter_name=p, parameter_type=t, result=r):
+                inner = env if p is None else {**env, p: t}
+                stack.append((r, inner))
+            case Block(locals=locs, result=r):
+                inner = dict(env)
+                for name, value in locs:
+                    stack.append((value, dict(inner)))
+                    inner[name] = value.type_signature
+                stack.append((r, inner))
+            case _:
+                stack.extend((child, env) for child in current.children())
+    return found
+
+
 def is_federated_result(node: BuildingBlock) -> bool:
     return isinstance(node.type_signature, FederatedType)

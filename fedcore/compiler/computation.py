@@ -33,6 +33,13 @@ class Computation:
     """A typed computation: its IR, its ``type_signature``, and a way to call it."""
 
     def __init__(self, ir: bb.BuildingBlock, name: str, parameter_names: Optional[Tuple[str, ...]] = None):
+        mistyped = [(ref, bound) for ref, bound in bb.references_out_of_scope(ir) if bound is not None]
+        if mistyped:
+            ref, bound = mistyped[0]
+            raise context.type_error(
+                f"computation {name} is ill-typed: it reads {ref.name} as a value of type {ref.type_signature}, "
+                f"but {ref.name} is bound to a value of type {bound}"
+            )
         self._ir = ir
         self.name = name
         # Set when several Python parameters were packed into one struct parameter.
@@ -70,7 +77,25 @@ class Computation:
             return call_traced(self._ir, self.name, self.type_signature, args, kwargs, self._parameter_names)
         if isinstance(top, context.TFTracingContext):
             return call_inside_tf(self, args, kwargs)
+        self.check_closed()
         return context.invoking_context().invoke(self, args, kwargs)
+
+    def check_closed(self) -> None:
+        """A FederatedTypeError if this computation uses values of a computation it was defined in.
+
+        Such a computation (a nested federated_computation that reads its
+        enclosing computation's parameters or locals) can only be called while
+        the enclosing one is traced.
+        """
+        captured = getattr(self, "_captured", None)
+        if captured is None:
+            captured = sorted({ref.name for ref, _ in bb.references_out_of_scope(self._ir)})
+            self._captured = captured
+        if captured:
+            raise context.type_error(
+                f"{self.name} uses values of the federated computation it was defined in ({', '.join(captured)}); "
+                "it can be called only inside that computation"
+            )
 
 
 class PolymorphicComputation:
@@ -210,16 +235,24 @@ def _build(fn: Callable, kind: str, parameter_type: Optional[Type], name: str, u
 
 
 def trace_federated(fn: Callable, parameter_type: Optional[Type], unpack: bool, name: str) -> bb.Lambda:
-    """Runs ``fn`` on proxy values and returns the traced Lambda."""
+    """Runs ``fn`` on proxy values and returns the traced Lambda.
+
+    Traced inside another federated computation, the result may use that
+    computation's parameter and locals (Python closures over traced values):
+    binder names are unique across the whole trace, so those references stay
+    the enclosing computation's.
+    """
     names = _python_parameter_names(fn)
-    pname = names[0] if len(names) == 1 and not unpack else "arg"
-    if pname.startswith("fc") and pname[2:].isdigit():
-        pname = "arg"
-    ctx = context.TracingContext(name)
+    base = names[0] if len(names) == 1 and not unpack else "arg"
+    if base.startswith("fc") and base[2:].isdigit():
+        base = "arg"
+    ctx = context.TracingContext(name, parent=context.current_tracing())
     with context.pushed(ctx):
         if parameter_type is None:
+            pname = None
             result = fn()
         else:
+            pname = ctx.bind_parameter(base, parameter_type)
             ref = bb.Reference(pname, parameter_type)
             if unpack:
                 args = [Value(bb.Selection(ref, i, n)) for i, (n, _) in enumerate(parameter_type.elements)]
@@ -229,6 +262,7 @@ def trace_federated(fn: Callable, parameter_type: Optional[Type], unpack: bool, 
         if result is None:
             raise context.type_error(f"federated computation {name} returned None; it must return a value")
         result_node = to_node(result, f"result of {name}")
+        ctx.check_in_scope(result_node)
     body = bb.Block(ctx.locals, result_node) if ctx.locals else result_node
     if parameter_type is None:
         return bb.Lambda(None, None, body)

@@ -22,7 +22,7 @@ import sys
 import threading
 from typing import Any, List, Optional, Protocol
 
-from fedcore.compiler.building_blocks import BuildingBlock, Reference, SourceLocation
+from fedcore.compiler.building_blocks import BuildingBlock, Reference, SourceLocation, references_out_of_scope
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _state = threading.local()
@@ -43,17 +43,64 @@ def _stack() -> list:
 
 
 class TracingContext:
-    """Collects the let-bindings of one federated computation being traced."""
+    """Collects the let-bindings of one federated computation being traced.
 
-    def __init__(self, name: str):
+    Binder names are unique in a whole trace: a computation traced while
+    another one is being traced (a nested ``federated_computation``) draws its
+    parameter and local names from the same pool as the enclosing one, so a
+    value it captures from the enclosing computation can never be confused
+    with one of its own.  ``visible`` maps every name in scope to its type:
+    the enclosing computation's parameter and the locals it had bound when the
+    nested trace started, then this trace's own.
+    """
+
+    def __init__(self, name: str, parent: Optional["TracingContext"] = None):
         self.name = name
+        self.parent = parent
         self.locals: List[tuple] = []
-        self._counter = 0
+        self._names: dict = parent._names if parent is not None else {"taken": set(), "counter": 0}
+        self.visible: dict = dict(parent.visible) if parent is not None else {}
+
+    def fresh_name(self, base: str) -> str:
+        """``base``, or ``base_1``, ``base_2``...: a name not bound anywhere else in this trace."""
+        taken = self._names["taken"]
+        name, i = base, 0
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        taken.add(name)
+        return name
+
+    def bind_parameter(self, base: str, type_signature) -> str:
+        """Claims a unique name for this computation's parameter; returns it."""
+        name = self.fresh_name(base)
+        self.visible[name] = type_signature
+        return name
+
+    def check_in_scope(self, node: BuildingBlock) -> None:
+        """A FederatedTypeError when ``node`` uses a value that is not in scope in this computation."""
+        for ref, bound in references_out_of_scope(node, self.visible):
+            if bound is None:
+                raise type_error(
+                    f"{self.name} uses a traced value ({ref.name} of type {ref.type_signature}) that belongs to "
+                    "another federated computation; a computation's values can be used only inside it and in "
+                    "the computations defined within it"
+                )
+            raise type_error(
+                f"{self.name} reads {ref.name} as a value of type {ref.type_signature}, but {ref.name} is bound "
+                f"to a value of type {bound} here"
+            )
 
     def bind(self, node: BuildingBlock) -> Reference:
-        self._counter += 1
-        name = f"fc{self._counter}"
+        self.check_in_scope(node)
+        while True:
+            self._names["counter"] += 1
+            name = f"fc{self._names['counter']}"
+            if name not in self._names["taken"]:
+                break
+        self._names["taken"].add(name)
         self.locals.append((name, node))
+        self.visible[name] = node.type_signature
         return Reference(name, node.type_signature)
 
 

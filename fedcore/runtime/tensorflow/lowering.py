@@ -258,6 +258,9 @@ class Compiler:
                 arg = self.lower(arg_node, env)
                 if is_batched(arg):
                     return fn.batched(arg)
+                parameter = fn_node.type_signature.parameter
+                if arg_node.type_signature != parameter:
+                    arg = self.widen(arg, arg_node.type_signature, parameter)
                 return fn(arg)
             case bb.Lambda():
                 return self.lambda_(node, env)
@@ -291,6 +294,24 @@ class Compiler:
             return value.value
         if t.all_equal:
             return tile(value, self.n)
+        return value
+
+    def widen(self, value: Any, given: Type, parameter: Type) -> Any:
+        """A value of type ``given`` in the form of the (assignable) ``parameter`` type.
+
+        An all-equal CLIENTS value (one member) passed where a function takes
+        ``{T}@CLIENTS`` (one member per client) is tiled to the clients axis:
+        the function's body treats it as stacked.
+        """
+        if isinstance(given, FederatedType) and isinstance(parameter, FederatedType):
+            if given.all_equal and not parameter.all_equal and given.placement == parameter.placement:
+                return self.stacked(value, given)
+            return value
+        if isinstance(given, StructType) and isinstance(parameter, StructType) and isinstance(value, Struct):
+            return Struct([
+                (name, self.widen(v, g, q))
+                for (name, v), (_, g), (_, q) in zip(value.items(), given.elements, parameter.elements)
+            ])
         return value
 
     def map_clients(self, fn: Lowered, value: Any, value_type: FederatedType, result_member: Type) -> Stacked:

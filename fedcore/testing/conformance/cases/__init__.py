@@ -11,6 +11,7 @@ from fedcore.testing.conformance.cases import (  # noqa: F401 -- imported to reg
     sequences,
     zero_clients,
     lambdas,
+    scoping,
     containers,
     datasets,
     polymorphism,

@@ -141,3 +141,30 @@ add_case(
     expected=[4.0, {"mean": 2.0, "range": (1.0, 3.0)}],
     tags={"containers"},
 )
+
+
+def _broadcast_into_a_clients_parameter():
+    @fedcore.tf_computation(tf.float32, tf.float32)
+    def add(w, x):
+        return w + x
+
+    @fedcore.federated_computation(_clients(tf.float32), _clients(tf.float32))
+    def client_work(a, b):
+        return fedcore.federated_map(add, fedcore.federated_zip((a, b)))
+
+    @fedcore.federated_computation(_server(tf.float32), _clients(tf.float32))
+    def round_(w, x):
+        # A broadcast value (all-equal) passed where the computation takes one value per client.
+        return fedcore.federated_sum(client_work(fedcore.federated_broadcast(w), x))
+
+    return round_
+
+
+add_case(
+    "all_equal_value_into_a_per_client_parameter",
+    _broadcast_into_a_clients_parameter,
+    1.0,
+    [1.0, 3.0],
+    expected=6.0,
+    tags={"lambdas", "placement"},
+)
