@@ -5,6 +5,7 @@ import sys
 import threading
 import time
 
+import hypothesis
 import numpy as np
 import pytest
 import ray
@@ -18,6 +19,7 @@ from fedcore.runtime.ray.executor import assign
 from fedcore.runtime.ray.rules import RULES
 from fedcore.runtime.tensorflow import TensorFlowExecutor
 from fedcore.testing import conformance
+from tests.compiler import test_scoping
 
 # Factories and preprocessing defined here travel to the workers by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -441,3 +443,16 @@ def test_secure_sum_out_of_range_names_the_client(pool):
     with fedcore.execution_context(RayExecutor(pool=pool)):
         with pytest.raises(fedcore.ExecutionError, match=r"client 2 gave 9, outside the allowed range \[0, 5\]"):
             secure([1, 2, 9])
+
+
+# --------------------------------------------------------------------------
+# Lexical scoping: the random nested programs of tests/compiler/test_scoping.py, on Ray.
+
+
+@hypothesis.settings(max_examples=6, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+@hypothesis.given(program=test_scoping._programs(3))
+def test_random_nested_programs_agree_with_python_on_ray(program, pool):
+    expected = test_scoping.evaluate(program, [1.5, -4.0])
+    with fedcore.execution_context(RayExecutor(pool=pool)):
+        got = float(np.asarray(test_scoping.build(program)(1.5, -4.0)))
+    assert np.isclose(got, expected, rtol=1e-5, atol=1e-4), (program, got, expected)
