@@ -2,5 +2,7 @@
 # Runs the whole test suite. Sets up .venv on first use; exits non-zero on any failure.
 # Checks the import contracts in setup.cfg ([importlinter]) first: a broken layer fails the run.
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
+# Ray workers import TensorFlow as they start: give them time on a loaded machine (see docs/distributed.md).
+export FEDCORE_RAY_START_TIMEOUT_S="${FEDCORE_RAY_START_TIMEOUT_S:-300}"
 .venv/bin/lint-imports --no-logo --no-cache || exit 1
 exec .venv/bin/python -m pytest -n 2 -q "$@"

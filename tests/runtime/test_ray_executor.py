@@ -38,9 +38,23 @@ def ray_session():
         ray.shutdown()
 
 
+# A failed start fails every later test of the module at once, instead of each waiting again.
+_start_failures: list = []
+
+
+def start_pool(shared: bool = False, **kwargs) -> WorkerPool:
+    if _start_failures:
+        pytest.fail(f"the Ray workers failed to start earlier in this module: {_start_failures[0]}")
+    try:
+        return WorkerPool.shared(**kwargs) if shared else WorkerPool(**kwargs)
+    except WorkerFailure as e:
+        _start_failures.append(e)
+        raise
+
+
 @pytest.fixture(scope="module")
 def pool(ray_session):
-    return WorkerPool.shared(num_workers=2, cpus_per_worker=CPUS)
+    return start_pool(shared=True, num_workers=2, cpus_per_worker=CPUS)
 
 
 def make(pool, **kwargs):
@@ -308,7 +322,7 @@ def _kill_mid_round(pool, executor, values, tmp_path):
 
 
 def test_a_worker_killed_mid_round_is_dropped_and_the_round_retried(ray_session, caplog, tmp_path):
-    pool = WorkerPool(num_workers=2, cpus_per_worker=CPUS)
+    pool = start_pool(num_workers=2, cpus_per_worker=CPUS)
     try:
         executor = RayExecutor(pool=pool, max_retries=1, timeout_s=60)
         with caplog.at_level("WARNING", logger="fedcore.runtime.ray"):
@@ -324,7 +338,7 @@ def test_a_worker_killed_mid_round_is_dropped_and_the_round_retried(ray_session,
 
 
 def test_without_retries_a_killed_worker_fails_the_round_clearly(ray_session, tmp_path):
-    pool = WorkerPool(num_workers=2, cpus_per_worker=CPUS)
+    pool = start_pool(num_workers=2, cpus_per_worker=CPUS)
     try:
         executor = RayExecutor(pool=pool, max_retries=0, timeout_s=60)
         result, error = _kill_mid_round(pool, executor, [1.0, 2.0], tmp_path)
@@ -336,7 +350,7 @@ def test_without_retries_a_killed_worker_fails_the_round_clearly(ray_session, tm
 
 
 def test_a_worker_that_does_not_answer_in_time_fails_the_round(ray_session):
-    pool = WorkerPool(num_workers=1, cpus_per_worker=CPUS)
+    pool = start_pool(num_workers=1, cpus_per_worker=CPUS)
     try:
         executor = RayExecutor(pool=pool, max_retries=0, timeout_s=0.5)
         start = time.monotonic()
@@ -456,3 +470,16 @@ def test_random_nested_programs_agree_with_python_on_ray(program, pool):
     with fedcore.execution_context(RayExecutor(pool=pool)):
         got = float(np.asarray(test_scoping.build(program)(1.5, -4.0)))
     assert np.isclose(got, expected, rtol=1e-5, atol=1e-4), (program, got, expected)
+
+
+def test_the_start_timeout_comes_from_the_environment(monkeypatch):
+    from fedcore.runtime.ray.pool import start_timeout
+
+    monkeypatch.setenv("FEDCORE_RAY_START_TIMEOUT_S", "300")
+    assert start_timeout() == 300.0
+    monkeypatch.delenv("FEDCORE_RAY_START_TIMEOUT_S")
+    assert start_timeout() == 120.0
+    for bad in ("soon", "0", "-5", "inf", "nan"):
+        monkeypatch.setenv("FEDCORE_RAY_START_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match="FEDCORE_RAY_START_TIMEOUT_S must be a positive number"):
+            start_timeout()

@@ -34,6 +34,22 @@ def _session(ray) -> Any:
     return (context.gcs_address, context.get_node_id(), context.get_job_id())
 
 
+def start_timeout() -> float:
+    """How long a pool waits for its workers to start: ``FEDCORE_RAY_START_TIMEOUT_S``, default 120 s.
+
+    Each worker imports TensorFlow when it starts; on a loaded machine that can
+    take minutes, so slow machines (and test runs beside other work) raise it.
+    """
+    text = os.environ.get("FEDCORE_RAY_START_TIMEOUT_S", "120")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"FEDCORE_RAY_START_TIMEOUT_S must be a positive number of seconds, got {text!r}")
+    return value
+
+
 class WorkerPool:
     """Worker actors, shared by the RayExecutors that use it; remembers what each one holds."""
 
@@ -41,8 +57,9 @@ class WorkerPool:
     _shared_lock = threading.Lock()
 
     def __init__(self, num_workers: Optional[int] = None, cpus_per_worker: float = 1.0,
-                 threads_per_worker: Optional[int] = None, start_timeout_s: float = 120.0):
+                 threads_per_worker: Optional[int] = None, start_timeout_s: Optional[float] = None):
         ray = import_ray()
+        start_timeout_s = start_timeout() if start_timeout_s is None else start_timeout_s
         if not ray.is_initialized():
             raise ExecutionError("Ray is not initialized; call ray.init() or use RayExecutor(address=...)")
         if not (isinstance(cpus_per_worker, (int, float)) and cpus_per_worker > 0):
