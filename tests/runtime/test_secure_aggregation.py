@@ -350,3 +350,61 @@ def test_bad_protocol_inputs_are_clear_errors():
         server.receive_keys({0: client.public_key})
     with pytest.raises(TypeError, match="never sent anywhere"):
         pickle.dumps(client)
+
+
+# --------------------------------------------------------------------------
+# The Ray executor's two rounds (fedcore.runtime.ray.plan.SecureSumPartial), in this process.
+
+
+class _Worker:
+    """What SecureSumPartial needs of a Ray worker: its clients and its sessions."""
+
+    def __init__(self, clients):
+        self.clients, self.sessions = clients, {}
+
+    def keep_session(self, token, state):
+        self.sessions[token] = state
+
+    def take_session(self, token):
+        return self.sessions.pop(token)
+
+
+def test_each_client_on_a_worker_is_masked_against_every_other_client(servers):
+    from fedcore.runtime.ray import plan
+
+    member = fedcore.TensorType(tf.int32, [3])
+    values = [np.array([i, 2 * i, 40 - i], np.int32) for i in range(5)]
+    bounds = [np.asarray(40)]
+    bits = sa.bits_for(5, bounds)
+    record = plan.SecureSumPartial(0, member, bounds, bits, "t")
+    shards = [[0, 2, 4], [1, 3]]
+    workers = [_Worker(s) for s in shards]
+    round1 = [record.run(w, [values[i] for i in w.clients]) for w in workers]
+    sides = {s.index: s for w in workers for s in w.sessions["t"]}
+    relayed = record.relay(shards, round1, 5)
+    round2 = [record.respond(w, relayed[-1]) for w in workers]
+    assert all("t" not in w.sessions for w in workers)  # the client sides are gone after their round
+    result = record.finish(record.conclude(relayed, shards, round2))
+    np.testing.assert_array_equal(result, np.sum(values, axis=0))
+    # The driver got one public key per client and one masked sum per worker.
+    [server] = servers
+    assert server.keys == {i: sides[i].public_key for i in range(5)}
+    assert [c for c, _ in server.received] == [(0, 2, 4), (1, 3)]
+    for shard, (_, partial) in zip(shards, server.received):
+        assert not np.any(partial == np.sum([values[i] for i in shard], axis=0).astype(np.uint64))
+    # Each client's masked value carries its masks with every other client, its worker's clients included:
+    # the worker's sum is what the clients' own masked values add up to.
+    for i, side in sides.items():
+        seeds = {j: sa.shared_seed(side._key, i, j, server.keys[j]) for j in range(5) if j != i}
+        np.testing.assert_array_equal(side.masked(server.keys), sa.mask(i, values[i].astype(np.uint64), seeds, bits))
+    np.testing.assert_array_equal(
+        server.received[0][1], sa.unmask_sum([sides[i].masked(server.keys) for i in (0, 2, 4)], bits)
+    )
+    # A worker's masked sum that never arrives (its clients dropped out) is a clear error, not a wrong sum.
+    record.run(workers[0], [values[i] for i in shards[0]])
+    record.run(workers[1], [values[i] for i in shards[1]])
+    relayed = record.relay(shards, [({0: b"k" * 32, 2: b"l" * 32, 4: b"m" * 32}, [(3,)]), ({1: b"n" * 32, 3: b"o" * 32}, [(3,)])], 5)
+    with pytest.raises(ExecutionError, match=r"clients \[1, 3\] advertised a key but sent no masked value"):
+        record.finish(record.conclude(relayed, shards[:1], [np.zeros(3, np.uint64)]))
+    with pytest.raises(sa.SecureSumError, match=r"holding clients \[1, 3\] sent public keys for clients \[1\]"):
+        record.relay(shards, [round1[0], ({1: b"n" * 32}, [(3,)])], 5)
