@@ -35,7 +35,8 @@ _DATA_MOVES = (bb.Lambda, bb.Reference, bb.Selection, bb.Struct, bb.Block, bb.Ca
 
 
 class Worker:
-    """One Ray actor's state; ``run(request)`` is its only remote method besides ``pid``."""
+    """One Ray actor's state; its remote methods are ``run(request)`` (a stage), ``follow_up(messages)``
+    (the second round of a stage's secure sums) and ``pid``."""
 
     def __init__(self, threads: int):
         # Pin TF to this worker's share of cores, so several workers run side by side.
