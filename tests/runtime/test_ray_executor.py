@@ -1,10 +1,12 @@
 """RayExecutor: conformance, one dispatch per worker per round, client data on the workers, faults."""
 
 import collections
+import copy
 import sys
 import threading
 import time
 
+import attrs
 import hypothesis
 import numpy as np
 import pytest
@@ -418,35 +420,92 @@ def test_clients_are_assigned_by_dataset_size(pool):
 
 
 # --------------------------------------------------------------------------
-# federated_secure_sum runs the masking protocol: the driver sees masked partial sums only.
+# federated_secure_sum runs the masking protocol: the driver relays public keys and sees masked partial sums only.
 
 
-def test_secure_sum_driver_sees_only_masked_partial_sums(pool, monkeypatch):
+@pytest.fixture
+def servers(monkeypatch):
+    """Every secure sum's server side on the driver, with everything it was given."""
     from fedcore.runtime import secure_aggregation as sa
 
-    seen = []
-    unmask = sa.unmask_sum
+    made = []
 
-    def spy(masked, bits, size=None):
-        seen.append([np.array(y) for y in masked])
-        return unmask(masked, bits, size)
+    class Recording(sa.ServerSide):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
 
-    monkeypatch.setattr(sa, "unmask_sum", spy)  # on the driver; the workers are other processes
+    monkeypatch.setattr(sa, "ServerSide", Recording)  # on the driver; the workers are other processes
+    return made
 
+
+def _secure_sum_of_sixes():
     @fedcore.federated_computation(fedcore.type_at_clients(tf.TensorSpec([6], tf.int32)))
     def secure(x):
         return fedcore.federated_secure_sum(x, 100)
 
+    return secure
+
+
+def test_secure_sum_driver_cannot_remove_any_mask(pool, servers, monkeypatch):
+    from fedcore.runtime import secure_aggregation as sa
+
+    requests = []
+    run = RayExecutor._request
+    monkeypatch.setattr(RayExecutor, "_request", lambda self, *a: requests.append(run(self, *a)) or requests[-1])
     rng = np.random.default_rng(1)
     clients = [rng.integers(0, 101, 6).astype(np.int32) for _ in range(6)]
     with fedcore.execution_context(RayExecutor(pool=pool)):
-        result = secure(clients)
+        result = _secure_sum_of_sixes()(clients)
     np.testing.assert_array_equal(result, np.sum(clients, axis=0))
-    assert len(seen) == 1 and len(seen[0]) == 2  # one masked partial sum per worker
-    for partial in seen[0]:
-        assert partial.dtype == np.uint64
-        assert not any(np.array_equal(partial, c.astype(np.uint64)) for c in clients)
-        assert not np.array_equal(partial, np.sum(clients, axis=0).astype(np.uint64))
+    # Everything the driver holds: one public key per client, one masked sum per worker, and its own records.
+    [server] = servers
+    assert sorted(server.keys) == list(range(6)) and len(set(server.keys.values())) == 6
+    shards = [r.clients for r in requests]
+    assert len(shards) == 2 and [c for c, _ in server.received] == [tuple(s) for s in shards]
+    record = next(o for r in requests for o in r.outputs if isinstance(o, plan.SecureSumPartial))
+    assert sorted(f.name for f in attrs.fields(type(record))) == ["bits", "bounds", "member", "source", "token"]
+    for shard, (_, partial) in zip(shards, server.received):
+        plain = np.sum([clients[i] for i in shard], axis=0).astype(np.uint64)
+        assert partial.dtype == np.uint64 and not np.any(partial == plain)
+        # The old attack: remove the masks with the pairwise seeds the driver knows.  It knows none; seeds it
+        # derives with a key of its own from the clients' public keys are not the clients' seeds.
+        own = sa.new_private_key()
+        guess = partial.copy()
+        for i in shard:
+            for j in range(6):
+                if j not in shard:
+                    r = sa.expand(sa.shared_seed(own, i, j, server.keys[j]), 6, server.bits)
+                    guess = guess - r if j > i else guess + r
+        assert not np.array_equal(guess & np.uint64(2**server.bits - 1), plain)
+
+
+def test_secure_sum_worker_lost_between_rounds_reruns_with_fresh_keys(pool, servers, monkeypatch):
+    # The shared workers, in a pool of this test's own that forgets a lost worker without killing it.
+    view = copy.copy(pool)
+    view.actors, view.holds = list(pool.actors), {a: set() for a in pool.actors}
+    view.drop = lambda actor: view.actors.remove(actor)
+    answers = RayExecutor._answers
+    calls = []
+
+    def lose_one_in_the_second_round(self, ray_module, futures, work):
+        dead, replies = answers(self, ray_module, futures, work)
+        calls.append(len(futures))
+        if len(calls) == 2:  # the first attempt's second round: the first worker's masked sum never comes
+            return [(work[0][0], "the worker died (lost between the rounds)")], replies[1:]
+        return dead, replies
+
+    monkeypatch.setattr(RayExecutor, "_answers", lose_one_in_the_second_round)
+    clients = [np.full(6, v, np.int32) for v in (5, 17, 100, 0)]
+    with fedcore.execution_context(RayExecutor(pool=view, max_retries=1)):
+        result = _secure_sum_of_sixes()(clients)
+    np.testing.assert_array_equal(result, np.sum(clients, axis=0))
+    assert calls == [2, 2, 1, 1]  # two rounds on two workers, then the whole stage again on the one left
+    first, second = servers
+    assert sorted(first.keys) == [0, 1, 2, 3] and first.received == []  # abandoned before any masked sum
+    assert [c for c, _ in second.received] == [(0, 1, 2, 3)]  # all clients on the remaining worker
+    assert not set(first.keys.values()) & set(second.keys.values())  # new key pairs for the new attempt
+    assert view.num_workers == 1 and pool.num_workers == 2
 
 
 def test_secure_sum_out_of_range_names_the_client(pool):

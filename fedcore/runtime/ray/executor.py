@@ -10,8 +10,9 @@ worker's clients (``wire.Request``).  Each worker (``worker``) runs its
 clients' maps with a local ``TensorFlowExecutor`` and computes partial
 aggregates: with the aggregation's monoid, or the user's accumulator for the
 general aggregate, or masked partial sums for the secure sum
-(``fedcore.runtime.secure_aggregation``); the driver merges the partials and
-reports once.
+(``fedcore.runtime.secure_aggregation``: a second request per worker, after
+the driver relays the public keys of the clients' key pairs, made on the
+workers); the driver merges the partials and reports once.
 
 Functions and datasets are shipped once per worker and cached there
 (``shipping``).  Clients are assigned to workers greedily by dataset size
@@ -28,12 +29,13 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler.transformations import pipeline, run_pipeline
+from fedcore.runtime import secure_aggregation
 from fedcore.runtime.executor import ExecutionError
 from fedcore.runtime.ray import plan
 from fedcore.runtime.ray.driver import DriverInterpreter
@@ -135,40 +137,78 @@ class RayExecutor:
             work = [(a, s) for a, s in zip(actors, assign(sizes, len(actors))) if s]
             futures = [a.run.remote(self._request(a, s, nodes, outputs)) for a, s in work]
             self.pool.dispatches += len(futures)
-            _, not_ready = ray.wait(futures, num_returns=len(futures), timeout=self.timeout_s)
-            dead, replies = [], []
-            for future, (actor, _) in zip(futures, work):
-                if future in not_ready:
-                    dead.append((actor, f"no answer within {self.timeout_s:g} s"))
-                    continue
-                try:
-                    replies.append(ray.get(future, timeout=self.timeout_s))
-                except ray.exceptions.GetTimeoutError:
-                    dead.append((actor, f"no answer within {self.timeout_s:g} s"))
-                except ray.exceptions.RayActorError as e:
-                    dead.append((actor, f"the worker died ({type(e).__name__})"))
-                except ray.exceptions.RayError as e:  # the worker is fine; its answer could not be read
-                    raise ExecutionError(f"a Ray worker's answer could not be received: {e}") from None
+            dead, replies = self._answers(ray, futures, work)
+            shards = [s for _, s in work]
+            parts = None
+            if not dead:
+                # Seconds each worker spent on this stage, for profiling: its busiest worker bounds the stage.
+                self.last_worker_seconds = [r.seconds for r in replies]
+                self._check(work, replies)
+                parts = [[r.outputs[k] for r in replies] for k in range(len(outputs))]
+                dead = self._second_round(ray, work, outputs, parts, num_clients)
             if dead:
                 for actor, why in dead:
                     failures.append(why)
                     _log.warning("fedcore RayExecutor: dropping a worker: %s (attempt %d)", why, attempt + 1)
                     self.pool.drop(actor)
                 continue
-            # Seconds each worker spent on this stage, for profiling: its busiest worker bounds the stage.
-            self.last_worker_seconds = [r.seconds for r in replies]
-            for (actor, _), reply in zip(work, replies):
-                if not reply.ok:
-                    # What the worker installed before failing is unknown: send everything again next time.
-                    self.pool.holds[actor] = set()
-                    raise ExecutionError(f"client work failed on a Ray worker: {reply.error}")
-            shards = [s for _, s in work]
-            return [out.gather(shards, [r.outputs[k] for r in replies], num_clients) for k, out in enumerate(outputs)]
+            return [out.gather(shards, parts[k], num_clients) for k, out in enumerate(outputs)]
         raise WorkerFailure(
             f"a stage of client work failed after {len(failures)} worker failure(s) "
             f"({'; '.join(failures) or 'no workers left'}); {self.pool.num_workers} worker(s) left, "
             f"max_retries={self.max_retries}"
         )
+
+    def _answers(self, ray, futures, work) -> Tuple[List[Tuple[Any, str]], List[Any]]:
+        """The workers' replies, and the workers that died or did not answer within ``timeout_s``."""
+        _, not_ready = ray.wait(futures, num_returns=len(futures), timeout=self.timeout_s)
+        dead, replies = [], []
+        for future, (actor, _) in zip(futures, work):
+            if future in not_ready:
+                dead.append((actor, f"no answer within {self.timeout_s:g} s"))
+                continue
+            try:
+                replies.append(ray.get(future, timeout=self.timeout_s))
+            except ray.exceptions.GetTimeoutError:
+                dead.append((actor, f"no answer within {self.timeout_s:g} s"))
+            except ray.exceptions.RayActorError as e:
+                dead.append((actor, f"the worker died ({type(e).__name__})"))
+            except ray.exceptions.RayError as e:  # the worker is fine; its answer could not be read
+                raise ExecutionError(f"a Ray worker's answer could not be received: {e}") from None
+        return dead, replies
+
+    def _check(self, work, replies) -> None:
+        for (actor, _), reply in zip(work, replies):
+            if not reply.ok:
+                # What the worker installed before failing is unknown: send everything again next time.
+                self.pool.holds[actor] = set()
+                raise ExecutionError(f"client work failed on a Ray worker: {reply.error}")
+
+    def _second_round(self, ray, work, outputs: List[plan.Output], parts: List[List[Any]], num_clients: int):
+        """The second round of the stage's two-round outputs (secure sums: the driver relays the public keys
+        the workers sent, and gets their masked sums), on the same workers; ``parts`` updated in place.
+
+        Returns the workers that died or timed out: the caller runs the whole stage again, so every
+        client side is made anew, with fresh keys (no value masked under the lost keys is ever used).
+        """
+        two_round = [k for k, out in enumerate(outputs) if isinstance(out, plan.SecureSumPartial)]
+        if not two_round:
+            return []
+        shards = [s for _, s in work]
+        try:
+            relayed = {k: outputs[k].relay(shards, parts[k], num_clients) for k in two_round}
+        except secure_aggregation.SecureSumError as e:
+            raise ExecutionError(str(e)) from None
+        messages = [(outputs[k], relayed[k][-1]) for k in two_round]
+        futures = [a.follow_up.remote(messages) for a, _ in work]
+        self.pool.dispatches += len(futures)
+        dead, replies = self._answers(ray, futures, work)
+        if dead:
+            return dead
+        self._check(work, replies)
+        for j, k in enumerate(two_round):
+            parts[k] = outputs[k].conclude(relayed[k], shards, [r.outputs[j] for r in replies])
+        return []
 
     def _request(self, actor, shard: List[int], nodes: List[plan.Node], outputs: List[plan.Output]) -> Request:
         """The request for one worker: the plan for its clients, and what it does not hold yet."""

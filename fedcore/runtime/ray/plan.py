@@ -221,40 +221,76 @@ class AggregatePartial(Output):
 
 @attrs.frozen
 class SecureSumPartial(Output):
-    """``fedcore.runtime.secure_aggregation`` across workers.
+    """``fedcore.runtime.secure_aggregation`` across workers, in two rounds.
 
-    Each client's value is bound-checked, encoded and masked with its own
-    pairwise seeds on its worker, which adds its clients' masked vectors mod
-    2^bits; the driver sees only those masked partial sums, whose masks cancel
-    in their total.  ``seeds``: every pair's seed on the driver; as sent, each
-    of the worker's clients' own seeds.
+    1. ``run`` (worker): each of the worker's clients' values is bound-checked
+       and encoded, and each client gets its own ``ClientSide`` with a fresh
+       X25519 key pair, kept on the worker under ``token``; only the public
+       keys (and the value's leaf shapes) go back.
+    2. ``relay`` (driver): a ``ServerSide`` checks that every client sent one
+       key, and the same table of public keys goes to every worker.
+    3. ``respond`` (worker): each client masks its value with its pairwise
+       masks against every other client (those on the same worker too); the
+       worker adds its clients' masked values mod 2^bits and sends that sum.
+    4. ``finish`` (driver): the ``ServerSide`` adds the workers' masked sums;
+       every mask cancels in the total only.
+
+    The driver never holds a private key or a pairwise seed.
     """
 
     source: int
     member: Type
     bounds: List[np.ndarray]
     bits: int
-    seeds: Dict[Any, Any]
+    token: str  # names this sum's client sides on the workers
 
-    def encode(self, shipment) -> "SecureSumPartial":
-        own = {i: secure_aggregation.client_seeds(i, self.seeds) for i in shipment.clients}
-        return attrs.evolve(self, seeds=own)
-
-    def run(self, worker, members: List[Any]) -> Tuple[np.ndarray, List[Tuple[int, ...]]]:
+    def run(self, worker, members: List[Any]) -> Tuple[Dict[int, bytes], List[Tuple[int, ...]]]:
         leaves = [tf_bridge.flatten(v, self.member) for v in members]
-        shapes = [np.shape(leaf) for leaf in leaves[0]]
-        masked = [
-            secure_aggregation.mask(i, secure_aggregation.encode(i, v, self.bounds, shapes), self.seeds[i], self.bits)
+        shapes = [np.shape(leaf) for leaf in leaves[0]] if leaves else []
+        sides = [
+            secure_aggregation.ClientSide(i, secure_aggregation.encode(i, v, self.bounds, shapes), self.bits)
             for i, v in zip(worker.clients, leaves)
         ]
-        return (secure_aggregation.unmask_sum(masked, self.bits), shapes)
+        worker.keep_session(self.token, sides)
+        return ({s.index: s.public_key for s in sides}, shapes)
 
-    def finish(self, parts: List[Tuple[np.ndarray, Any]]) -> Any:
+    def relay(self, shards: Sequence[List[int]], parts: Sequence[Any], num_clients: int):
+        """The driver's side after round 1: its ``ServerSide`` and the message for every worker."""
+        server = secure_aggregation.ServerSide(num_clients, self.bits)
+        shapes = None
+        for shard, (keys, part_shapes) in zip(shards, parts):
+            if sorted(keys) != sorted(shard):
+                raise secure_aggregation.SecureSumError(
+                    f"a worker holding clients {shard} sent public keys for clients {sorted(keys)}"
+                )
+            if shapes is not None and [tuple(s) for s in part_shapes] != [tuple(s) for s in shapes]:
+                raise secure_aggregation.SecureSumError(
+                    f"federated_secure_sum: client values have leaves of shapes {shapes} and {part_shapes}"
+                )
+            shapes = part_shapes
+            server.receive_keys(keys)
+        return server, shapes, server.relay()
+
+    def respond(self, worker, public_keys: Dict[int, bytes]) -> np.ndarray:
+        sides = worker.take_session(self.token)
+        return secure_aggregation.unmask_sum([s.masked(public_keys) for s in sides], self.bits)
+
+    def conclude(self, relayed, shards: Sequence[List[int]], parts: Sequence[np.ndarray]) -> List[Any]:
+        """The driver's side after round 2: the server holds every worker's masked sum."""
+        server, shapes, _ = relayed
+        for shard, partial in zip(shards, parts):
+            server.receive_masked(shard, partial)
+        return [(server, shapes)]
+
+    def gather(self, shards, parts, num_clients):
+        return list(parts)
+
+    def finish(self, parts: List[Tuple[Any, Any]]) -> Any:
         if not parts:
             return reference.zero(self.member)
+        server, shapes = parts[0]
         dtypes = [leaf.np_dtype for leaf in tf_bridge.leaf_types(self.member)]
         try:
-            total = secure_aggregation.unmask_sum([p[0] for p in parts], self.bits)
-            return tf_bridge.unflatten(secure_aggregation.decode(total, parts[0][1], dtypes), self.member)
+            return tf_bridge.unflatten(secure_aggregation.decode(server.total(), shapes, dtypes), self.member)
         except secure_aggregation.SecureSumError as e:
             raise ExecutionError(str(e)) from None

@@ -12,6 +12,7 @@ plus and zero), run on the driver by the reference interpreter's rules.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, List, Tuple
 
 import numpy as np
@@ -147,8 +148,8 @@ def _secure_sum(interp, arg, t):
         bits = secure_aggregation.bits_for(interp.num_clients, bounds)
     except secure_aggregation.SecureSumError as e:
         raise ExecutionError(str(e)) from None
-    seeds = secure_aggregation.pairwise_seeds(interp.num_clients)  # the simulated key agreement
-    return interp.queue(plan.SecureSumPartial(node.id, member, bounds, bits, seeds))
+    # The clients' key pairs are made on the workers (plan.SecureSumPartial); the driver only relays public keys.
+    return interp.queue(plan.SecureSumPartial(node.id, member, bounds, bits, uuid.uuid4().hex))
 
 
 __all__ = ["RULES", "client_operands", "input_node", "on_driver"]

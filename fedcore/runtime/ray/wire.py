@@ -7,7 +7,8 @@ for a dataset a worker builds from its client data factory,
 content as ``DatasetGraph`` or ``DatasetElements``.  Functions travel as
 ``FunctionRef``: the SHA-256 of their ``fedcore.serialize`` bytes (sent once
 per worker) and the driver values they capture.  One stage is one
-``Request`` to a worker and one ``Reply`` back.
+``Request`` to a worker and one ``Reply`` back (a stage with secure sums adds
+a second round: the relayed public keys out, a ``Reply`` of masked sums back).
 """
 
 from __future__ import annotations

@@ -29,12 +29,14 @@ from fedcore.structure import Struct
 from fedcore.types import StructType, type_at_clients, type_at_server
 
 _NO_ARGUMENT = object()
+_MAX_SESSIONS = 64
 # The IR nodes of a function that only moves data around.
 _DATA_MOVES = (bb.Lambda, bb.Reference, bb.Selection, bb.Struct, bb.Block, bb.Call)
 
 
 class Worker:
-    """One Ray actor's state; ``run(request)`` is its only remote method besides ``pid``."""
+    """One Ray actor's state; its remote methods are ``run(request)`` (a stage), ``follow_up(messages)``
+    (the second round of a stage's secure sums) and ``pid``."""
 
     def __init__(self, threads: int):
         # Pin TF to this worker's share of cores, so several workers run side by side.
@@ -49,6 +51,8 @@ class Worker:
         self.sources: Dict[str, Any] = {}
         self.datasets: Dict[str, Any] = {}
         self.clients: List[int] = []
+        # Client sides of protocols waiting for their next round (secure sums), by token.
+        self.sessions: Dict[str, Any] = {}
 
     def pid(self) -> int:
         return os.getpid()
@@ -61,6 +65,28 @@ class Worker:
             return Reply(outputs, None, time.perf_counter() - start)
         except Exception as e:  # noqa: BLE001 -- reported to the driver, which raises ExecutionError
             return Reply(None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+
+    def follow_up(self, messages: List[Tuple[Any, Any]]) -> Reply:
+        """The next round of the stage's multi-round outputs: ``(output, message)`` pairs, answered in order."""
+        start = time.perf_counter()
+        try:
+            outputs = [to_wire(out.respond(self, message)) for out, message in messages]
+            return Reply(outputs, None, time.perf_counter() - start)
+        except Exception as e:  # noqa: BLE001 -- reported to the driver, which raises ExecutionError
+            return Reply(None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+
+    def keep_session(self, token: str, state: Any) -> None:
+        """Keeps a protocol's state until its next round; a few at most (an abandoned stage's are dropped)."""
+        self.sessions.pop(token, None)
+        while len(self.sessions) >= _MAX_SESSIONS:
+            self.sessions.pop(next(iter(self.sessions)))
+        self.sessions[token] = state
+
+    def take_session(self, token: str) -> Any:
+        state = self.sessions.pop(token, None)
+        if state is None:
+            raise ExecutionError("this worker holds no state for the protocol round it was sent")
+        return state
 
     def _run(self, request: Request) -> List[Any]:
         self._install(request)
