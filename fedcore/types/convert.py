@@ -98,11 +98,11 @@ def _to_type(spec: Any) -> Type:
         return StructType([(n, to_type(v)) for n, v in spec.items()], container=Struct)
     pair = named_element(spec)
     if pair is not None:
-        return StructType([(pair[0], to_type(pair[1]))])
+        return StructType([_convert_named(spec, *pair)])
     if isinstance(spec, (list, tuple)):
         pairs = [named_element(v) for v in spec]
         if any(p is not None for p in pairs):
-            return StructType([(None, to_type(v)) if p is None else (p[0], to_type(p[1])) for v, p in zip(spec, pairs)])
+            return StructType([(None, to_type(v)) if p is None else _convert_named(v, *p) for v, p in zip(spec, pairs)])
         return StructType([(None, to_type(v)) for v in spec], container=type(spec))
     if isinstance(spec, dict):
         container = collections.OrderedDict if isinstance(spec, collections.OrderedDict) else dict
@@ -144,6 +144,24 @@ def named_element(spec: Any):
     if not isinstance(name, str) or _is_type_text(name):
         return None
     return name, value
+
+
+def _convert_named(spec: tuple, name: str, value: Any):
+    """The element ``(name, to_type(value))``; when that fails and ``value`` looks like a shape,
+    the error also says why ``spec`` is not a ``(dtype, shape)`` pair."""
+    try:
+        return name, to_type(value)
+    except (TypeError, ValueError) as e:
+        if not _is_shape(value):
+            raise
+        try:
+            canonical_dtype(name)
+            why = f"{name!r} is not a dtype"
+        except TypeError as dtype_error:
+            why = str(dtype_error)
+        raise TypeError(
+            f"cannot convert {spec!r}: as a (dtype, shape) pair, {why}; as an element named {name!r}, {e}"
+        ) from None
 
 
 def _is_dtype_or_name(value: Any) -> bool:

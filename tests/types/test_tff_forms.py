@@ -61,6 +61,9 @@ def test_a_name_is_no_longer_read_as_a_dtype():
     assert to_type(("a", tf.int32)) == StructType([("a", TensorType("int32"))])
     with pytest.raises(TypeError, match="cannot convert None"):
         to_type(("a", None))
+    # A failed (dtype, shape) pair names both readings.
+    with pytest.raises(TypeError, match=r"as a \(dtype, shape\) pair, unknown dtype 'float33'.*as an element named 'float33'"):
+        to_type(("float33", [2]))
 
 
 def test_struct_type_takes_bare_dtypes_and_specs():
