@@ -386,3 +386,17 @@ def test_learning_process_checks_its_computations():
         learning.templates.LearningProcess.from_iterative_process(
             learning.IterativeProcess(initialize, next_pair), wrong_get, set_weights
         )
+
+
+def test_learning_process_runs_on_the_tensorflow_executor_as_on_the_reference(fed_avg):
+    start = fed_avg.initialize()
+    reference = fed_avg.next(start, UNEQUAL)
+    with fedcore.execution_context(TensorFlowExecutor()):
+        fast = fed_avg.next(start, UNEQUAL)
+    assert isinstance(fast, learning.templates.LearningProcessOutput)
+    assert fast.metrics["finalizer"]["update_non_finite"] == reference.metrics["finalizer"]["update_non_finite"] == 0
+    assert fast.metrics["distributor"] == reference.metrics["distributor"] == ()
+    for name, value in reference.metrics["client_work"]["train"].items():
+        np.testing.assert_allclose(fast.metrics["client_work"]["train"][name], value, rtol=1e-5)
+    for a, b in zip(trainable(fast.state.model), trainable(reference.state.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
