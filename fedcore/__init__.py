@@ -51,3 +51,20 @@ from fedcore.runtime import (  # noqa: E402
     set_default_executor,
 )
 from fedcore.compiler.serialization import deserialize, serialize  # noqa: E402
+
+
+# Subpackages that ``import fedcore`` makes reachable as attributes (``fedcore.learning``, as
+# ``tff.learning``), each imported on first use so that ``import fedcore`` stays as fast as it was.
+_SUBMODULES = ("aggregators", "backends", "learning", "simulation", "templates", "tensorflow", "utils")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"fedcore.{name}")
+    raise AttributeError(f"module 'fedcore' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES))

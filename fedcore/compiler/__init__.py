@@ -17,4 +17,17 @@ __all__ = [
     "federated_computation",
     "intrinsics",
     "tf_computation",
+    "to_distribute_aggregate_form",
+    "to_map_reduce_form",
 ]
+
+# The forms (``fedcore.compiler.forms``) sit above the front end; they are loaded on first use.
+_FORMS = ("DistributeAggregateForm", "MapReduceForm", "to_distribute_aggregate_form", "to_map_reduce_form")
+
+
+def __getattr__(name):
+    if name in _FORMS:
+        from fedcore.compiler import forms
+
+        return getattr(forms, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

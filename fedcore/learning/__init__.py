@@ -3,7 +3,10 @@
 Models (``Model``, Keras models via ``from_keras_model``), training processes
 (``build_federated_averaging_process``, ``build_federated_sgd_process``),
 evaluation (``build_federated_evaluation``) and functional optimizers
-(``fedcore.learning.optimizers``).  Everything here is written with the
+(``fedcore.learning.optimizers``).  TFF's current names are here too:
+``algorithms`` (``build_weighted_fed_avg``, ``build_fed_eval``), ``models``
+(``from_keras_model``), ``templates`` (``LearningProcess``) and
+``ClientWeighting``.  Everything here is written with the
 public core (``fedcore.federated_computation``, ``fedcore.tf_computation``
 and the federated intrinsics) and runs on any executor.
 """
@@ -19,6 +22,8 @@ from fedcore.learning.model import BatchOutput, Model, ModelWeights, TrainableMo
 from fedcore.learning.training import ServerState
 from fedcore.learning.checkpoint import Checkpoint, CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
 from fedcore.learning.rounds import DroppedClient, DropoutPolicy, RoundFailedError, RoundResult, run_round
+from fedcore.learning import algorithms, models, templates  # noqa: E402  (TFF's names, over the above)
+from fedcore.learning.algorithms import ClientWeighting  # noqa: E402
 
 __all__ = [
     "Aggregator",
@@ -27,6 +32,10 @@ __all__ = [
     "SecureAggregator",
     "aggregators",
     "BatchOutput",
+    "ClientWeighting",
+    "algorithms",
+    "models",
+    "templates",
     "Checkpoint",
     "CheckpointError",
     "CheckpointManager",

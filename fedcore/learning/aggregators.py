@@ -204,6 +204,9 @@ class DPAggregator(Aggregator):
     ``secure=True`` the clipped updates are summed with ``federated_secure_sum``
     (``bits`` bits of fixed point; the server never sees one client's update)
     before the noise is added.  The count of clients is not made private.
+    With ``denominator`` set, the noisy sum is divided by it instead of the
+    count (the expected number of clients per round, as TFF's
+    ``DifferentiallyPrivateFactory.gaussian_fixed`` does), so the count is not used.
     """
 
     def __init__(
@@ -213,6 +216,8 @@ class DPAggregator(Aggregator):
         seed: Optional[int] = None,
         secure: bool = False,
         bits: int = 20,
+        *,
+        denominator: Optional[float] = None,
     ):
         if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, numbers.Real) or not (
             math.isfinite(noise_multiplier) and noise_multiplier >= 0
@@ -233,11 +238,17 @@ class DPAggregator(Aggregator):
         self.seed = int(seed)
         self.secure = secure
         self.bits = int(bits)
+        if denominator is not None:
+            _check_positive("denominator", denominator)
+            denominator = float(denominator)
+        self.denominator = denominator
 
     def __repr__(self) -> str:
         return (
             f"DPAggregator(noise_multiplier={self.noise_multiplier}, clip_norm={self.clip_norm}, "
-            f"seed={self.seed}, secure={self.secure})"
+            f"seed={self.seed}, secure={self.secure}"
+            + ("" if self.denominator is None else f", denominator={self.denominator}")
+            + ")"
         )
 
     @property
@@ -275,12 +286,14 @@ class DPAggregator(Aggregator):
                 collections.OrderedDict(total=federated_sum(clipped.update), weight=federated_sum(clipped.participating))
             )
         sizes = [math.prod(t.shape) for t in leaf_types]
-        stddev, seed = self.noise_stddev, self.seed
+        stddev, seed, denominator = self.noise_stddev, self.seed, self.denominator
 
         @tf_computation(sums.type_signature.member, round_number.type_signature.member)
         def add_noise(sums, round_number):
             totals = [tf.cast(t, tf.float64) for t in _nest.flatten(field(sums, "total"))]
             count = tf.cast(field(sums, "weight"), tf.float64)
+            if denominator is not None:
+                count = tf.constant(denominator, tf.float64)
             key = tf.stack([tf.constant(seed, tf.int64), tf.cast(round_number, tf.int64)])
             noise = tf.random.stateless_normal([sum(sizes)], seed=key, stddev=stddev, dtype=tf.float64)
             noisy, start = [], 0

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from fedcore.learning import _nest
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "Yogi", "from_keras", "build"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "Yogi", "from_keras", "build", "build_adam", "build_sgdm"]
 
 
 def _map(fn: Callable, *structures: Any) -> Any:
@@ -291,3 +291,22 @@ def build(optimizer_fn: Callable[[], Any], what: str) -> Optimizer:
             f"{what} returned {optimizer!r}; expected a fedcore.learning.optimizers optimizer "
             "(SGD, Adagrad, Adam, Yogi) or a Keras SGD, Adam or Adagrad"
         ) from None
+
+
+# --------------------------------------------------------------------------
+# TFF's names (``tff.learning.optimizers``).
+
+
+def build_sgdm(learning_rate: float = 0.01, momentum=None) -> SGD:
+    """TFF's ``build_sgdm``: gradient descent, with momentum unless ``momentum`` is None.
+
+    TFF accumulates ``a = momentum * a + g`` and steps ``w -= lr * a``;
+    :class:`SGD`'s ``v = momentum * v - lr * g``, ``w += v`` is the same step
+    (``v = -lr * a``) for a constant learning rate.
+    """
+    return SGD(learning_rate=learning_rate, momentum=0.0 if momentum is None else momentum)
+
+
+def build_adam(learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7) -> Adam:
+    """TFF's ``build_adam``: :class:`Adam` (bias correction folded into the step size)."""
+    return Adam(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)

@@ -31,13 +31,19 @@ __all__ = [
     "get_default_executor",
     "set_default_executor",
     "RayExecutor",
+    "TensorFlowExecutor",
 ]
 
 
 def __getattr__(name):
-    # RayExecutor is imported on first use, so that fedcore works without the ray extra.
+    # RayExecutor is imported on first use, so that fedcore works without the ray extra;
+    # TensorFlowExecutor on first use too, so that importing fedcore does not build the TF backend.
     if name == "RayExecutor":
         from fedcore.runtime.ray import RayExecutor
 
         return RayExecutor
+    if name == "TensorFlowExecutor":
+        from fedcore.runtime.tensorflow import TensorFlowExecutor
+
+        return TensorFlowExecutor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from fedcore.structure import Struct
 from fedcore.types.core import (
     Placement,
     PlacementType,
@@ -38,8 +39,19 @@ def to_type(spec: Any) -> Type:
 
     Accepts types, type strings, numpy and TF dtypes, ``(dtype, shape)`` pairs,
     ``tf.TensorSpec``, ``tf.data.DatasetSpec`` and nested element specs, and
-    lists, tuples, dicts, OrderedDicts, namedtuples and attrs instances of any
-    of these.  Containers are remembered on the resulting StructType.
+    lists, tuples, dicts, OrderedDicts, namedtuples, attrs instances and
+    ``fedcore.Struct`` values of any of these.  Containers are remembered on
+    the resulting StructType.
+
+    As in TFF, a pair ``(name, spec)`` whose first element is a string is a
+    named element: ``('a', tf.int32)`` is ``<a=int32>``, and a list or tuple
+    holding such pairs is a struct with those names,
+    ``[('a', tf.int32), tf.bool]`` is ``<a=int32,bool>`` (with no Python
+    container: its values come back as ``fedcore.Struct``).  A string that is
+    itself a type (``'int32'``, ``'T'``, ``'placement'``) is read as that
+    type, so ``('int32', [2])`` stays ``int32[2]`` and ``('int32', 'bool')``
+    stays ``<int32,bool>``; name such an element with
+    ``StructType([('int32', ...)])``.
     """
     try:
         return _to_type(spec)
@@ -80,9 +92,17 @@ def _to_type(spec: Any) -> Type:
         return StructType(elements, container=type(spec))
     if isinstance(spec, tuple) and _is_namedtuple_class(type(spec)):
         return StructType([(n, to_type(v)) for n, v in zip(spec._fields, spec)], container=type(spec))
-    if isinstance(spec, tuple) and len(spec) == 2 and _is_dtype_or_name(spec[0]) and _is_shape(spec[1]):
+    if isinstance(spec, tuple) and is_tensor_pair(spec):
         return TensorType(spec[0], spec[1])
+    if isinstance(spec, Struct):
+        return StructType([(n, to_type(v)) for n, v in spec.items()], container=Struct)
+    pair = named_element(spec)
+    if pair is not None:
+        return StructType([_convert_named(spec, *pair)])
     if isinstance(spec, (list, tuple)):
+        pairs = [named_element(v) for v in spec]
+        if any(p is not None for p in pairs):
+            return StructType([(None, to_type(v)) if p is None else _convert_named(v, *p) for v, p in zip(spec, pairs)])
         return StructType([(None, to_type(v)) for v in spec], container=type(spec))
     if isinstance(spec, dict):
         container = collections.OrderedDict if isinstance(spec, collections.OrderedDict) else dict
@@ -95,6 +115,53 @@ def _to_type(spec: Any) -> Type:
         "type, a type string, a dtype, a (dtype, shape) pair, a tf.TensorSpec, a tf.data.DatasetSpec, "
         "or a list, tuple, dict, namedtuple or attrs instance of these"
     )
+
+
+def is_tensor_pair(spec: tuple) -> bool:
+    """Whether a tuple is a ``(dtype, shape)`` pair such as ``(tf.float32, [None, 784])``."""
+    return len(spec) == 2 and not _is_namedtuple_class(type(spec)) and _is_dtype_or_name(spec[0]) and _is_shape(spec[1])
+
+
+def _is_type_text(text: str) -> bool:
+    from fedcore.types.parser import parse
+
+    try:
+        parse(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def named_element(spec: Any):
+    """``(name, spec)`` when ``spec`` is a named element ``('a', tf.int32)``, else None.
+
+    That is a plain 2-tuple whose first element is a string that is not itself
+    a type's notation (and is not a ``(dtype, shape)`` pair).
+    """
+    if not isinstance(spec, tuple) or len(spec) != 2 or _is_namedtuple_class(type(spec)):
+        return None
+    name, value = spec
+    if not isinstance(name, str) or _is_type_text(name):
+        return None
+    return name, value
+
+
+def _convert_named(spec: tuple, name: str, value: Any):
+    """The element ``(name, to_type(value))``; when that fails and ``value`` looks like a shape,
+    the error also says why ``spec`` is not a ``(dtype, shape)`` pair."""
+    try:
+        return name, to_type(value)
+    except (TypeError, ValueError) as e:
+        if not _is_shape(value):
+            raise
+        try:
+            canonical_dtype(name)
+            why = f"{name!r} is not a dtype"
+        except TypeError as dtype_error:
+            why = str(dtype_error)
+        raise TypeError(
+            f"cannot convert {spec!r}: as a (dtype, shape) pair, {why}; as an element named {name!r}, {e}"
+        ) from None
 
 
 def _is_dtype_or_name(value: Any) -> bool:

@@ -139,6 +139,23 @@ class Type:
         if not self.is_assignable_from(source):
             raise TypeError(f"expected a value of type {self}, got {source}")
 
+    # TFF's names for the methods above.
+
+    def compact_representation(self) -> str:
+        """TFF's name for :meth:`compact`."""
+        return self.compact()
+
+    def formatted_representation(self) -> str:
+        """TFF's name for :meth:`formatted`."""
+        return self.formatted()
+
+    def check_equivalent_to(self, other: "Type") -> None:
+        """Raises TypeError unless ``self`` and ``other`` are equivalent (each assignable from the other)."""
+        if not isinstance(other, Type):
+            raise TypeError(f"expected a fedcore type to compare with {self}, got {other!r}")
+        if not self.is_equivalent_to(other):
+            raise TypeError(f"type {self} is not equivalent to type {other}")
+
 
 @attrs.frozen(repr=False)
 class TensorType(Type):
@@ -182,22 +199,37 @@ class TensorType(Type):
         return self.shape is not None and all(d is not None for d in self.shape)
 
 
+def _is_namedtuple(value: Any) -> bool:
+    return isinstance(value, tuple) and hasattr(type(value), "_fields")
+
+
 def _convert_elements(elements: Any) -> Tuple[Tuple[Optional[str], Type], ...]:
-    if isinstance(elements, dict):
+    explicit_pairs = isinstance(elements, dict)
+    if explicit_pairs:
         elements = list(elements.items())
     try:
         items = list(elements)
     except TypeError:
         raise TypeError(f"struct elements must be a sequence of (name, type) pairs, got {elements!r}") from None
+    from fedcore.types.convert import is_tensor_pair, to_type
+
     result = []
     seen = set()
     for item in items:
         if isinstance(item, Type):
             name, value = None, item
-        elif isinstance(item, tuple) and len(item) == 2:
+        elif explicit_pairs or (
+            isinstance(item, tuple) and not _is_namedtuple(item) and len(item) == 2 and not is_tensor_pair(item)
+        ):
             name, value = item
         else:
-            raise TypeError(f"struct element must be a type or a (name, type) pair, got {item!r}")
+            # A bare type spec, as TFF accepts: a dtype, a (dtype, shape) pair, a container of specs.
+            try:
+                name, value = None, to_type(item)
+            except (TypeError, ValueError) as e:
+                raise TypeError(
+                    f"struct element must be a type, a type spec or a (name, type) pair, got {item!r} ({e})"
+                ) from None
         if name is not None:
             if not isinstance(name, str) or not _NAME_PATTERN.match(name):
                 raise ValueError(
@@ -208,8 +240,6 @@ def _convert_elements(elements: Any) -> Tuple[Tuple[Optional[str], Type], ...]:
                 raise ValueError(f"duplicate struct element name {name!r}")
             seen.add(name)
         if not isinstance(value, Type):
-            from fedcore.types.convert import to_type
-
             value = to_type(value)
         result.append((name, value))
     return tuple(result)
@@ -256,6 +286,21 @@ class StructType(Type):
         if isinstance(key, str):
             return self.elements[self.index_of(key)][1]
         return self.elements[key][1]
+
+    def __getattr__(self, name: str) -> Type:
+        # ``t.a`` is the type of element ``a``, as in TFF.  Only called when ``name`` is not an
+        # attribute or method of StructType: ``t['names']`` reaches an element so named.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        for n, t in object.__getattribute__(self, "elements"):
+            if n == name:
+                return t
+        raise AttributeError(f"struct type {self} has no element named {name!r}")
+
+    @property
+    def python_container(self) -> Optional[type]:
+        """TFF's name for ``container``: the Python container the struct came from, or None."""
+        return self.container
 
 
 def _check_sequence_element(_, __, value: Type) -> None:
@@ -427,3 +472,20 @@ def type_at_server(member: Any) -> FederatedType:
 def type_at_clients(member: Any, all_equal: bool = False) -> FederatedType:
     """``{T}@CLIENTS``, or ``T@CLIENTS`` when ``all_equal``."""
     return FederatedType(member, CLIENTS, all_equal)
+
+
+# TFF's names: ``tff.types.at_server(T)`` and ``tff.types.at_clients(T, all_equal=False)``.
+at_server = type_at_server
+at_clients = type_at_clients
+
+
+def StructWithPythonType(elements: Any, container: type) -> StructType:  # noqa: N802 (TFF's name)
+    """TFF's ``StructWithPythonType(elements, container)``: a StructType that remembers ``container``.
+
+    fedcore keeps the container on every StructType (``t.container``, or
+    ``t.python_container``), so this returns a plain StructType: it is equal
+    to the StructType of the same elements, and it is not a class of its own.
+    """
+    if not isinstance(container, type):
+        raise TypeError(f"container must be a Python class (list, tuple, dict, a namedtuple or attrs class), got {container!r}")
+    return StructType(elements, container=container)
