@@ -77,6 +77,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+class _StoreGiven(argparse.Action):
+    """argparse's "store", which also records the option in ``args.given_options``: ``--resume`` needs to
+    know which settings were given on the command line, even when one was given its default value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given_options = frozenset(getattr(namespace, "given_options", frozenset()) | {self.dest})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedcore", description="Typed federated computations: train a model, or inspect a computation."
@@ -105,6 +114,9 @@ def _add_train(commands) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    for name in (None, "store"):  # argparse looks the default action up as None
+        train.register("action", name, _StoreGiven)  # every option below records that it was given
+    train.set_defaults(given_options=frozenset())
     data = train.add_argument_group("data")
     data.add_argument(
         "--emnist", type=_existing_dir, metavar="DIR", default=None,
