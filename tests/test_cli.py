@@ -98,6 +98,8 @@ def test_signature_of_a_type_prints_it(capsys):
         (["train", "--max-dropped-fraction", "2"], "argument --max-dropped-fraction: expected a number between 0 and 1"),
         (["train", "--resume", "/no/such/run"], "argument --resume: /no/such/run is not a directory"),
         (["train", "--num-clients", "1000"], "argument --num-clients: num_clients must be between 1 and 359"),
+        (["train", "--clients-per-round", "2", "--min-clients", "5"],
+         "argument --min-clients: 5 is more than the 2 clients per round"),
     ],
 )
 def test_bad_arguments_exit_2_with_argparse_messages(capsys, argv, message):

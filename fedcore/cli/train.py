@@ -199,6 +199,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
             f"argument --clients-per-round: {args.clients_per_round} is more than the {len(train_data)} "
             "clients in the training data"
         )
+    if args.min_clients > args.clients_per_round:
+        parser.error(
+            f"argument --min-clients: {args.min_clients} is more than the {args.clients_per_round} clients per "
+            "round, so no round could complete"
+        )
     to_batches = cli.preprocess(args.batch_size, args.epochs)
     to_eval_batches = cli.preprocess(max(args.batch_size, 64), 1)
     data_type = train_data.preprocess(to_batches).element_type_structure
