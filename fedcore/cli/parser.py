@@ -136,7 +136,8 @@ def _add_train(commands) -> None:
     run.add_argument("--executor", choices=EXECUTORS, default="tensorflow", help="what runs the computations")
     run.add_argument("--address", default=None, metavar="ADDR",
                      help="with --executor ray: the Ray cluster to join (host:port, or 'auto' for the one "
-                     "running here); default: start a local Ray")
+                     "running here); default: start a local Ray. A host:port where nothing listens is an error "
+                     "within 10 s")
     run.add_argument("--eval-clients", type=_non_negative_int, default=None,
                      help=f"test clients evaluated each round (default: all, at most {MAX_EVAL_CLIENTS}); 0 skips")
     run.add_argument("--seed", type=_seed, default=0, help="seed for data, sampling and model")
@@ -150,7 +151,8 @@ def _add_train(commands) -> None:
                              help="how many of the most recent checkpoints to keep")
     reliability.add_argument("--resume", type=_run_dir, default=None, metavar="DIR",
                              help="continue the run in DIR (an earlier --out) from its latest checkpoint, with its "
-                             "settings; --rounds N trains it to N rounds in all")
+                             "settings (a setting given here that differs from the saved one is an error, even at "
+                             "its default value); --rounds N trains it to N rounds in all")
     reliability.add_argument("--min-clients", type=_positive_int, default=1,
                              help="a round whose surviving clients are fewer than this fails (clients whose work "
                              "raises are dropped from the round)")
