@@ -55,7 +55,7 @@ def test_secure_mean_equals_the_plain_weighted_mean_within_the_quantization_boun
         got = _flat(_aggregation(secure)(updates, weights, 0))
         plain = _flat(_aggregation(learning.MeanAggregator())(updates, weights, 0))
     error = np.max(np.abs(got - plain))
-    assert secure.quantization_bound == pytest.approx(1.0 / 65535)
+    assert secure.quantization_bound == pytest.approx(1.0 / 65534)
     assert error <= secure.quantization_bound + 1e-7, error
     assert error > 0  # the quantization is real: 16 bits do not carry every float32 digit
 
@@ -262,5 +262,23 @@ def test_a_dp_mean_is_refused_or_finite_and_right_without_noise(exponent, noise,
     if noise == 0.0:
         clipped = [_flat(u) * min(1.0, clip_norm / np.linalg.norm(_flat(u))) for u in updates]
         want = np.mean(clipped, axis=0)
-        step = 2 * clip_norm / (2**aggregator.bits - 1) if secure else 0.0
+        step = 2 * clip_norm / (2**aggregator.bits - 2) if secure else 0.0
         assert np.all(np.abs(got - want) <= step + np.abs(want) * 2.0**-20 + np.max(np.abs(want)) * 2.0**-20 + 1e-44)
+
+
+@settings(max_examples=10, deadline=None)
+@given(bits=st.integers(2, 30), exponent=st.floats(-5, 5), zeros=st.lists(st.booleans(), min_size=7, max_size=7))
+def test_zero_coordinates_stay_exactly_zero_through_the_secure_mean(bits, exponent, zeros):
+    """Zero is a fixed-point code: coordinates that are zero for every client sum to exactly zero (no drift)."""
+    aggregator = learning.SecureAggregator(update_bound=10.0**exponent, bits=bits)
+    mask = np.array(zeros)
+    updates = []
+    for u in _updates(3, scale=10.0**exponent, seed=bits):
+        flat = np.where(mask, 0.0, _flat(u)).astype(np.float32)
+        updates.append(collections.OrderedDict(a=flat[:3], b=collections.OrderedDict(c=flat[3:].reshape(2, 2))))
+    got = _flat(_aggregation(aggregator)(updates, [3.0, 1.0, 2.0], 0))
+    assert np.all(got[mask] == 0.0), got
+    want = np.average([_flat(u) for u in updates], axis=0, weights=[3.0, 1.0, 2.0])
+    assert np.all(np.abs(got - want) <= aggregator.quantization_bound * (1 + 1e-6) + np.abs(want) * 2.0**-22)
+    with pytest.raises(ValueError, match="bits must be at least 2"):
+        learning.SecureAggregator(bits=1)
