@@ -34,6 +34,11 @@ def test_bad_cpus_and_connect_timeout_are_refused_before_ray_starts(ray_must_not
         RayExecutor(**{name: value})
 
 
+def test_an_address_that_is_not_a_string_is_refused_before_ray_starts(ray_must_not_start):
+    with pytest.raises(TypeError, match="address must be a string such as 'auto' or 'host:port', or None, got 6379"):
+        RayExecutor(address=6379)
+
+
 def _closed_port():
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))

@@ -87,6 +87,8 @@ class RayExecutor:
             raise ValueError(f"max_retries must be a non-negative int, got {max_retries!r}")
         if client_data is not None and not callable(client_data):
             raise TypeError(f"client_data must be a function returning a ClientData, got {client_data!r}")
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a string such as 'auto' or 'host:port', or None, got {address!r}")
         if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
                                         or num_workers < 1):
             raise ValueError(f"num_workers must be a positive int or None (one per cpus_per_worker CPUs), "
