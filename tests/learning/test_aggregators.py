@@ -216,10 +216,11 @@ def test_bounds_beyond_float64_are_refused_at_construction(make, message):
 
 def test_bounds_beyond_the_update_dtype_are_refused_when_the_process_is_built():
     with pytest.raises(ValueError, match=r"update_bound must be between 6.163e-33 and 3.403e\+38 for float32 updates"):
-        learning.build_federated_averaging_process(keras_model_fn, aggregator=learning.SecureAggregator(1e200))
-    with pytest.raises(ValueError, match=r"clip_norm must be between .* and 3.093e\+37 for float32 updates of 7850"):
-        learning.build_federated_averaging_process(
-            keras_model_fn, aggregator=learning.DPAggregator(noise_multiplier=1.0, clip_norm=1e300, seed=0))
+        _aggregation(learning.SecureAggregator(1e200))
+    with pytest.raises(ValueError, match=r"clip_norm must be between .* and 3.093e\+37 for float32 updates of 7 "):
+        _aggregation(learning.DPAggregator(noise_multiplier=1.0, clip_norm=1e300, seed=0))
+    with pytest.raises(ValueError, match=r"clip_norm must be between 3.11e-38 and .* of 7 coordinates"):
+        _aggregation(learning.DPAggregator(noise_multiplier=0.0, clip_norm=1e-40, seed=0))
 
 
 @settings(max_examples=12, deadline=None)
