@@ -2,6 +2,7 @@
 
 import collections
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,11 @@ def aggregate(metrics):
 
 
 namespace = type("namespace", (), {"aggregate": aggregate})
+
+
+@fedcore.tf_computation
+def polymorphic(x):
+    return x
 
 
 # --------------------------------------------------------------------------
@@ -52,6 +58,7 @@ def test_signature_follows_dotted_attributes(capsys):
         ("tests.test_cli:missing", "tests.test_cli has no attribute 'missing'"),
         ("tests.test_cli:namespace.nothing", "tests.test_cli.namespace has no attribute 'nothing'"),
         ("tests.test_cli:namespace", "not a computation"),
+        ("tests.test_cli:polymorphic", "tests.test_cli:polymorphic has no type signature: polymorphic is polymorphic"),
     ],
 )
 def test_signature_bad_targets_are_argument_errors(capsys, target, message):
@@ -91,6 +98,8 @@ def test_signature_of_a_type_prints_it(capsys):
         (["train", "--max-dropped-fraction", "2"], "argument --max-dropped-fraction: expected a number between 0 and 1"),
         (["train", "--resume", "/no/such/run"], "argument --resume: /no/such/run is not a directory"),
         (["train", "--num-clients", "1000"], "argument --num-clients: num_clients must be between 1 and 359"),
+        (["train", "--clients-per-round", "2", "--min-clients", "5"],
+         "argument --min-clients: 5 is more than the 2 clients per round"),
     ],
 )
 def test_bad_arguments_exit_2_with_argparse_messages(capsys, argv, message):
@@ -456,3 +465,135 @@ def test_ray_address_is_passed_to_the_executor(monkeypatch, tmp_path):
         cli.main(["train", *TINY, "--executor", "ray", "--address", "auto", "--out", str(tmp_path)])
     assert seen == {"address": "auto"}
     assert cli.build_parser().parse_args(["train"]).address is None
+
+
+# --------------------------------------------------------------------------
+# Bad checkpoints and outputs, explicit settings on --resume, a full disk, an unreachable Ray cluster
+
+REFERENCE = [*TINY, "--executor", "reference", "--eval-clients", "0"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-round run with seed 5 and a checkpoint after each round; tests copy it before changing it."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert cli.main(["train", *REFERENCE, "--seed", "5", "--checkpoint-every", "1", "--out", str(run)]) == 0
+    return run
+
+
+def _copy_run(run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_every_train_option_records_that_it_was_given():
+    parser = cli.build_parser()
+    assert parser.parse_args(["train"]).given_options == frozenset()
+    args = parser.parse_args(["train", "--seed", "0", "--rounds", "20", "--model", "linear", "--eval-clients", "3"])
+    assert args.given_options == {"seed", "rounds", "model", "eval_clients"}
+    train = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("train"))
+    for action in train._actions:
+        if action.dest not in ("help",):
+            assert type(action).__name__ == "_StoreGiven", action.dest
+
+
+def test_resume_takes_an_explicit_setting_even_when_it_equals_the_default(finished_run, capsys):
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit) as info:  # 0 is --seed's default, but given, it contradicts the saved 5
+        cli.resume_settings(parser.parse_args(["train", "--resume", str(finished_run), "--seed", "0"]), parser)
+    assert info.value.code == 2
+    assert f"argument --seed: the run in {finished_run} was trained with 5, not 0" in capsys.readouterr().err
+    args = parser.parse_args(["train", "--resume", str(finished_run), "--seed", "5", "--rounds", "20"])
+    cli.resume_settings(args, parser)
+    assert args.seed == 5 and args.rounds == 20 and args.num_clients == 6  # --rounds 20 (the default) is kept
+    args = parser.parse_args(["train", "--resume", str(finished_run)])
+    cli.resume_settings(args, parser)
+    assert args.seed == 5 and args.rounds == 2
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda e: e["settings"].update(model="xyz"), "extra.settings.model: 'xyz' is not one of ['linear', 'cnn']"),
+        (lambda e: e["settings"].update(epochs="two"), "extra.settings.epochs: 'two' is not of type 'integer'"),
+        (lambda e: e["settings"].update(seed=1.5), "extra.settings.seed: 1.5 is not of type 'integer'"),
+        (lambda e: e["settings"].update(client_lr=float("inf")), "extra.settings.client_lr: inf is not of type"),
+        (lambda e: e["settings"].pop("batch_size"), "extra.settings: 'batch_size' is a required property"),
+        (lambda e: e.update(total_rounds="abc"), "extra.total_rounds: 'abc' is not of type 'integer'"),
+        (lambda e: e.update(rows={"round": 1}), "extra.rows: {'round': 1} is not of type 'array'"),
+        (lambda e: e.update(rows=[{"round": 1}, {"round": 3}]), "extra.rows has the rounds [1, 3], not one row"),
+        (lambda e: e["rows"][0].update(extra_column=1), "extra.rows[0]: Additional properties are not allowed"),
+    ],
+)
+def test_resume_with_bad_metadata_is_a_clear_error(finished_run, tmp_path, capsys, change, field):
+    from fedcore import learning
+
+    run = _copy_run(finished_run, tmp_path)
+    saved = learning.load_checkpoint(run / "checkpoints")
+    change(saved.extra)
+    learning.save_checkpoint(run / "checkpoints", saved.state, saved.round_num, extra=saved.extra)
+    assert cli.main(["train", "--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fedcore train: error: ") and str(saved.path) in err and field in err, err
+    assert "Traceback" not in err
+
+
+def test_out_that_is_a_file_is_an_argument_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out, message in [(tmp_path / "file", "is a file, not a directory"),
+                         (tmp_path / "file" / "run", f"is inside {tmp_path / 'file'}, which is a file")]:
+        with pytest.raises(SystemExit) as info:
+            cli.main(["train", *REFERENCE, "--out", str(out)])
+        assert info.value.code == 2
+        assert f"argument --out: {out} {message}" in capsys.readouterr().err
+
+
+def test_a_full_disk_during_a_checkpoint_write_stops_the_run_and_resume_goes_on(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import fedcore._files
+
+    real_open, calls = open, []
+
+    def open_until_full(path, mode="r", *args):
+        calls.append(path)
+        f = real_open(path, mode, *args)
+        if len(calls) == 2:  # the second checkpoint: the disk fills up during the write
+            f.close()
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return f
+
+    monkeypatch.setattr(fedcore._files, "open", open_until_full, raising=False)
+    run = tmp_path / "run"
+    assert cli.main(["train", *REFERENCE, "--checkpoint-every", "1", "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert f"fedcore train: error: cannot write the checkpoint {run / 'checkpoints' / 'checkpoint-00000002.fckpt'}: " \
+           "No space left on device; the previous checkpoint" in err and "Traceback" not in err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["checkpoint-00000001.fckpt"]
+    monkeypatch.undo()
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    assert "after round 1 of 2" in capsys.readouterr().out
+    assert [int(r["round"]) for r in _read_csv(run / "metrics.csv")] == [1, 2]
+
+
+def test_a_ray_address_where_nothing_listens_fails_within_seconds(tmp_path, monkeypatch, capsys):
+    import socket
+    import time
+
+    import ray
+
+    def init(*args, **kwargs):
+        raise AssertionError("ray.init must not be reached")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    start = time.monotonic()
+    assert cli.main(["train", *TINY, "--executor", "ray", "--address", f"127.0.0.1:{port}",
+                     "--out", str(tmp_path / "run")]) == 1
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert f"fedcore train: error: cannot reach a Ray cluster at 127.0.0.1:{port}" in err and "within 10 s" in err

@@ -77,6 +77,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+class _StoreGiven(argparse.Action):
+    """argparse's "store", which also records the option in ``args.given_options``: ``--resume`` needs to
+    know which settings were given on the command line, even when one was given its default value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given_options = frozenset(getattr(namespace, "given_options", frozenset()) | {self.dest})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedcore", description="Typed federated computations: train a model, or inspect a computation."
@@ -105,6 +114,9 @@ def _add_train(commands) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    for name in (None, "store"):  # argparse looks the default action up as None
+        train.register("action", name, _StoreGiven)  # every option below records that it was given
+    train.set_defaults(given_options=frozenset())
     data = train.add_argument_group("data")
     data.add_argument(
         "--emnist", type=_existing_dir, metavar="DIR", default=None,
@@ -124,7 +136,8 @@ def _add_train(commands) -> None:
     run.add_argument("--executor", choices=EXECUTORS, default="tensorflow", help="what runs the computations")
     run.add_argument("--address", default=None, metavar="ADDR",
                      help="with --executor ray: the Ray cluster to join (host:port, or 'auto' for the one "
-                     "running here); default: start a local Ray")
+                     "running here); default: start a local Ray. A host:port where nothing listens is an error "
+                     "within 10 s")
     run.add_argument("--eval-clients", type=_non_negative_int, default=None,
                      help=f"test clients evaluated each round (default: all, at most {MAX_EVAL_CLIENTS}); 0 skips")
     run.add_argument("--seed", type=_seed, default=0, help="seed for data, sampling and model")
@@ -138,7 +151,8 @@ def _add_train(commands) -> None:
                              help="how many of the most recent checkpoints to keep")
     reliability.add_argument("--resume", type=_run_dir, default=None, metavar="DIR",
                              help="continue the run in DIR (an earlier --out) from its latest checkpoint, with its "
-                             "settings; --rounds N trains it to N rounds in all")
+                             "settings (a setting given here that differs from the saved one is an error, even at "
+                             "its default value); --rounds N trains it to N rounds in all")
     reliability.add_argument("--min-clients", type=_positive_int, default=1,
                              help="a round whose surviving clients are fewer than this fails (clients whose work "
                              "raises are dropped from the round)")

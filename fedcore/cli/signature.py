@@ -39,7 +39,10 @@ def signature_command(args: argparse.Namespace, parser: argparse.ArgumentParser)
         obj = resolve_target(args.target)
     except ValueError as e:
         parser.error(f"argument MODULE:ATTR: {e}")
-    signature = obj if isinstance(obj, Type) else getattr(obj, "type_signature", None)
+    try:
+        signature = obj if isinstance(obj, Type) else getattr(obj, "type_signature", None)
+    except TypeError as e:  # a polymorphic computation has no signature until its parameter types are known
+        parser.error(f"argument MODULE:ATTR: {args.target} has no type signature: {e}")
     if not isinstance(signature, Type):
         parser.error(
             f"argument MODULE:ATTR: {args.target} is a {type(obj).__name__}, not a computation; it has no "

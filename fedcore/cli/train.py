@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from fedcore.cli.models import DataModelMismatch
-from fedcore.cli.outputs import ACCURACY_NAMES, LOSS_NAMES, find_metric
-from fedcore.cli.parser import MAX_EVAL_CLIENTS
+from fedcore.cli.models import MODELS, DataModelMismatch
+from fedcore.cli.outputs import ACCURACY_NAMES, CSV_COLUMNS, LOSS_NAMES, find_metric
+from fedcore.cli.parser import EXECUTORS, MAX_EVAL_CLIENTS
 
 
 def train_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -24,9 +24,12 @@ def train_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
     try:
         return _train(args, parser, console)
-    except (DataModelMismatch, DatasetFileError, DatasetDownloadError, FileNotFoundError, CheckpointError,
-            RoundError) as e:
+    except (DataModelMismatch, DatasetFileError, DatasetDownloadError, CheckpointError, RoundError) as e:
         print(f"fedcore train: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a file that cannot be written, a Ray cluster that does not answer
+        where = f" ({e.filename})" if e.filename and str(e.filename) not in str(e) else ""
+        print(f"fedcore train: error: {e}{where}", file=sys.stderr)
         return 1
 
 
@@ -34,9 +37,52 @@ class RoundError(RuntimeError):
     """A round failed (too many clients dropped); the message says which round and where the state was saved."""
 
 
+# How long --executor ray --address HOST:PORT waits for a TCP connection to the cluster before giving up.
+RAY_CONNECT_TIMEOUT_S = 10.0
+
 # Settings that decide a run's results: saved in its checkpoints, and taken from them on --resume.
 RUN_SETTINGS = ("model", "emnist", "num_clients", "clients_per_round", "epochs", "batch_size", "client_lr",
                 "server_lr", "executor", "eval_clients", "seed")
+
+
+_WHOLE = {"type": "integer", "minimum": 1}
+# What ``checkpoint_extra`` writes, as a JSON Schema: --resume checks a checkpoint's metadata against it.
+EXTRA_SCHEMA: Dict[str, Any] = {
+    "type": "object",
+    "required": ["settings", "total_rounds", "rows"],
+    "properties": {
+        "settings": {
+            "type": "object",
+            "required": list(RUN_SETTINGS),
+            "properties": {
+                "model": {"enum": list(MODELS)},
+                "emnist": {"type": ["string", "null"]},
+                "num_clients": _WHOLE,
+                "clients_per_round": _WHOLE,
+                "epochs": _WHOLE,
+                "batch_size": _WHOLE,
+                "client_lr": {"type": "finite", "exclusiveMinimum": 0},
+                "server_lr": {"type": "finite", "exclusiveMinimum": 0},
+                "executor": {"enum": list(EXECUTORS)},
+                "eval_clients": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
+                "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+            },
+        },
+        "total_rounds": _WHOLE,
+        "rows": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["round"],
+                "additionalProperties": False,
+                "properties": {
+                    "round": _WHOLE,
+                    **{c: {"type": ["number", "null"]} for c in CSV_COLUMNS if c != "round"},
+                },
+            },
+        },
+    },
+}
 
 
 def run_settings(args: argparse.Namespace) -> Dict[str, Any]:
@@ -63,9 +109,11 @@ def checkpoint_extra(args: argparse.Namespace, rows: List[Dict[str, Any]]) -> Di
 def resume_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optional[Path]:
     """For ``--resume DIR``: finds DIR's latest checkpoint and takes the run's settings from it.
 
-    Returns the checkpoint's path (None without --resume).  A setting given on
-    the command line that contradicts the saved one is an argument error;
-    ``--rounds`` may raise the run's total number of rounds.
+    Returns the checkpoint's path (None without --resume).  The metadata is
+    checked against ``EXTRA_SCHEMA`` (a CheckpointError names the file and the
+    field).  A setting given on the command line (even with its default
+    value, such as ``--seed 0``) that differs from the saved one is an
+    argument error; ``--rounds`` may raise the run's total number of rounds.
     """
     if args.resume is None:
         return None
@@ -80,23 +128,29 @@ def resume_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -
             f"{args.resume} holds no checkpoint to resume from (no checkpoint-NNNNNNNN.fckpt in {directory}); "
             "--resume takes the --out directory of a run trained with --checkpoint-every N > 0"
         )
-    saved = load_checkpoint(path)  # checks the file now; the state is read again once the process is built
-    settings = saved.extra.get("settings") if isinstance(saved.extra, dict) else None
-    if not isinstance(settings, dict) or set(RUN_SETTINGS) - set(settings) or "total_rounds" not in saved.extra:
-        raise CheckpointError(f"{path} was not written by fedcore train: its metadata lacks the run's settings")
-    defaults = parser.parse_args(["train"])
+    # Checks the file now; the state is read again once the process is built.
+    saved = load_checkpoint(path, extra_schema=EXTRA_SCHEMA)
+    settings, rows = saved.extra["settings"], saved.extra["rows"]
+    rounds = [row["round"] for row in rows[: saved.round_num]]
+    if rounds != list(range(1, saved.round_num + 1)):
+        raise CheckpointError(
+            f"{path} does not hold what fedcore train saves: its metadata field extra.rows has the rounds "
+            f"{rounds[:10]}{'...' if len(rounds) > 10 else ''}, not one row for each of the {saved.round_num} "
+            "rounds trained"
+        )
+    given_options = getattr(args, "given_options", frozenset())
     for key in RUN_SETTINGS:
         given = getattr(args, key)
         given = str(given) if isinstance(given, Path) else given
-        if given != getattr(defaults, key) and given != settings[key]:
+        if key in given_options and given != settings[key]:
             parser.error(
                 f"argument --{key.replace('_', '-')}: the run in {args.resume} was trained with {settings[key]!r}, "
                 f"not {given!r}; a resumed run keeps its settings"
             )
         value = settings[key]
         setattr(args, key, Path(value) if key == "emnist" and value is not None else value)
-    if args.rounds == defaults.rounds:
-        args.rounds = int(saved.extra["total_rounds"])
+    if "rounds" not in given_options:
+        args.rounds = saved.extra["total_rounds"]
     if args.rounds < saved.round_num:
         parser.error(
             f"argument --rounds: the run in {args.resume} has already trained {saved.round_num} rounds; "
@@ -104,6 +158,18 @@ def resume_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         )
     args.out = args.resume
     return path
+
+
+def _check_out(out: Optional[Path], parser: argparse.ArgumentParser) -> None:
+    """--out must be a directory or a path where one can be made: no file on the way."""
+    if out is None:
+        return
+    for place in (out, *out.parents):
+        if place.exists():
+            if not place.is_dir():
+                what = "is" if place == out else f"is inside {place}, which is"
+                parser.error(f"argument --out: {out} {what} a file, not a directory")
+            return
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -> int:
@@ -117,6 +183,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
 
     started = time.perf_counter()
     resume_from = resume_settings(args, parser)
+    _check_out(args.out, parser)
+    if args.executor == "ray" and args.address is not None:
+        from fedcore.runtime.ray.executor import check_reachable
+
+        check_reachable(args.address, RAY_CONNECT_TIMEOUT_S)  # before minutes of tracing; ConnectionError: exit 1
     try:
         train_data, test_data, data_name = cli.load_client_data(args)
     except ValueError as e:
@@ -127,6 +198,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
         parser.error(
             f"argument --clients-per-round: {args.clients_per_round} is more than the {len(train_data)} "
             "clients in the training data"
+        )
+    if args.min_clients > args.clients_per_round:
+        parser.error(
+            f"argument --min-clients: {args.min_clients} is more than the {args.clients_per_round} clients per "
+            "round, so no round could complete"
         )
     to_batches = cli.preprocess(args.batch_size, args.epochs)
     to_eval_batches = cli.preprocess(max(args.batch_size, 64), 1)
@@ -162,7 +238,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
     elif args.executor == "ray":
         from fedcore.runtime.ray import RayExecutor
 
-        executor = RayExecutor(address=args.address)
+        executor = RayExecutor(address=args.address)  # checks the address again, with its connect_timeout_s
     else:
         executor = fedcore.ReferenceExecutor()
 
@@ -201,7 +277,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
             if resume_from is not None:
                 restored = learning.load_checkpoint(resume_from, template=state)
                 state, first_round = restored.state, restored.round_num + 1
-                rows = [dict(r) for r in restored.extra.get("rows", [])][: restored.round_num]
+                rows = [dict(r) for r in restored.extra["rows"]][: restored.round_num]
                 cli.write_csv(out / "metrics.csv", rows)  # drops rows of rounds after the checkpoint: they run again
                 console.print(
                     f"resuming from {resume_from} (after round {restored.round_num} of {args.rounds})", markup=False

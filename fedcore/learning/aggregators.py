@@ -85,20 +85,63 @@ def _check_positive(name: str, value: Any, integer: bool = False) -> None:
         raise ValueError(f"{name} must be a positive finite {'integer' if integer else 'number'}, got {value!r}")
 
 
+# A float64 draw of tf.random.stateless_normal is below ~8.6 standard deviations in magnitude (Box-Muller
+# on 53-bit uniforms); 10 bounds the noise that DPAggregator adds.
+_NOISE_TAIL = 10.0
+
+
+def _finfo(dtype: Any):
+    try:
+        return np.finfo(dtype)
+    except (TypeError, ValueError):  # bfloat16 and other ml_dtypes types
+        import ml_dtypes
+
+        return ml_dtypes.finfo(dtype)
+
+
+def _narrowest(leaf_types: List[TensorType]):
+    """The float type of the update with the smallest range (the one that overflows first)."""
+    infos = [_finfo(t.tf_dtype.as_numpy_dtype) for t in leaf_types]
+    return min(infos, key=lambda f: float(f.max)) if infos else np.finfo(np.float64)
+
+
+def _fixed_point_range(bits: int, info: Any = None) -> tuple:
+    """The update bounds that ``bits`` bits of fixed point (``_secure_weighted_sum``) can carry.
+
+    One step, ``2 * bound / (2^bits - 2)``, must be a normal float64 and a normal
+    number of the update's type (else it underflows); sums of up to 2^63 steps
+    (the secure sum's range) must stay finite in float64; and the decoded mean,
+    within a step of ``[-bound, bound]``, must fit the update's type.
+    """
+    steps = 2**bits - 2
+    f64 = np.finfo(np.float64)
+    info = f64 if info is None else info
+    lo = max(float(f64.tiny), float(info.tiny)) * steps / 2
+    hi = min(float(f64.max) / 2.0**64 * steps, float(info.max) / (steps + 1) * steps)
+    return lo, hi
+
+
+def _check_range(name: str, value: float, lo: float, hi: float, why: str) -> None:
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo:.4g} and {hi:.4g} {why}, got {value!r}")
+
+
 def _secure_weighted_sum(updates, weights, update_type: Type, update_bound: float, max_weight: int, bits: int):
     """``<total=sum_i c_i * u_i (float64 leaves), weight=sum_i c_i>@SERVER`` through federated_secure_sum.
 
     Each client clips every coordinate of its update to ``[-update_bound,
     update_bound]``, encodes it as a fixed-point integer ``q`` in ``[0, L]``
-    (``L = 2^bits - 1``, the shift by ``update_bound`` makes it non-negative)
-    and its weight as an integer ``c`` in ``[0, max_weight]`` (rounded; 0 if
-    the update is not finite), and sends ``c * q`` and ``c``.  The server
-    decodes the integer sums; each coordinate of ``total / weight`` is within
+    (``L = 2^bits - 2`` steps of ``2 * update_bound / L``; zero is ``q = L / 2``,
+    exactly, so a zero update adds nothing) and its weight as an integer ``c``
+    in ``[0, max_weight]`` (rounded; 0 if the update is not finite), and sends
+    ``c * q`` and ``c``.  The server takes the shift out in integers and
+    decodes; each coordinate of ``total / weight`` is within
     ``update_bound / L`` of the weighted mean of the clipped updates.
     """
     _tensor_types(update_type)  # float tensors of known shapes, or a TypeError now
-    levels = 2**bits - 1
-    step = 2.0 * update_bound / levels  # the value of one fixed-point unit
+    levels = 2**bits - 2  # an even number of steps: zero is a code, L / 2
+    half = levels // 2
+    step = update_bound / half  # the value of one fixed-point unit
     weight_type = _member(weights, "weights")
 
     @tf_computation(update_type, weight_type)
@@ -110,7 +153,7 @@ def _secure_weighted_sum(updates, weights, update_type: Type, update_bound: floa
 
         def fixed_point(x):
             x = tf.where(finite, x, tf.zeros_like(x))  # never cast NaN or inf to an integer
-            q = tf.round((tf.clip_by_value(x, -update_bound, update_bound) + update_bound) / step)
+            q = tf.round(tf.clip_by_value(x, -update_bound, update_bound) / step) + float(half)
             return code * tf.cast(tf.clip_by_value(q, 0.0, float(levels)), tf.int64)
 
         return collections.OrderedDict(values=_nest.pack_as(update, [fixed_point(x) for x in leaves]), weight=code)
@@ -120,10 +163,10 @@ def _secure_weighted_sum(updates, weights, update_type: Type, update_bound: floa
 
     @tf_computation(summed.type_signature.member)
     def decode(total):
-        weight = tf.cast(field(total, "weight"), tf.float64)
-        # sum_i c_i * q_i * step is sum_i c_i * (u_i + bound): take the shift back out.
-        values = [tf.cast(v, tf.float64) * step - update_bound * weight for v in _nest.flatten(field(total, "values"))]
-        return collections.OrderedDict(total=values, weight=weight)
+        codes = field(total, "weight")
+        # sum_i c_i * (q_i - L/2) is exact in int64 (zero updates give exactly zero); times step, sum_i c_i * u_i.
+        values = [tf.cast(v - half * codes, tf.float64) * step for v in _nest.flatten(field(total, "values"))]
+        return collections.OrderedDict(total=values, weight=tf.cast(codes, tf.float64))
 
     return federated_map(decode, summed)
 
@@ -148,20 +191,29 @@ class SecureAggregator(Aggregator):
     it by its weight rounded to a whole number and capped at ``max_weight``
     (numbers of examples are whole numbers: they are exact), and the server
     gets only the sum.  Each coordinate of the result is within
-    ``update_bound / (2^bits - 1)`` of the weighted mean of the clipped
+    ``update_bound / (2^bits - 2)`` of the weighted mean of the clipped
     updates.  A client whose update is not finite contributes nothing.
     ``num_clients * max_weight * (2^bits - 1)`` must be below 2^63.
+    ``update_bound`` must lie in the range the encoding carries: one step
+    ``2 * update_bound / (2^bits - 2)`` a normal number, and the decoded mean
+    finite, in float64 and in the update's dtype (for float32 updates and
+    ``bits=20``, about 1.2e-32 to 3.4e38); outside it is a ValueError.
     """
 
     def __init__(self, update_bound: float = 1.0, max_weight: int = 100_000, bits: int = 20):
         _check_positive("update_bound", update_bound)
         _check_positive("max_weight", max_weight, integer=True)
         _check_positive("bits", bits, integer=True)
+        if bits < 2:
+            raise ValueError(f"bits must be at least 2 (zero needs a fixed-point code of its own), got {bits}")
         if bits > 40 or max_weight * (2**bits - 1) >= 2**62:
             raise ValueError(
                 f"bits={bits} and max_weight={max_weight} give encoded values up to {max_weight * (2**bits - 1)}, "
                 "too large for 64-bit secure summation; use bits <= 40 and max_weight * 2^bits < 2^62"
             )
+        _check_range("update_bound", float(update_bound), *_fixed_point_range(int(bits)),
+                     f"with bits={bits} (one fixed-point step, 2*update_bound/(2^bits-2), must be a normal float64 "
+                     "and sums of up to 2^63 steps must stay finite)")
         self.update_bound = float(update_bound)
         self.max_weight = int(max_weight)
         self.bits = int(bits)
@@ -172,11 +224,15 @@ class SecureAggregator(Aggregator):
     @property
     def quantization_bound(self) -> float:
         """The largest difference, per coordinate, from the weighted mean of the clipped updates."""
-        return self.update_bound / (2**self.bits - 1)
+        return self.update_bound / (2**self.bits - 2)
 
     def aggregate(self, updates, weights, round_number):
         update_type = _member(updates, "updates")
         leaf_types = _tensor_types(update_type)
+        info = _narrowest(leaf_types)
+        _check_range("update_bound", self.update_bound, *_fixed_point_range(self.bits, info),
+                     f"for {info.dtype} updates with bits={self.bits} (one fixed-point step must be a normal "
+                     f"{info.dtype} number and the decoded mean must fit {info.dtype})")
         sums = _secure_weighted_sum(updates, weights, update_type, self.update_bound, self.max_weight, self.bits)
 
         @tf_computation(sums.type_signature.member)
@@ -207,6 +263,11 @@ class DPAggregator(Aggregator):
     With ``denominator`` set, the noisy sum is divided by it instead of the
     count (the expected number of clients per round, as TFF's
     ``DifferentiallyPrivateFactory.gaussian_fixed`` does), so the count is not used.
+    ``clip_norm`` must keep the noisy mean, up to ``clip_norm * (1 + 10 *
+    noise_multiplier)``, finite in the update's dtype, and ``clip_norm /
+    sqrt(number of coordinates)`` above its smallest normal number (with
+    ``secure=True`` also in ``SecureAggregator``'s fixed-point range); outside
+    that range it is a ValueError when the process is built.
     """
 
     def __init__(
@@ -231,8 +292,17 @@ class DPAggregator(Aggregator):
         if not isinstance(secure, bool):
             raise TypeError(f"secure must be True or False, got {secure!r}")
         _check_positive("bits", bits, integer=True)
+        if bits < 2:
+            raise ValueError(f"bits must be at least 2 (zero needs a fixed-point code of its own), got {bits}")
         if bits > 40:
             raise ValueError(f"bits must be at most 40, got {bits}")
+        _check_range("clip_norm", float(clip_norm), 0.0, float(np.finfo(np.float64).max) / (1 + _NOISE_TAIL * noise_multiplier),
+                     f"with noise_multiplier={noise_multiplier} (clip_norm * (1 + {_NOISE_TAIL:g} * noise_multiplier), "
+                     "the largest noisy mean, must be a finite float64)")
+        if secure:
+            _check_range("clip_norm", float(clip_norm), *_fixed_point_range(int(bits)),
+                         f"with secure=True and bits={bits} (one fixed-point step, 2*clip_norm/(2^bits-2), must be a "
+                         "normal float64 and sums of up to 2^63 steps must stay finite)")
         self.noise_multiplier = float(noise_multiplier)
         self.clip_norm = float(clip_norm)
         self.seed = int(seed)
@@ -261,6 +331,17 @@ class DPAggregator(Aggregator):
         leaf_types = _tensor_types(update_type)
         weight_type = _member(weights, "weights")
         clip_norm = self.clip_norm
+        info = _narrowest(leaf_types)
+        coordinates = max(1, sum(math.prod(t.shape) for t in leaf_types))
+        lo, hi = float(info.tiny) * math.sqrt(coordinates), float(info.max) / (1 + _NOISE_TAIL * self.noise_multiplier)
+        if self.secure:
+            secure_lo, secure_hi = _fixed_point_range(self.bits, info)
+            lo, hi = max(lo, secure_lo), min(hi, secure_hi)
+        _check_range("clip_norm", clip_norm, lo, hi,
+                     f"for {info.dtype} updates of {coordinates} coordinates with noise_multiplier="
+                     f"{self.noise_multiplier}{f' and secure=True, bits={self.bits}' if self.secure else ''} (the "
+                     f"noisy mean, up to clip_norm * (1 + {_NOISE_TAIL:g} * noise_multiplier), must fit {info.dtype}, "
+                     f"and a clipped update's coordinates, about clip_norm / sqrt({coordinates}), must not underflow)")
 
         @tf_computation(update_type, weight_type)
         def clip(update, weight):

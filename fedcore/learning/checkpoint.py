@@ -11,7 +11,12 @@ A checkpoint file is::
 Nothing is pickled: the header is JSON and the leaves are plain arrays, so a
 checkpoint from an untrusted source can be read without running its code.
 The hash covers the header and the payload, so a truncated or damaged file
-is reported as such, with its path, instead of loading wrong numbers.
+is reported as such, with its path, instead of loading wrong numbers.  A file
+with a valid hash is still checked field by field: the header against
+``HEADER_SCHEMA`` (a JSON Schema), every leaf of the structure against the
+array stored for it (dtype and shape), and ``extra`` against the caller's
+schema when one is given (``load_checkpoint(..., extra_schema=...)``).  What
+does not match is a ``CheckpointError`` naming the file and the field.
 
 Writes are atomic: the bytes go to a temporary file in the same directory,
 which is flushed and fsync'ed, then renamed over the final name with
@@ -19,6 +24,8 @@ which is flushed and fsync'ed, then renamed over the final name with
 leaves either the previous checkpoints or the new one complete, never a
 partial file under a checkpoint's name.  Temporary files left by a killed
 writer start with ``.tmp-`` and are ignored (and removed by the next save).
+A write that fails (a full disk, say) removes its temporary file and raises
+a ``CheckpointError``; the previous checkpoints are untouched.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import attrs
+import jsonschema
 import numpy as np
 
 from fedcore._files import fsync_directory, write_atomically
@@ -48,6 +56,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "save_checkpoint",
+    "schema_error",
 ]
 
 MAGIC = b"FCCKPT01"
@@ -57,10 +66,116 @@ _NAME = re.compile(r"^checkpoint-(\d{8,})\.fckpt$")
 _TMP_PREFIX = ".tmp-checkpoint-"
 _HASH_LEN = 64
 _LEN = struct.Struct("<Q")
+# Containers nested deeper than this are refused before anything recurses over them.
+MAX_DEPTH = 64
+
+
+def _is_integer(_checker: Any, value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(_checker: Any, value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+# JSON Schema (draft 2020-12) with a strict "integer" (2.0 and 2.75 are not integers) and a
+# "finite" type for numbers that must not be NaN or infinite.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "finite": _is_finite_number}
+    ),
+)
+
+HEADER_SCHEMA: Dict[str, Any] = {
+    "type": "object",
+    "required": ["format", "version", "round", "structure", "num_leaves", "extra"],
+    "additionalProperties": False,
+    "properties": {
+        "format": {"const": FORMAT},
+        "version": {"const": VERSION},
+        "round": {"type": "integer", "minimum": 0},
+        "num_leaves": {"type": "integer", "minimum": 0},
+        "extra": {"type": "object"},
+        "structure": {"$ref": "#/$defs/node"},
+    },
+    "$defs": {
+        "node": {
+            "type": "object",
+            "if": {"required": ["leaf"]},
+            "then": {"$ref": "#/$defs/leaf"},
+            "else": {"$ref": "#/$defs/container"},
+        },
+        "leaf": {
+            "type": "object",
+            "required": ["leaf", "dtype", "shape"],
+            "additionalProperties": False,
+            "properties": {
+                "leaf": {"type": "integer", "minimum": 0},
+                "dtype": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            },
+        },
+        "container": {
+            "type": "object",
+            "required": ["container", "names", "items"],
+            "additionalProperties": False,
+            "properties": {
+                "container": {"type": "string"},
+                "names": {"type": "array", "items": {"type": ["string", "null"]}},
+                "items": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+            },
+        },
+    },
+}
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be written or read: the message names the file and what is wrong with it."""
+
+
+def _field(path: Sequence[Any], root: str) -> str:
+    """``['structure', 'items', 0, 'dtype']`` -> ``structure.items[0].dtype``."""
+    text = root
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "the header"
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def schema_error(instance: Any, schema: Mapping[str, Any], root: str = "") -> Optional[str]:
+    """The first way ``instance`` breaks ``schema`` as "field: what is wrong", or None when it is valid.
+
+    Integers are strict (``2.0`` is not one) and ``{"type": "finite"}`` is a
+    number that is neither NaN nor infinite.  ``root`` prefixes field names.
+    """
+    if _depth(instance) > MAX_DEPTH:
+        return f"{root or 'the data'} is nested more than {MAX_DEPTH} levels deep"
+    error = jsonschema.exceptions.best_match(_Validator(schema).iter_errors(instance))
+    if error is None:
+        return None
+    return f"{_field(error.absolute_path, root)}: {_short(error.message)}"
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 @attrs.frozen
@@ -152,6 +267,10 @@ def encode(state: Any, round_num: int, extra: Optional[Mapping[str, Any]] = None
         "num_leaves": len(leaves),
         "extra": dict(extra or {}),
     }
+    if _depth(header) > MAX_DEPTH:
+        raise CheckpointError(
+            f"cannot checkpoint a state or extra metadata nested more than {MAX_DEPTH} levels deep (with the header)"
+        )
     try:
         header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
     except (TypeError, ValueError) as e:
@@ -178,11 +297,16 @@ def save_checkpoint(
         raise CheckpointError(f"keep must be a whole number >= 1 or None, got {keep!r}")
     directory = Path(directory)
     data = encode(state, round_num, extra)
-    directory.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(directory)
     final = directory / checkpoint_name(int(round_num))
     tmp = directory / f"{_TMP_PREFIX}{int(round_num):08d}-{os.getpid()}"
-    write_atomically(final, data, tmp)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(directory)
+        write_atomically(final, data, tmp)
+    except OSError as e:
+        previous = latest_checkpoint(directory)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint was written"
+        raise CheckpointError(f"cannot write the checkpoint {final}: {e.strerror or e}; {kept}") from e
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
             try:
@@ -238,7 +362,41 @@ def latest_checkpoint(directory: Union[str, os.PathLike]) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def decode(data: bytes, path: Union[str, os.PathLike] = "<bytes>", template: Any = None) -> Checkpoint:
+def _leaf_specs(structure: Any, num_leaves: int, bad) -> List[Any]:
+    """Per leaf index, (header field, dtype, shape) from a schema-valid structure; checks names and indices."""
+    specs: List[Any] = [None] * num_leaves
+    stack = [(structure, "structure", "state")]
+    while stack:
+        node, where, name = stack.pop()
+        if "leaf" in node:
+            try:
+                dtype = np.dtype(node["dtype"])
+            except (TypeError, ValueError):
+                raise bad(f"header field {where}.dtype: {_short(repr(node['dtype']))} is not a numpy dtype") from None
+            if dtype.kind not in "biufc":
+                raise bad(f"header field {where}.dtype: {dtype} is not a number type")
+            index = node["leaf"]
+            if index >= num_leaves:
+                raise bad(f"header field {where}.leaf: leaf {index}, but num_leaves is {num_leaves}")
+            if specs[index] is not None:
+                raise bad(f"header field {where}.leaf: leaf {index} appears twice (also at {specs[index][0]})")
+            specs[index] = (f"{where} ({name})", dtype, tuple(node["shape"]))
+            continue
+        if len(node["names"]) != len(node["items"]):
+            raise bad(f"header field {where}: {len(node['names'])} names for {len(node['items'])} items")
+        children = [
+            (item, f"{where}.items[{i}]", f"{name}.{n}" if n is not None else f"{name}[{i}]")
+            for i, (n, item) in enumerate(zip(node["names"], node["items"]))
+        ]
+        stack.extend(reversed(children))  # depth first, in order: the first bad leaf is reported
+    missing = [i for i, spec in enumerate(specs) if spec is None]
+    if missing:
+        raise bad(f"header field num_leaves: {num_leaves} leaves, but the structure has no leaf {missing[0]}")
+    return specs
+
+
+def decode(data: bytes, path: Union[str, os.PathLike] = "<bytes>", template: Any = None,
+           extra_schema: Optional[Mapping[str, Any]] = None) -> Checkpoint:
     """A checkpoint from its bytes; ``path`` names it in errors.  See :func:`load_checkpoint`."""
 
     def bad(what: str) -> CheckpointError:
@@ -255,19 +413,44 @@ def decode(data: bytes, path: Union[str, os.PathLike] = "<bytes>", template: Any
     if hashlib.sha256(body).hexdigest() != digest:
         raise bad("its SHA-256 does not match its contents (the file is truncated or damaged)")
     (header_len,) = _LEN.unpack_from(body)
+    if _LEN.size + header_len > len(body):
+        raise bad(f"its header length {header_len} runs past the end of the file")
     try:
         header = json.loads(body[_LEN.size : _LEN.size + header_len].decode("utf-8"))
-        structure, round_num = header["structure"], header["round"]
-        num_leaves, extra = header["num_leaves"], header["extra"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise bad(f"its header cannot be read ({type(e).__name__}: {e})") from None
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
+    except RecursionError:
+        raise bad("its header is nested too deeply to be read") from None
+    except ValueError as e:
+        raise bad(f"its header is not JSON ({type(e).__name__}: {e})") from None
+    if isinstance(header, dict) and (header.get("format"), header.get("version")) != (FORMAT, VERSION) and (
+        "format" in header or "version" in header
+    ):
         raise bad(f"format {header.get('format')!r} version {header.get('version')!r}, expected {FORMAT!r} {VERSION}")
+    problem = schema_error(header, HEADER_SCHEMA)
+    if problem is not None:
+        raise bad(f"header field {problem}")
+    structure, round_num, num_leaves, extra = header["structure"], header["round"], header["num_leaves"], header["extra"]
+    leaf_specs = _leaf_specs(structure, num_leaves, bad)
     try:
         with np.load(io.BytesIO(body[_LEN.size + header_len :]), allow_pickle=False) as arrays:
+            names = sorted(arrays.files)
+            expected = sorted(f"leaf{i}" for i in range(num_leaves))
+            if names != expected:
+                raise bad(f"its arrays are {names}, but its header describes {expected}")
             leaves = [arrays[f"leaf{i}"] for i in range(num_leaves)]
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - a damaged payload can fail in many ways; name the file
         raise bad(f"its arrays cannot be read ({type(e).__name__}: {e})") from None
+    for i, (where, dtype, shape) in enumerate(leaf_specs):
+        if leaves[i].dtype != dtype or leaves[i].shape != shape:
+            raise bad(
+                f"header field {where} says {dtype.name}{list(shape)}, but the array stored for it (leaf{i}) is "
+                f"{leaves[i].dtype.name}{list(leaves[i].shape)}"
+            )
+    if extra_schema is not None:
+        problem = schema_error(extra, extra_schema, root="extra")
+        if problem is not None:
+            raise CheckpointError(f"{path} does not hold what this program saves: its metadata field {problem}")
     if template is None:
         state = _rebuild(structure, leaves)
     else:
@@ -281,15 +464,18 @@ def decode(data: bytes, path: Union[str, os.PathLike] = "<bytes>", template: Any
     return Checkpoint(state=state, round_num=int(round_num), extra=extra, path=Path(path))
 
 
-def load_checkpoint(path: Union[str, os.PathLike], template: Any = None) -> Checkpoint:
+def load_checkpoint(path: Union[str, os.PathLike], template: Any = None,
+                    extra_schema: Optional[Mapping[str, Any]] = None) -> Checkpoint:
     """Reads a checkpoint file, or the latest checkpoint of a directory.
 
     With ``template`` (a state of the same process, e.g. ``process.initialize()``)
     the leaves are put back into the template's containers (``ServerState``,
     ``ModelWeights``, ...) after checking that names, dtypes and shapes match;
     without, named structs come back as dicts and unnamed ones as lists.
-    Raises CheckpointError naming the file when it is missing, truncated,
-    damaged or holds a different structure.
+    ``extra_schema``: a JSON Schema that the ``extra`` metadata must satisfy
+    (see :func:`schema_error` for its two strict types).
+    Raises CheckpointError naming the file (and the field) when it is missing,
+    truncated, damaged, inconsistent or holds a different structure.
     """
     path = Path(path)
     if path.is_dir():
@@ -303,7 +489,7 @@ def load_checkpoint(path: Union[str, os.PathLike], template: Any = None) -> Chec
         raise CheckpointError(f"{path} does not exist") from None
     except OSError as e:
         raise CheckpointError(f"{path} cannot be read: {e.strerror or e}") from None
-    return decode(data, path, template)
+    return decode(data, path, template, extra_schema)
 
 
 class CheckpointManager:

@@ -13,7 +13,9 @@ because the computation itself is wrong, or only a combination fails), it
 raises :class:`RoundFailedError` and the caller's state is unchanged.
 
 This works with any executor and any process, since it only calls
-``process.next``; a round without failures costs exactly one call.
+``process.next``; a round without failures costs exactly one call.  A round
+given fewer clients than the policy's ``min_clients`` fails before it runs,
+failure or not: the policy is a promise about every round that completes.
 """
 
 from __future__ import annotations
@@ -151,6 +153,11 @@ def run_round(
     ids = list(range(len(data))) if client_ids is None else list(client_ids)
     if len(ids) != len(data):
         raise ValueError(f"client_ids has {len(ids)} ids but client_data has {len(data)} datasets")
+    if len(data) < policy.min_clients:
+        raise RoundFailedError(
+            f"the round has {len(data)} client(s), fewer than the dropout policy's min_clients="
+            f"{policy.min_clients} ({policy.describe()}); it was not run and the state is unchanged"
+        )
     caught = _default_errors() if errors is None else tuple(errors)
     step = process.next if next_fn is None else next_fn
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
@@ -11,14 +12,36 @@ from fedcore.simulation.client_data import ClientData
 
 
 def _id_list(client_ids: Union[ClientData, Iterable[str]]) -> List[str]:
+    """The ids as a list, in their order; a set's ids sorted (a set's own order varies with the hash seed)."""
     if isinstance(client_ids, ClientData):
         return client_ids.client_ids
     if isinstance(client_ids, (str, bytes)):
         raise TypeError(f"client_ids must be a collection of client ids, got the single string {client_ids!r}")
+    if isinstance(client_ids, (set, frozenset)):
+        try:
+            return sorted(client_ids)
+        except TypeError:
+            raise TypeError(
+                "client_ids is a set of ids that cannot be sorted "
+                f"({', '.join(sorted({type(c).__name__ for c in client_ids}))}); a set has no fixed order, so "
+                "give the ids as a list"
+            ) from None
     try:
         return list(client_ids)
     except TypeError:
         raise TypeError(f"client_ids must be a collection of client ids, got {client_ids!r}") from None
+
+
+def _distinct_id_list(client_ids: Union[ClientData, Iterable[str]]) -> List[str]:
+    """``_id_list``, refusing repeated ids: sampling promises distinct clients."""
+    ids = _id_list(client_ids)
+    counts = collections.Counter(ids)
+    repeated = [(c, n) for c, n in counts.items() if n > 1]
+    if repeated:
+        listed = ", ".join(f"{c!r} ({n} times)" for c, n in repeated[:5])
+        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise ValueError(f"client_ids must not repeat an id, but it holds {listed}{more}")
+    return ids
 
 
 def _check_count(num_clients: Any, available: int) -> int:
@@ -49,9 +72,11 @@ def sample_clients(
 
     The draw depends only on (``seed``, ``round_num``) and the ids given, so a
     run can be repeated exactly, and any round can be recomputed on its own.
-    ``client_ids`` may be a ClientData.
+    ``client_ids`` may be a ClientData.  A set of ids is sorted first, so that
+    the draw does not depend on the process's hash seed; an id given twice is
+    a ValueError (the ids drawn are distinct).
     """
-    ids = _id_list(client_ids)
+    ids = _distinct_id_list(client_ids)
     count = _check_count(num_clients, len(ids))
     chosen = _round_rng(seed, round_num).choice(len(ids), size=count, replace=False)
     return [ids[i] for i in chosen]
@@ -65,7 +90,7 @@ class ClientSampler:
     """
 
     def __init__(self, client_ids: Union[ClientData, Iterable[str]], clients_per_round: int, seed: int = 0):
-        self._ids = _id_list(client_ids)
+        self._ids = _distinct_id_list(client_ids)
         self.clients_per_round = _check_count(clients_per_round, len(self._ids))
         _round_rng(seed, 0)  # validates the seed now rather than in the first round
         self.seed = int(seed)

@@ -55,7 +55,7 @@ def test_secure_mean_equals_the_plain_weighted_mean_within_the_quantization_boun
         got = _flat(_aggregation(secure)(updates, weights, 0))
         plain = _flat(_aggregation(learning.MeanAggregator())(updates, weights, 0))
     error = np.max(np.abs(got - plain))
-    assert secure.quantization_bound == pytest.approx(1.0 / 65535)
+    assert secure.quantization_bound == pytest.approx(1.0 / 65534)
     assert error <= secure.quantization_bound + 1e-7, error
     assert error > 0  # the quantization is real: 16 bits do not carry every float32 digit
 
@@ -190,3 +190,96 @@ def test_bad_arguments_are_clear_errors():
         )
     with pytest.raises(TypeError, match="floating-point tensors, got int32"):
         _aggregation(learning.SecureAggregator(), tf.TensorSpec([2], tf.int32))
+
+
+# --------------------------------------------------------------------------
+# Bounds outside what the encoding carries are refused; inside, the result is right (never silently lost).
+
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: learning.SecureAggregator(update_bound=1e308), r"update_bound must be between .* with bits=20 .*got 1e\+308"),
+        (lambda: learning.DPAggregator(noise_multiplier=1.0, clip_norm=1e308, seed=0),
+         r"clip_norm must be between 0 and 1.634e\+307 with noise_multiplier=1.0"),
+        (lambda: learning.DPAggregator(noise_multiplier=0.0, clip_norm=1e308, seed=0, secure=True),
+         r"clip_norm must be between .* with secure=True and bits=20"),
+    ],
+)
+def test_bounds_beyond_float64_are_refused_at_construction(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_bounds_beyond_the_update_dtype_are_refused_when_the_process_is_built():
+    with pytest.raises(ValueError, match=r"update_bound must be between 6.163e-33 and 3.403e\+38 for float32 updates"):
+        _aggregation(learning.SecureAggregator(1e200))
+    with pytest.raises(ValueError, match=r"clip_norm must be between .* and 3.093e\+37 for float32 updates of 7 "):
+        _aggregation(learning.DPAggregator(noise_multiplier=1.0, clip_norm=1e300, seed=0))
+    with pytest.raises(ValueError, match=r"clip_norm must be between 3.11e-38 and .* of 7 coordinates"):
+        _aggregation(learning.DPAggregator(noise_multiplier=0.0, clip_norm=1e-40, seed=0))
+
+
+@settings(max_examples=12, deadline=None)
+@given(exponent=st.floats(-40, 45), bits=st.integers(8, 30))
+@example(exponent=308.0, bits=20).via("the bound of a model left unchanged every round")
+@example(exponent=300.0, bits=20).via("a step that overflows float32 once decoded")
+@example(exponent=-300.0, bits=20).via("a step that underflows")
+def test_a_secure_mean_is_refused_or_within_its_quantization_bound(exponent, bits):
+    """Any update_bound is either refused, naming it, or gives the clipped weighted mean within the bound."""
+    bound = 10.0**exponent
+    try:
+        aggregator = learning.SecureAggregator(update_bound=bound, bits=bits)
+        aggregate = _aggregation(aggregator)
+    except ValueError as e:
+        assert "update_bound must be between" in str(e)
+        return
+    updates, weights = _updates(3, scale=bound / 2, seed=bits), [3.0, 1.0, 2.0]
+    got = _flat(aggregate(updates, weights, 0))
+    want = np.average([_flat(u) for u in updates], axis=0, weights=weights)
+    assert np.all(np.isfinite(got))
+    tolerance = aggregator.quantization_bound + np.abs(want) * 2.0**-22 + 1e-44
+    assert np.all(np.abs(got - want) <= tolerance), (bound, bits, got, want)
+
+
+@settings(max_examples=12, deadline=None)
+@given(exponent=st.floats(-40, 45), noise=st.sampled_from([0.0, 1.0]), secure=st.booleans())
+@example(exponent=308.0, noise=1.0, secure=False).via("noise that overflows: a model left unchanged every round")
+@example(exponent=300.0, noise=0.0, secure=True).via("a fixed-point step that overflows float32")
+def test_a_dp_mean_is_refused_or_finite_and_right_without_noise(exponent, noise, secure):
+    clip_norm = 10.0**exponent
+    try:
+        aggregator = learning.DPAggregator(noise_multiplier=noise, clip_norm=clip_norm, seed=1, secure=secure)
+        aggregate = _aggregation(aggregator)
+    except ValueError as e:
+        assert "clip_norm must be between" in str(e)
+        return
+    updates = _updates(3, scale=min(clip_norm, 1e38), seed=2)
+    got = _flat(aggregate(updates, [1.0] * 3, 0))
+    assert np.all(np.isfinite(got)), (clip_norm, noise, secure, got)
+    if noise == 0.0:
+        clipped = [_flat(u) * min(1.0, clip_norm / np.linalg.norm(_flat(u))) for u in updates]
+        want = np.mean(clipped, axis=0)
+        step = 2 * clip_norm / (2**aggregator.bits - 2) if secure else 0.0
+        assert np.all(np.abs(got - want) <= step + np.abs(want) * 2.0**-20 + np.max(np.abs(want)) * 2.0**-20 + 1e-44)
+
+
+@settings(max_examples=10, deadline=None)
+@given(bits=st.integers(2, 30), exponent=st.floats(-5, 5), zeros=st.lists(st.booleans(), min_size=7, max_size=7))
+def test_zero_coordinates_stay_exactly_zero_through_the_secure_mean(bits, exponent, zeros):
+    """Zero is a fixed-point code: coordinates that are zero for every client sum to exactly zero (no drift)."""
+    aggregator = learning.SecureAggregator(update_bound=10.0**exponent, bits=bits)
+    mask = np.array(zeros)
+    updates = []
+    for u in _updates(3, scale=10.0**exponent, seed=bits):
+        flat = np.where(mask, 0.0, _flat(u)).astype(np.float32)
+        updates.append(collections.OrderedDict(a=flat[:3], b=collections.OrderedDict(c=flat[3:].reshape(2, 2))))
+    got = _flat(_aggregation(aggregator)(updates, [3.0, 1.0, 2.0], 0))
+    assert np.all(got[mask] == 0.0), got
+    want = np.average([_flat(u) for u in updates], axis=0, weights=[3.0, 1.0, 2.0])
+    assert np.all(np.abs(got - want) <= aggregator.quantization_bound * (1 + 1e-6) + np.abs(want) * 2.0**-22)
+    with pytest.raises(ValueError, match="bits must be at least 2"):
+        learning.SecureAggregator(bits=1)

@@ -134,7 +134,7 @@ def test_a_write_that_fails_before_the_rename_leaves_the_old_checkpoints(tmp_pat
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(learning.CheckpointError, match="checkpoint-00000002.fckpt: disk full; the previous checkpoint"):
         learning.save_checkpoint(tmp_path, make_state(2), 2)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-00000001.fckpt"]
     assert learning.load_checkpoint(tmp_path, template=make_state()).round_num == 1
@@ -208,10 +208,10 @@ def test_crafted_files_with_a_valid_hash_are_still_checked(tmp_path):
 
     path = tmp_path / "checkpoint-00000001.fckpt"
     path.write_bytes(_file_with(b"{}", b""))
-    with pytest.raises(learning.CheckpointError, match=r"its header cannot be read \(KeyError"):
+    with pytest.raises(learning.CheckpointError, match=r"header field the header: 'format' is a required property"):
         learning.load_checkpoint(path)
     header = {"format": "fedcore-checkpoint", "version": 1, "round": 1, "num_leaves": 1, "extra": {},
-              "structure": {"leaf": 0, "dtype": "|O", "shape": [1]}}
+              "structure": {"leaf": 0, "dtype": "<f8", "shape": [1]}}
     pickled = io.BytesIO()
     np.save(pickled, np.array([object()], dtype=object), allow_pickle=True)  # an object array needs pickle
     import zipfile
@@ -224,3 +224,161 @@ def test_crafted_files_with_a_valid_hash_are_still_checked(tmp_path):
         learning.load_checkpoint(path)
     assert str(path) in str(info.value) and "its arrays cannot be read" in str(info.value)
     assert "allow_pickle" in str(info.value)
+
+
+def _rewritten(path, change_header=None, payload=None):
+    """``path`` rewritten with its header changed by ``change_header`` (and another payload), under a valid hash."""
+    import json
+
+    body = path.read_bytes()[len(ckpt.MAGIC) + 64 :]
+    (length,) = ckpt._LEN.unpack_from(body)
+    header = json.loads(body[ckpt._LEN.size : ckpt._LEN.size + length])
+    if change_header is not None:
+        header = change_header(header)
+    header_bytes = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(_file_with(header_bytes, body[ckpt._LEN.size + length :] if payload is None else payload))
+    return path
+
+
+def _set(keys, value):
+    def change(header):
+        node = header
+        for key in keys[:-1]:
+            node = node[key]
+        if value is _DELETE:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = value
+        return header
+
+    return change
+
+
+_DELETE = object()
+
+
+def _nested(depth):
+    def change(header):
+        node = {"leaf": 0, "dtype": "<f4", "shape": []}
+        for _ in range(depth):
+            node = {"container": "list", "names": [None], "items": [node]}
+        return dict(header, structure=node, num_leaves=1)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_nested(400), "is nested more than 64 levels deep"),
+        (lambda h: b'{"structure": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply to be read"),
+        (_set(["num_leaves"], 0), "header field structure.items[0].items[0].items[0].leaf: leaf 0, but num_leaves is 0"),
+        (_set(["num_leaves"], 9), "header field num_leaves: 9 leaves, but the structure has no leaf"),
+        (_set(["structure", "items", 0, "items", 0, "items", 0, "dtype"], _DELETE),
+         "header field structure.items[0].items[0].items[0]: 'dtype' is a required property"),
+        (_set(["structure", "items", 0, "items", 0, "items", 0, "dtype"], "<U4"), "<U4 is not a number type"),
+        (_set(["structure", "items", 0, "items", 0, "items", 0, "dtype"], "nonsense"),
+         "'nonsense' is not a numpy dtype"),
+        (_set(["structure", "items", 0, "items", 0, "items", 0, "shape"], [784, -10]),
+         "header field structure.items[0].items[0].items[0].shape[1]: -10 is less than the minimum of 0"),
+        (_set(["structure", "items", 0, "names"], ["trainable"]), "header field structure.items[0]: 1 names for 2"),
+        (_set(["round"], "twelve"), "header field round: 'twelve' is not of type 'integer'"),
+        (_set(["round"], 2.75), "header field round: 2.75 is not of type 'integer'"),
+        (_set(["round"], 2.0), "header field round: 2.0 is not of type 'integer'"),
+        (_set(["round"], -1), "header field round: -1 is less than the minimum of 0"),
+        (_set(["extra"], [1, 2]), "header field extra: [1, 2] is not of type 'object'"),
+        (_set(["version"], 2), "format 'fedcore-checkpoint' version 2, expected"),
+        (lambda h: [h], "header field the header: [{"),
+    ],
+)
+def test_crafted_headers_are_clear_errors_naming_the_file_and_field(tmp_path, change, message):
+    path = _rewritten(learning.save_checkpoint(tmp_path, make_state(), 4), change)
+    with pytest.raises(learning.CheckpointError) as info:
+        learning.load_checkpoint(path)
+    assert str(path) in str(info.value) and message in str(info.value), str(info.value)
+
+
+def test_arrays_that_do_not_match_the_header_are_refused(tmp_path):
+    import io
+
+    path = learning.save_checkpoint(tmp_path, make_state(), 4)
+    with np.load(io.BytesIO(_payload(path)), allow_pickle=False) as arrays:
+        leaves = {name: arrays[name] for name in arrays.files}
+    for name, value in leaves.items():
+        if value.shape == (784, 10):
+            kernel = name
+    swapped = io.BytesIO()
+    np.savez(swapped, **dict(leaves, **{kernel: np.arange(7, dtype=np.int64)}))
+    _rewritten(path, payload=swapped.getvalue())
+    with pytest.raises(learning.CheckpointError) as info:
+        learning.load_checkpoint(path)
+    assert str(path) in str(info.value)
+    assert f"(state.model.trainable.dense/kernel) says float32[784, 10], but the array stored for it ({kernel}) is int64[7]" in str(info.value)
+    extra = io.BytesIO()
+    np.savez(extra, **dict(leaves, leaf99=np.zeros(1)))
+    _rewritten(path, payload=extra.getvalue())
+    with pytest.raises(learning.CheckpointError, match="its arrays are .*'leaf99'.* but its header describes"):
+        learning.load_checkpoint(path)
+
+
+def _payload(path):
+    body = path.read_bytes()[len(ckpt.MAGIC) + 64 :]
+    (length,) = ckpt._LEN.unpack_from(body)
+    return body[ckpt._LEN.size + length :]
+
+
+def test_extra_is_checked_against_the_callers_schema(tmp_path):
+    schema = {"type": "object", "required": ["seed"], "properties": {"seed": {"type": "integer"},
+                                                                    "lr": {"type": "finite"}}}
+    path = learning.save_checkpoint(tmp_path, make_state(), 1, extra={"seed": 3, "lr": 0.5})
+    assert learning.load_checkpoint(path, extra_schema=schema).extra == {"seed": 3, "lr": 0.5}
+    for extra, message in [({"seed": "3"}, "its metadata field extra.seed: '3' is not of type 'integer'"),
+                           ({"seed": 3.0}, "extra.seed: 3.0 is not of type 'integer'"),
+                           ({"seed": 1, "lr": float("nan")}, "extra.lr: nan is not of type 'finite'"),
+                           ({}, "extra: 'seed' is a required property")]:
+        path = learning.save_checkpoint(tmp_path, make_state(), 1, extra=extra)
+        with pytest.raises(learning.CheckpointError) as info:
+            learning.load_checkpoint(path, extra_schema=schema)
+        assert str(path) in str(info.value) and message in str(info.value), str(info.value)
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    import errno
+
+    import fedcore._files
+
+    learning.save_checkpoint(tmp_path, make_state(1), 1)
+    real_open = open
+
+    class FullDisk:
+        """A file that takes the first 1000 bytes, then fails as a full disk does."""
+
+        def __init__(self, path, mode):
+            self.file = real_open(path, mode)
+
+        def write(self, data):
+            self.file.write(data[:1000])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr(fedcore._files, "open", FullDisk, raising=False)
+    with pytest.raises(learning.CheckpointError) as info:
+        learning.save_checkpoint(tmp_path, make_state(2), 2)
+    message = str(info.value)
+    assert f"cannot write the checkpoint {tmp_path / 'checkpoint-00000002.fckpt'}: No space left on device" in message
+    assert f"the previous checkpoint {tmp_path / 'checkpoint-00000001.fckpt'} is intact" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-00000001.fckpt"]  # no temporary file left
+    assert_same_state(learning.load_checkpoint(tmp_path, template=make_state()).state, make_state(1))
+    with pytest.raises(learning.CheckpointError, match="nested more than 64 levels"):
+        deep = np.float32(1)
+        for _ in range(40):
+            deep = [deep]
+        learning.save_checkpoint(tmp_path, deep, 3)

@@ -214,3 +214,19 @@ def test_the_count_is_opt_in_and_keeps_the_default_metrics(process):
     assert list(process.next.type_signature.result[1].names()) == [
         "accuracy", "loss", "num_examples", "num_nonfinite_updates"
     ]
+
+
+def test_a_round_with_fewer_clients_than_min_clients_fails_before_it_runs():
+    calls = []
+
+    def next_fn(state, data):
+        calls.append(len(data))
+        return state + 1, {}
+
+    policy = learning.DropoutPolicy(min_clients=5)
+    with pytest.raises(learning.RoundFailedError) as info:
+        learning.run_round(None, 0, ["a", "b"], policy, next_fn=next_fn)
+    assert "the round has 2 client(s), fewer than the dropout policy's min_clients=5" in str(info.value)
+    assert "the state is unchanged" in str(info.value) and calls == []
+    result = learning.run_round(None, 0, ["a"] * 5, policy, next_fn=next_fn)
+    assert result.state == 1 and calls == [5]

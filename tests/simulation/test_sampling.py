@@ -89,3 +89,21 @@ def test_federated_data_runs_on_the_tensorflow_executor_over_rounds():
             ids = sampler(round_num)
             expected = sum(int(cid[1:]) * (int(cid[1:]) + 1) for cid in ids)
             assert total(make_federated_data(data, ids, preprocess=batch)) == pytest.approx(expected)
+
+
+def test_a_set_of_ids_is_sorted_so_the_draw_does_not_depend_on_the_hash_seed():
+    ids = {f"client-{i}" for i in range(40)}
+    # The set's own iteration order (which varies with PYTHONHASHSEED) is not the sorted one here.
+    assert list(ids) != sorted(ids)
+    chosen = sample_clients(ids, 40, round_num=1, seed=3)
+    assert chosen == sample_clients(sorted(ids), 40, round_num=1, seed=3)
+    assert ClientSampler(frozenset(ids), 5, seed=3)(2) == sample_clients(sorted(ids), 5, 2, seed=3)
+    with pytest.raises(TypeError, match="cannot be sorted .*give the ids as a list"):
+        sample_clients({"a", 1}, 1, round_num=0)
+
+
+def test_repeated_ids_are_refused_since_the_draw_promises_distinct_clients():
+    with pytest.raises(ValueError, match=r"must not repeat an id, but it holds 'c01' \(2 times\)"):
+        sample_clients(["c00", "c01", "c01", "c02"], 2, round_num=0)
+    with pytest.raises(ValueError, match=r"'a' \(3 times\)"):
+        ClientSampler(["a", "a", "a", "b"], 1)

@@ -21,13 +21,21 @@ Functions and datasets are shipped once per worker and cached there
 Faults: a worker that dies or does not answer within ``timeout_s`` is dropped
 and the whole stage is run again on the remaining workers, up to
 ``max_retries`` times; after that, or when no worker is left, the call raises
-``WorkerFailure`` (an ``ExecutionError``).  Client work is pure, so a retried
+``WorkerFailure`` (an ``ExecutionError``) that says why each worker was
+dropped ("timed out after timeout_s=... s" or "the worker died").
+
+Joining a cluster (``address="host:port"``) first opens a TCP connection to
+that address, for at most ``connect_timeout_s`` seconds: with nothing
+listening there, the constructor raises ``ConnectionError`` at once instead
+of waiting in ``ray.init``.  Client work is pure, so a retried
 stage gives the same result; partial results of a failed attempt are never used.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import socket
 import weakref
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -61,7 +69,9 @@ class RayExecutor:
     datasets there (see ``federated_data``).  ``timeout_s`` bounds every wait
     for a worker; ``max_retries`` is how many times a stage is run again on the
     remaining workers after a worker died or timed out.  ``pool``: a
-    ``WorkerPool`` to use instead of the shared one.
+    ``WorkerPool`` to use instead of the shared one.  ``connect_timeout_s``
+    bounds the check that something listens at ``address`` (host:port).
+    Arguments are checked before Ray is started.
     """
 
     name = NAME
@@ -69,7 +79,8 @@ class RayExecutor:
     def __init__(self, num_clients: Optional[int] = None, *, address: Optional[str] = None,
                  num_workers: Optional[int] = None, cpus_per_worker: float = 1.0,
                  client_data: Optional[Callable[[], Any]] = None, timeout_s: float = 600.0,
-                 max_retries: int = 1, pool: Optional[WorkerPool] = None, ray_init_kwargs: Optional[dict] = None):
+                 max_retries: int = 1, pool: Optional[WorkerPool] = None, ray_init_kwargs: Optional[dict] = None,
+                 connect_timeout_s: float = 10.0):
         if num_clients is not None and (not isinstance(num_clients, int) or num_clients < 0):
             raise ValueError(f"num_clients must be a non-negative int, got {num_clients!r}")
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
@@ -78,8 +89,24 @@ class RayExecutor:
             raise ValueError(f"max_retries must be a non-negative int, got {max_retries!r}")
         if client_data is not None and not callable(client_data):
             raise TypeError(f"client_data must be a function returning a ClientData, got {client_data!r}")
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a string such as 'auto' or 'host:port', or None, got {address!r}")
+        if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                        or num_workers < 1):
+            raise ValueError(f"num_workers must be a positive int or None (one per cpus_per_worker CPUs), "
+                             f"got {num_workers!r}")
+        if isinstance(cpus_per_worker, bool) or not isinstance(cpus_per_worker, (int, float)) or not (
+            math.isfinite(cpus_per_worker) and cpus_per_worker > 0
+        ):
+            raise ValueError(f"cpus_per_worker must be a positive number, got {cpus_per_worker!r}")
+        if isinstance(connect_timeout_s, bool) or not isinstance(connect_timeout_s, (int, float)) or not (
+            math.isfinite(connect_timeout_s) and connect_timeout_s > 0
+        ):
+            raise ValueError(f"connect_timeout_s must be a positive number of seconds, got {connect_timeout_s!r}")
         ray = import_ray()
         if not ray.is_initialized():
+            if address is not None:
+                check_reachable(address, connect_timeout_s)
             ray.init(address=address, **(ray_init_kwargs or {}))
         self.num_clients = num_clients
         self.timeout_s = float(timeout_s)
@@ -88,6 +115,7 @@ class RayExecutor:
         self.client_data = client_data
         self.shipping = Shipping(client_data)
         self.last_worker_seconds: List[float] = []
+        self._dropped: List[str] = []  # why workers were dropped, for the error once none is left
         self._optimized: "weakref.WeakKeyDictionary[bb.BuildingBlock, bb.BuildingBlock]" = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
@@ -149,14 +177,20 @@ class RayExecutor:
             if dead:
                 for actor, why in dead:
                     failures.append(why)
+                    self._dropped.append(why)
                     _log.warning("fedcore RayExecutor: dropping a worker: %s (attempt %d)", why, attempt + 1)
                     self.pool.drop(actor)
                 continue
             return [out.gather(shards, parts[k], num_clients) for k, out in enumerate(outputs)]
+        if not failures:
+            earlier = "; ".join(self._dropped[-5:])
+            raise WorkerFailure(
+                "a stage of client work cannot run: no workers left"
+                + (f" (they were dropped after earlier failures: {earlier})" if earlier else "")
+            )
         raise WorkerFailure(
             f"a stage of client work failed after {len(failures)} worker failure(s) "
-            f"({'; '.join(failures) or 'no workers left'}); {self.pool.num_workers} worker(s) left, "
-            f"max_retries={self.max_retries}"
+            f"({'; '.join(failures)}); {self.pool.num_workers} worker(s) left, max_retries={self.max_retries}"
         )
 
     def _answers(self, ray, futures, work) -> Tuple[List[Tuple[Any, str]], List[Any]]:
@@ -165,12 +199,12 @@ class RayExecutor:
         dead, replies = [], []
         for future, (actor, _) in zip(futures, work):
             if future in not_ready:
-                dead.append((actor, f"no answer within {self.timeout_s:g} s"))
+                dead.append((actor, f"timed out: no answer within timeout_s={self.timeout_s:g} s"))
                 continue
             try:
                 replies.append(ray.get(future, timeout=self.timeout_s))
             except ray.exceptions.GetTimeoutError:
-                dead.append((actor, f"no answer within {self.timeout_s:g} s"))
+                dead.append((actor, f"timed out: no answer within timeout_s={self.timeout_s:g} s"))
             except ray.exceptions.RayActorError as e:
                 dead.append((actor, f"the worker died ({type(e).__name__})"))
             except ray.exceptions.RayError as e:  # the worker is fine; its answer could not be read
@@ -216,6 +250,22 @@ class RayExecutor:
         encoded_nodes = [node.encode(shipment) for node in nodes]
         encoded_outputs = [out.encode(shipment) for out in outputs]
         return Request(shard, encoded_nodes, encoded_outputs, shipment.functions, shipment.sources, shipment.datasets)
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """Raises ConnectionError unless a TCP connection to ``address`` ("host:port", optionally "ray://host:port")
+    opens within ``timeout_s`` seconds.  Other addresses ("auto", "local") are left to ``ray.init``."""
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        why = "timed out" if isinstance(e, socket.timeout) else (e.strerror or str(e))
+        raise ConnectionError(
+            f"cannot reach a Ray cluster at {address}: a connection to it failed within {timeout_s:g} s ({why}); "
+            "start one there (ray start --head) or check the address"
+        ) from None
 
 
 def _client_sizes(n: int, nodes: List[plan.Node]) -> List[int]:
