@@ -135,6 +135,14 @@ def _federated_select(value: Value, key) -> Value:
 literal = bb.literal  # a Python constant as a Literal node (defined with the IR)
 
 
+def _literal(value: Any, what: str) -> bb.Literal:
+    try:
+        return literal(value)
+    except ValueError as e:
+        location = context.user_location()
+        raise context.ArgumentError(f"{what}: {e}" + (f"\n  at {location}" if location else "")) from None
+
+
 def to_node(value: Any, what: str = "value") -> bb.BuildingBlock:
     """Converts a traced value, computation, placement or Python constant to an IR node."""
     if isinstance(value, Value):
@@ -147,9 +155,9 @@ def to_node(value: Any, what: str = "value") -> bb.BuildingBlock:
     if isinstance(value, Placement):
         return bb.Placement(value)
     if isinstance(value, (str, bytes, bool, int, float, np.ndarray, np.generic)):
-        return literal(value)
+        return _literal(value, what)
     if hasattr(value, "numpy") and hasattr(value, "dtype"):  # an eager tf.Tensor
-        return literal(value.numpy())
+        return _literal(value.numpy(), what)
     items = python_items(value)
     if items is not None:
         container = None if isinstance(value, StructValue) else type(value)
@@ -307,7 +315,14 @@ def infer_type(value: Any) -> Type:
 
 def _infer_type(value: Any) -> Type:
     if _is_dataset(value):
-        return SequenceType(to_type(value.element_spec))
+        try:
+            return SequenceType(to_type(value.element_spec))
+        except TypeError as e:
+            raise context.ArgumentError(f"cannot pass this dataset: {e}") from None
+    if isinstance(value, np.ma.MaskedArray):
+        raise context.ArgumentError(
+            f"cannot pass the masked array {value!r}: a fedcore value has no mask; pass value.filled(fill_value)"
+        )
     # numpy first: np.float64 is a subclass of Python's float, but keeps its dtype.
     if isinstance(value, (np.ndarray, np.generic)):
         if value.dtype.kind in ("U", "S", "O"):
@@ -315,10 +330,11 @@ def _infer_type(value: Any) -> Type:
         return TensorType(value.dtype, np.shape(value))
     if isinstance(value, bool):
         return TensorType("bool")
-    if isinstance(value, int):
-        return TensorType("int32")
-    if isinstance(value, float):
-        return TensorType("float32")
+    if isinstance(value, (int, float)):
+        try:  # the constant's type: int32, int64 for larger ints, float32 (as tf.constant)
+            return literal(value).type_signature
+        except ValueError as e:
+            raise context.ArgumentError(f"cannot infer a fedcore type for {value!r}: {e}") from None
     if isinstance(value, (str, bytes)):
         return TensorType("string")
     if hasattr(value, "numpy") and hasattr(value, "dtype") and hasattr(value, "shape"):
