@@ -92,7 +92,8 @@ def _python_ints(source: np.ndarray, t: TensorType, where: str, value: Any) -> n
             floats = [float(v) for v in items]
         except OverflowError:
             floats = [np.inf]
-        converted = np.array(floats, dtype=target)
+        with np.errstate(over="ignore"):  # checked next
+            converted = np.array(floats, dtype=target)
         if not np.isfinite(converted).all():
             raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}, which does not fit in {t.dtype} ({_range(target)})")
         return converted.reshape(source.shape)

@@ -72,7 +72,7 @@ def _to_type(spec: Any) -> Type:
     if type_name in ("RaggedTensorSpec", "SparseTensorSpec"):
         kind = "ragged" if type_name.startswith("Ragged") else "sparse"
         raise TypeError(
-            f"{kind} tensors are not supported: {spec!r} has no fedcore type, since fedcore tensors are dense; "
+            f"cannot convert {spec!r} to a fedcore type: {kind} tensors are not supported, since fedcore tensors are dense; "
             f"make the data dense first (for a dataset, map .to_tensor() over its elements, or pad them)"
         )
     if type_name == "DatasetSpec" and hasattr(spec, "element_spec"):

@@ -110,6 +110,29 @@ def test_client_work_runs_on_the_workers(pool):
     assert pool.dispatches - before == 2  # one request to each worker
 
 
+def test_an_integer_sum_is_exact_or_an_overflow_error_across_workers(pool):
+    # Each worker's partial sum may leave int32; the whole sum is exact where it fits, and an
+    # ExecutionError where it does not, as on the reference and TF executors.
+    @fedcore.tf_computation(tf.int32)
+    def same(x):
+        return x
+
+    @fedcore.federated_computation(fedcore.type_at_clients(tf.int32))
+    def total(x):
+        return fedcore.federated_sum(x)
+
+    @fedcore.federated_computation(fedcore.type_at_clients(tf.int32))
+    def total_of_map(x):
+        return fedcore.federated_sum(fedcore.federated_map(same, x))
+
+    big = 2**31 - 1
+    with fedcore.execution_context(make(pool, timeout_s=120)(None)):
+        for comp in (total, total_of_map):
+            assert comp([big, 1, -1, 0]) == big
+            with pytest.raises(fedcore.runtime.executor.ExecutionError, match=r"overflows.*int32.*2147483648"):
+                comp([big, 0, 1, 0])
+
+
 # --------------------------------------------------------------------------
 # A FedAvg round: one dispatch per worker, the same result as the TF executor.
 
