@@ -11,9 +11,10 @@ import numpy as np
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import context
 from fedcore.compiler.intrinsics import lookup
-from fedcore.structure import Struct as StructValue, python_items
+from fedcore.structure import Struct as StructValue, nests_deeper_than, python_items
 from fedcore.types import (
     CLIENTS,
+    MAX_DEPTH,
     SERVER,
     FederatedType,
     FunctionType,
@@ -143,7 +144,7 @@ def _literal(value: Any, what: str) -> bb.Literal:
         raise context.ArgumentError(f"{what}: {e}" + (f"\n  at {location}" if location else "")) from None
 
 
-def to_node(value: Any, what: str = "value") -> bb.BuildingBlock:
+def to_node(value: Any, what: str = "value", _depth_checked: bool = False) -> bb.BuildingBlock:
     """Converts a traced value, computation, placement or Python constant to an IR node."""
     if isinstance(value, Value):
         return value._node
@@ -160,8 +161,13 @@ def to_node(value: Any, what: str = "value") -> bb.BuildingBlock:
         return _literal(value.numpy(), what)
     items = python_items(value)
     if items is not None:
+        if not _depth_checked and nests_deeper_than(value, MAX_DEPTH):
+            raise context.type_error(
+                f"cannot use a {what} that nests more than MAX_DEPTH={MAX_DEPTH} levels deep "
+                "(fedcore.types.MAX_DEPTH), the deepest a fedcore type may be"
+            )
         container = None if isinstance(value, StructValue) else type(value)
-        return bb.Struct([(n, to_node(v, what)) for n, v in items], container=container)
+        return bb.Struct([(n, to_node(v, what, _depth_checked=True)) for n, v in items], container=container)
     if callable(value):
         raise context.type_error(
             f"cannot use the Python function {getattr(value, '__name__', value)!r} as a {what} here; "
@@ -304,6 +310,11 @@ def _is_dataset(value: Any) -> bool:
 
 def infer_type(value: Any) -> Type:
     """The fedcore type of a Python value, for polymorphic computations; ArgumentError if it has none."""
+    if nests_deeper_than(value, MAX_DEPTH):
+        raise context.ArgumentError(
+            f"cannot infer a fedcore type for a value nested this deeply: it nests more than MAX_DEPTH={MAX_DEPTH} levels "
+            "(fedcore.types.MAX_DEPTH), the deepest a fedcore type may be"
+        )
     try:
         return _infer_type(value)
     except RecursionError:
