@@ -10,6 +10,7 @@ import fedcore
 from fedcore.compiler.context import ArgumentError, FederatedTypeError
 from fedcore.runtime import tensorflow as tf_runtime
 from fedcore.types import MAX_DEPTH, SequenceType, StructType, TensorType, TypeNestingError, parse
+from fedcore.types.core import INTERNAL_LEVELS
 
 
 def nested_type(depth: int):
@@ -38,14 +39,20 @@ def test_the_documented_limit_is_one_hundred():
     assert issubclass(TypeNestingError, TypeError) and issubclass(TypeNestingError, ValueError)
 
 
-@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 3000])
-def test_constructors_refuse_a_type_deeper_than_the_limit(depth):
+@pytest.mark.parametrize("depth", [MAX_DEPTH + INTERNAL_LEVELS + 1, 3000])
+def test_constructors_refuse_a_type_deeper_than_the_limit_and_its_ir_headroom(depth):
     with pytest.raises(TypeNestingError, match=f"MAX_DEPTH={MAX_DEPTH}"):
         nested_type(depth)
+    nested_type(MAX_DEPTH + INTERNAL_LEVELS)  # intrinsic calls around values at the limit need these
+
+
+def test_declared_parameter_types_and_the_notation_are_held_to_the_limit():
     with pytest.raises(TypeNestingError, match=f"MAX_DEPTH={MAX_DEPTH}"):
-        SequenceType(nested_type(MAX_DEPTH))
+        fedcore.tf_computation(nested_type(MAX_DEPTH + 1))(lambda x: x)
     with pytest.raises(TypeNestingError, match=f"MAX_DEPTH={MAX_DEPTH}"):
-        fedcore.type_at_clients(nested_type(MAX_DEPTH))
+        fedcore.federated_computation(fedcore.type_at_clients(nested_type(MAX_DEPTH)))(lambda x: x)
+    with pytest.raises(TypeNestingError, match=f"nests more than {MAX_DEPTH} levels"):
+        parse(str(SequenceType(nested_type(MAX_DEPTH))))
 
 
 def test_a_type_at_the_limit_prints_parses_and_compares():
@@ -55,6 +62,8 @@ def test_a_type_at_the_limit_prints_parses_and_compares():
     assert fedcore.FunctionType(t, t).parameter == t  # a function type adds no level
     with pytest.raises(ValueError, match=f"nests more than {MAX_DEPTH} levels"):
         parse("<" * MAX_DEPTH + "int32" + ">" * MAX_DEPTH)
+    with pytest.raises(ValueError, match=f"nests more than {MAX_DEPTH} levels"):
+        parse("<" * 3000 + "int32" + ">" * 3000)
 
 
 @pytest.mark.parametrize("executor", ["reference", "tensorflow"])

@@ -26,7 +26,8 @@ from fedcore.compiler.tracing import (  # noqa: F401  (arrange_arguments, call_t
     pack_arguments_as_node,
     to_node,
 )
-from fedcore.types import FunctionType, StructType, Type, to_type
+from fedcore.types import MAX_DEPTH, FunctionType, StructType, Type, TypeNestingError, to_type
+from fedcore.types.core import nesting_depth
 
 
 class Computation:
@@ -258,6 +259,11 @@ def _parameter_type_from_decorator(fn: Callable, types: Tuple[Any, ...]) -> Tupl
             converted.append(to_type(spec))
         except (TypeError, ValueError) as e:
             raise type(e)(f"bad parameter type for {getattr(fn, '__name__', 'function')}: {e}") from None
+        if nesting_depth(converted[-1]) > MAX_DEPTH:
+            raise TypeNestingError(
+                f"bad parameter type for {getattr(fn, '__name__', 'function')}: it nests more than "
+                f"MAX_DEPTH={MAX_DEPTH} levels deep (fedcore.types.MAX_DEPTH)"
+            )
     if len(converted) == 1:
         t = converted[0]
         unpack = len(names) > 1 and isinstance(t, StructType) and len(t) == len(names)

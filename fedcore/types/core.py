@@ -112,7 +112,8 @@ def _convert_shape(shape: Any) -> Optional[Tuple[Optional[int], ...]]:
 #: The deepest a type may nest (a tensor is 1 level, ``<int32>``, ``int32*`` and ``int32@SERVER``
 #: are 2): the notation, the type constructors and every executor accept types up to this depth,
 #: and refuse deeper ones.  A function type may be one level deeper, so that its parameter and
-#: its result may each be ``MAX_DEPTH`` deep.
+#: its result may each be ``MAX_DEPTH`` deep; the constructors refuse only types more than
+#: ``INTERNAL_LEVELS`` deeper, which the IR of intrinsic calls around values at the limit needs.
 MAX_DEPTH = 100
 
 
@@ -140,6 +141,11 @@ def depth_limit(t: "Type") -> int:
     return MAX_DEPTH + 1 if isinstance(t, FunctionType) else MAX_DEPTH
 
 
+#: The levels the constructors allow beyond ``MAX_DEPTH``: the argument structs and function
+#: types of intrinsic calls wrap values at the limit in a few more levels.
+INTERNAL_LEVELS = 8
+
+
 def _parts(t: "Type") -> Tuple["Type", ...]:
     if isinstance(t, StructType):
         return tuple(e for _, e in t.elements)
@@ -154,7 +160,7 @@ def _parts(t: "Type") -> Tuple["Type", ...]:
 
 def _check_depth(t: "Type") -> None:
     depth = 1 + max((nesting_depth(p) for p in _parts(t)), default=0)
-    if depth > depth_limit(t):
+    if depth > MAX_DEPTH + INTERNAL_LEVELS:
         raise TypeNestingError(
             f"a type may nest at most MAX_DEPTH={MAX_DEPTH} levels deep (fedcore.types.MAX_DEPTH); "
             f"this {type(t).__name__} nests more than {MAX_DEPTH} levels ({depth})"
