@@ -239,3 +239,28 @@ def test_complex_means_equal_numpys_on_every_executor(values):
     expected = np.mean(np.array(values, np.complex128))
     for executor in (None, lambda: _TF):
         assert np.isclose(run(executor, _COMPLEX_MEAN, values), expected, rtol=1e-12, atol=1e-9)
+
+
+_F32 = identity(tf.float32)
+_I32 = identity(tf.int32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**80), 2**80)))
+def test_an_argument_is_its_value_in_the_dtype_or_refused(x):
+    # float32: the nearest float32, unless a finite x would become inf; int32: x itself or refused.
+    with np.errstate(over="ignore"):
+        nearest = np.float32(float(x)) if not isinstance(x, int) or abs(x) < 2**128 else np.float32(np.inf)
+    if np.isfinite(float(x)) and not np.isfinite(nearest):
+        with pytest.raises(ArgumentError, match="does not fit in float32"):
+            _F32(x)
+    else:
+        got = _F32(x)
+        assert (np.isnan(got) and np.isnan(nearest)) or got == nearest
+    whole = isinstance(x, int) or (np.isfinite(x) and x == int(x))
+    fits = whole and -(2**31) <= int(x) < 2**31
+    if fits:
+        assert _I32(x) == int(x)
+    else:
+        with pytest.raises(ArgumentError, match="int32"):
+            _I32(x)
