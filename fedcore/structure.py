@@ -129,6 +129,21 @@ def python_items(value: Any) -> Optional[Sequence[Tuple[Optional[str], Any]]]:
     return None
 
 
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers in ``value`` nest more than ``limit`` levels deep (a leaf is 1 level),
+    found without recursion, so that any depth can be asked about."""
+    stack = [(value, 1)]
+    while stack:
+        v, level = stack.pop()
+        items = python_items(v)
+        if items is None:
+            continue
+        if level + 1 > limit and items:
+            return True
+        stack.extend((item, level + 1) for _, item in items)
+    return False
+
+
 def build_container(container: Optional[type], items: Sequence[Tuple[Optional[str], Any]]) -> Any:
     """Builds a value of ``container`` from items; structs without one become Struct or tuple."""
     if container is None:

@@ -35,8 +35,37 @@ Leaves = List[Any]
 
 
 def _wide(dtype: str) -> str:
-    """Sums of floating-point values are kept in float64, as the reference always has."""
-    return "float64" if dtype.startswith(("float", "bfloat")) else dtype
+    """Sums of floating-point values are kept in float64, as the reference always has; complex
+    ones in complex128; integers narrower than 64 bits in int64, checked against their dtype's
+    range when reported."""
+    if dtype.startswith(("float", "bfloat")):
+        return "float64"
+    if dtype.startswith("complex"):
+        return "complex128"
+    if dtype in ("int8", "int16", "int32", "uint8", "uint16", "uint32"):
+        return "int64"
+    return dtype
+
+
+def _is_integer(dtype: str) -> bool:
+    return dtype.startswith(("int", "uint"))
+
+
+class IntegerOverflow(ArithmeticError):
+    """The exact result of an integer aggregation does not fit in its dtype.
+
+    Integer sums are never wrapped around: every executor refuses them with
+    this message (executors raise it as an ``ExecutionError``).
+    """
+
+
+def overflow_message(dtype: str) -> str:
+    info = np.iinfo(np.dtype(dtype))
+    instead = "floating-point values" if dtype.endswith("64") else "a wider integer type (such as int64)"
+    return (
+        f"an integer sum overflows: the exact sum of {dtype} values does not fit in {dtype} "
+        f"(range [{info.min}, {info.max}]), and integer sums are never wrapped around; sum {instead} instead"
+    )
 
 
 @attrs.frozen
@@ -87,6 +116,41 @@ class _Numpy:
     def shape(self, x):
         return np.shape(x)
 
+    # Integer bits, and a check that refuses a result that does not fit.
+
+    def bit_and(self, x, mask: int):
+        x = np.asarray(x)
+        return np.bitwise_and(x, x.dtype.type(mask))
+
+    def shift_right(self, x, bits: int):
+        x = np.asarray(x)
+        return np.right_shift(x, x.dtype.type(bits))
+
+    def scale(self, x, factor: int):
+        x = np.asarray(x)
+        with np.errstate(over="ignore"):  # where the product wraps around, ``check`` refuses it
+            return x * x.dtype.type(factor)
+
+    def less(self, x, c: int):
+        return np.less(x, c)
+
+    def greater(self, x, c: int):
+        return np.greater(x, c)
+
+    def logical_and(self, a, b):
+        return np.logical_and(a, b)
+
+    def exact(self, high, low, half: int):
+        return np.vectorize(lambda h, l: int(h) * half + int(l), otypes=[object])(high, low)
+
+    def check(self, ok, exact, dtype: str, result):
+        """``result``, or IntegerOverflow naming the exact sums (``exact()``) where ``ok`` is false."""
+        ok = np.asarray(ok)
+        if not ok.all():
+            bad = [int(v) for v, fits in zip(np.asarray(exact(), dtype=object).reshape(-1), ok.reshape(-1)) if not fits]
+            raise IntegerOverflow(f"{overflow_message(dtype)}; the sums that do not fit: {bad[:3]}")
+        return result
+
 
 @attrs.frozen
 class _TensorFlow:
@@ -134,6 +198,38 @@ class _TensorFlow:
     def shape(self, x):
         x = tf.convert_to_tensor(x)
         return tuple(x.shape.as_list()) if x.shape.is_fully_defined() else tf.shape(x)
+
+    def bit_and(self, x, mask: int):
+        return tf.bitwise.bitwise_and(x, tf.constant(mask, x.dtype))
+
+    def shift_right(self, x, bits: int):
+        return tf.bitwise.right_shift(x, tf.constant(bits, x.dtype))
+
+    def scale(self, x, factor: int):
+        return x * tf.constant(factor, x.dtype)
+
+    def less(self, x, c: int):
+        return tf.less(x, tf.constant(c, x.dtype))
+
+    def greater(self, x, c: int):
+        return tf.greater(x, tf.constant(c, x.dtype))
+
+    def logical_and(self, a, b):
+        return tf.logical_and(a, b)
+
+    def exact(self, high, low, half: int):
+        """Not exact in a graph: the float64 nearest to the sum, for the message."""
+        return tf.cast(high, tf.float64) * float(half) + tf.cast(low, tf.float64)
+
+    def check(self, ok, approx, dtype: str, result):
+        """``result``, made to fail the graph with IntegerOverflow's message where ``ok`` is false
+        (an InvalidArgumentError, which executors raise as an ExecutionError)."""
+        bad = tf.boolean_mask(tf.reshape(approx(), [-1]), tf.logical_not(tf.reshape(ok, [-1])))
+        check = tf.debugging.Assert(
+            tf.reduce_all(ok), [f"{overflow_message(dtype)}; the sums that do not fit:", bad], summarize=3
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(result)
 
 
 NUMPY = _Numpy()
@@ -249,27 +345,119 @@ def _retyped(t: Type, fn) -> Type:
     return fn(t)
 
 
+_HALF = 2**32
+
+
 class Sum(_Elementwise):
+    """Sums: floating-point values in float64, complex ones in complex128, integers exactly.
+
+    An integer sum is never wrapped around: its exact value is reported, or refused with
+    ``IntegerOverflow`` where it does not fit in the dtype, whatever the order of the clients.
+    Integers narrower than 64 bits are summed in int64 (where more than 2^31 clients would be
+    needed to wrap around); a 64-bit integer leaf is kept as two accumulator leaves, its high
+    and low 32-bit halves, whose sums cannot wrap around either, and joined when reported.
+    """
+
     name = "sum"
 
     def leaf_dtype(self, t):
         return _wide(t.dtype)
 
-    def identity(self, t, dtype):
-        return 0
+    @staticmethod
+    def _split64(t: TensorType) -> bool:
+        return t.dtype in ("int64", "uint64")
 
-    def combine(self, xp, a, b):
-        return xp.add(a, b)
+    def accumulator_type(self, u: Type) -> Type:
+        def leaf(t):
+            if self._split64(t):
+                return StructType([(None, TensorType(t.dtype, t.shape)), (None, TensorType(t.dtype, t.shape))])
+            return TensorType(self.leaf_dtype(t), t.shape)
 
-    def combine_all(self, xp, xs):
-        return xp.sum0(xs)
+        return _retyped(u, leaf)
+
+    def zero(self, xp, u, shapes=None):
+        out = []
+        for i, t in enumerate(_leaves(u)):
+            shape = _shape(t, shapes, i)
+            if self._split64(t):
+                out.extend([xp.full(shape, 0, t.dtype), xp.full(shape, 0, t.dtype)])
+            else:
+                out.append(xp.full(shape, 0, self.leaf_dtype(t)))
+        return out
+
+    def _groups(self, u, acc):
+        """Each leaf type of ``u`` with its accumulator leaves (two for a 64-bit integer)."""
+        i = 0
+        for t in _leaves(u):
+            k = 2 if self._split64(t) else 1
+            yield t, acc[i : i + k]
+            i += k
+
+    @staticmethod
+    def _normal(xp, high, low):
+        """(high, low) with low in [0, 2^32): the carry of low moved into high."""
+        return [xp.add(high, xp.shift_right(low, 32)), xp.bit_and(low, _HALF - 1)]
+
+    def _combine(self, xp, t, a, b, summed=None):
+        if not self._split64(t):
+            return [xp.add(a[0], b if summed is None else summed)]
+        return self._normal(xp, xp.add(a[0], b[0]), xp.add(a[1], b[1]))
+
+    def _halves(self, xp, x):
+        return [xp.shift_right(x, 32), xp.bit_and(x, _HALF - 1)]
+
+    def accumulate(self, xp, u, acc, x):
+        out = []
+        for (t, a), v in zip(self._groups(u, acc), x):
+            v = xp.cast(v, self.leaf_dtype(t))
+            out.extend(self._combine(xp, t, a, self._halves(xp, v) if self._split64(t) else v))
+        return out
+
+    def accumulate_all(self, xp, u, acc, xs):
+        out = []
+        for (t, a), v in zip(self._groups(u, acc), xs):
+            v = xp.cast(v, self.leaf_dtype(t))
+            if self._split64(t):
+                out.extend(self._combine(xp, t, a, [xp.sum0(h) for h in self._halves(xp, v)]))
+            else:
+                out.extend(self._combine(xp, t, a, None, xp.sum0(v)))
+        return out
+
+    def merge(self, xp, u, a, b):
+        out = []
+        for (t, x), (_, y) in zip(self._groups(u, a), self._groups(u, b)):
+            out.extend(self._combine(xp, t, x, y if self._split64(t) else y[0]))
+        return out
+
+    def report(self, xp, u, acc):
+        out = []
+        for t, a in self._groups(u, acc):
+            if self._split64(t):
+                high, low = a
+                if t.dtype == "uint64":
+                    ok = xp.less(high, _HALF)
+                else:
+                    ok = xp.logical_and(xp.less(high, _HALF // 2), xp.greater(high, -(_HALF // 2) - 1))
+
+                def exact(high=high, low=low):
+                    return xp.exact(high, low, _HALF)
+
+                out.append(xp.check(ok, exact, t.dtype, xp.add(xp.scale(high, _HALF), low)))
+            elif _is_integer(t.dtype):
+                info = np.iinfo(t.np_dtype)
+                value = a[0]
+                ok = xp.logical_and(xp.less(value, info.max + 1), xp.greater(value, info.min - 1))
+                out.append(xp.check(ok, lambda value=value: value, t.dtype, xp.cast(value, t.dtype)))
+            else:
+                out.append(xp.cast(a[0], t.dtype))
+        return out
 
 
 class Product(_Elementwise):
     name = "product"
 
     def leaf_dtype(self, t):
-        return _wide(t.dtype)
+        return "float64" if t.dtype.startswith(("float", "bfloat")) else t.dtype
 
     def identity(self, t, dtype):
         return 1
@@ -326,31 +514,42 @@ class _Ratio(Monoid):
     def result_type(self, u):
         return self._values(u)
 
+    # Values are summed in float64, complex values in complex128 (both parts kept); the
+    # weights and the count in float64, cast to a complex sum's dtype where they meet it.
+
     def accumulator_type(self, u):
-        wide = _retyped(self._values(u), lambda t: TensorType("float64", t.shape))
+        wide = _retyped(self._values(u), lambda t: TensorType(_wide(t.dtype), t.shape))
         return StructType([(None, wide), (None, TensorType("float64", ()))])
 
     def zero(self, xp, u, shapes=None):
         values = _leaves(self._values(u))
-        return [xp.full(_shape(t, shapes, i), 0.0, "float64") for i, t in enumerate(values)] + [xp.full((), 0.0, "float64")]
+        return ([xp.full(_shape(t, shapes, i), 0.0, _wide(t.dtype)) for i, t in enumerate(values)]
+                + [xp.full((), 0.0, "float64")])
 
     def _split(self, xp, u, x):
-        k = len(_leaves(self._values(u)))
-        values = [xp.cast(v, "float64") for v in x[:k]]
-        return values, (xp.cast(x[k], "float64") if self.weighted else None)
+        types = _leaves(self._values(u))
+        values = [xp.cast(v, _wide(t.dtype)) for v, t in zip(x, types)]
+        return values, types, (xp.cast(x[len(types)], "float64") if self.weighted else None)
+
+    @staticmethod
+    def _as(xp, x, t: TensorType):
+        wide = _wide(t.dtype)
+        return x if wide == "float64" else xp.cast(x, wide)
 
     def accumulate(self, xp, u, acc, x):
-        values, w = self._split(xp, u, x)
+        values, types, w = self._split(xp, u, x)
         if w is None:
             return [xp.add(a, v) for a, v in zip(acc, values)] + [xp.add(acc[-1], 1.0)]
-        return [xp.add(a, xp.multiply(v, w)) for a, v in zip(acc, values)] + [xp.add(acc[-1], w)]
+        return ([xp.add(a, xp.multiply(v, self._as(xp, w, t))) for a, v, t in zip(acc, values, types)]
+                + [xp.add(acc[-1], w)])
 
     def accumulate_all(self, xp, u, acc, xs):
-        values, w = self._split(xp, u, xs)
+        values, types, w = self._split(xp, u, xs)
         if w is None:
             count = xp.rows(values[0]) if values else 0.0
             return [xp.add(a, xp.sum0(v)) for a, v in zip(acc, values)] + [xp.add(acc[-1], count)]
-        return ([xp.add(a, xp.sum0(xp.multiply(v, xp.per_row(w, v)))) for a, v in zip(acc, values)]
+        return ([xp.add(a, xp.sum0(xp.multiply(v, xp.per_row(self._as(xp, w, t), v))))
+                 for a, v, t in zip(acc, values, types)]
                 + [xp.add(acc[-1], xp.sum0(w))])
 
     def merge(self, xp, u, a, b):
@@ -358,7 +557,8 @@ class _Ratio(Monoid):
 
     def report(self, xp, u, acc):
         total = acc[-1]
-        return [xp.cast(xp.divide(s, total), t.dtype) for s, t in zip(acc[:-1], _leaves(self._values(u)))]
+        return [xp.cast(xp.divide(s, self._as(xp, total, t)), t.dtype)
+                for s, t in zip(acc[:-1], _leaves(self._values(u)))]
 
 
 class Mean(_Ratio):

@@ -305,21 +305,61 @@ class TensorFlowComputation(BuildingBlock):
 
 
 def literal(value: Any, dtype: Optional[str] = None) -> "Literal":
-    """A Literal node for a Python or numpy constant: Python ints are int32, floats float32, as in TF."""
+    """A Literal node for a Python or numpy constant.
+
+    Python ints are int32, or int64 where they do not fit in int32, and Python floats are
+    float32, as ``tf.constant`` makes them.  A constant that its type cannot hold exactly
+    enough (an int beyond int64, a finite float that would become inf, a masked array, a
+    string that is not valid Unicode) is a ValueError naming it, never a changed value.
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        raise ValueError(
+            "cannot use a masked array (numpy.ma) as a constant: a fedcore value has no mask; "
+            "use value.filled(fill_value) or value.compressed()"
+        )
     if isinstance(value, (str, bytes)):
-        return Literal(value.decode() if isinstance(value, bytes) else value, TensorType("string"))
+        return Literal(_literal_string(value), TensorType("string"))
     if isinstance(value, bool):
         arr = np.asarray(value)
-    elif isinstance(value, int) and dtype is None:
-        arr = np.asarray(value, np.int32)
+    elif isinstance(value, int) and not isinstance(value, np.generic) and dtype is None:
+        if -(2**31) <= value < 2**31:
+            arr = np.asarray(value, np.int32)
+        elif -(2**63) <= value < 2**63:
+            arr = np.asarray(value, np.int64)
+        else:
+            raise ValueError(f"the Python int {value} does not fit in int64 (range [{-(2**63)}, {2**63 - 1}])")
     elif isinstance(value, float) and not isinstance(value, np.generic) and dtype is None:
         # Python floats are float32, as in TF; np.float64 (a float subclass) keeps its dtype.
-        arr = np.asarray(value, np.float32)
+        with np.errstate(over="ignore"):
+            arr = np.asarray(value, np.float32)
+        if np.isfinite(value) and not np.isfinite(arr):
+            raise ValueError(
+                f"the Python float {value!r} does not fit in float32 (Python floats are float32 constants, whose "
+                f"largest finite value is {float(np.finfo(np.float32).max):.8g}); use np.float64({value!r})"
+            )
     else:
-        arr = np.asarray(value) if dtype is None else np.asarray(value, dtype)
+        try:
+            arr = np.asarray(value) if dtype is None else np.asarray(value, dtype)
+        except OverflowError as e:
+            raise ValueError(f"cannot use {value!r} as a constant: {e}") from None
     if arr.dtype.kind in ("U", "S", "O"):
-        return Literal(arr.astype(object), TensorType("string", arr.shape))
+        items = arr.astype(object)
+        if any(not isinstance(x, (str, bytes)) for x in items.reshape(-1).tolist()):
+            raise ValueError(f"cannot use {value!r} as a constant: it holds values that are neither numbers nor strings")
+        out = np.empty(items.shape, dtype=object)
+        for index, item in np.ndenumerate(items):
+            out[index] = _literal_string(item)
+        return Literal(out, TensorType("string", arr.shape))
     return Literal(arr, TensorType(arr.dtype, arr.shape))
+
+
+def _literal_string(value) -> str:
+    try:
+        text = value.decode() if isinstance(value, bytes) else value
+        text.encode("utf-8")
+    except UnicodeError as e:
+        raise ValueError(f"cannot use the string {value!r} as a constant: it is not valid Unicode ({e.reason})") from None
+    return text
 
 
 # --------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from fedcore.compiler.tracing import (  # noqa: F401  (arrange_arguments, call_t
     pack_arguments_as_node,
     to_node,
 )
-from fedcore.types import FunctionType, StructType, Type, to_type
+from fedcore.types import MAX_DEPTH, FunctionType, StructType, Type, TypeNestingError, to_type
+from fedcore.types.core import nesting_depth
 
 
 class Computation:
@@ -98,6 +99,10 @@ class Computation:
             )
 
 
+#: How deeply a polymorphic computation may call itself (at other parameter types) while traced.
+MAX_SELF_CALLS = 8
+
+
 class PolymorphicComputation:
     """A computation without declared types: traced per argument type on first call."""
 
@@ -105,7 +110,8 @@ class PolymorphicComputation:
         self._fn = fn
         self._kind = kind
         self.name = name
-        self._cache: Dict[Optional[Type], Computation] = {}
+        self._cache: Dict[Tuple[Optional[Type], bool], Computation] = {}
+        self._tracing: List[Tuple[Optional[Type], bool]] = []  # the specializations being traced now
 
     @property
     def type_signature(self):
@@ -114,11 +120,37 @@ class PolymorphicComputation:
             "parameter types in its decorator"
         )
 
-    def _fedcore_specialize(self, parameter_type: Optional[Type]) -> Computation:
-        comp = self._cache.get(parameter_type)
+    def _fedcore_specialize(self, parameter_type: Optional[Type], packed: bool = False) -> Computation:
+        """The computation traced at ``parameter_type``.
+
+        ``packed``: the type is a struct of a call's arguments (as ``__call__`` packs them), each
+        element to be passed to the Python function as the call passed it, positionally or by
+        keyword; parameters the call left out keep their Python defaults.
+        """
+        key = (parameter_type, packed)
+        comp = self._cache.get(key)
         if comp is None:
-            comp = _build(self._fn, self._kind, parameter_type, self.name, unpack=None)
-            self._cache[parameter_type] = comp
+            if key in self._tracing or len(self._tracing) >= MAX_SELF_CALLS:
+                why = (
+                    f"at the same parameter type {parameter_type}, which would never end"
+                    if key in self._tracing
+                    else f"more than MAX_SELF_CALLS={MAX_SELF_CALLS} levels deep"
+                )
+                raise context.type_error(
+                    f"{self.name} calls itself while it is being traced, {why}; a computation is traced once "
+                    "into a fixed program, so it cannot recurse without end: write the repetition as a loop "
+                    "(tf.while_loop in a tf_computation, or a Python loop of a fixed length)"
+                )
+            self._tracing.append(key)
+            try:
+                if packed:
+                    fn = _bind_elements(self._fn, parameter_type)
+                    comp = _build(fn, self._kind, parameter_type, self.name, unpack=True)
+                else:
+                    comp = _build(self._fn, self._kind, parameter_type, self.name, unpack=None)
+            finally:
+                self._tracing.pop()
+            self._cache[key] = comp
         return comp
 
     def __repr__(self) -> str:
@@ -135,10 +167,10 @@ class PolymorphicComputation:
             type_of = infer_type
         _check_binds(self._fn, self.name, args, kwargs)
         names = _python_parameter_names(self._fn)
-        parameter_type = _packed_type(
-            [type_of(a) for a in args], [(k, type_of(v)) for k, v in kwargs.items()], names
+        parameter_type, packed = _packed_type(
+            [type_of(a) for a in args], [(k, type_of(v)) for k, v in kwargs.items()], names, _has_varargs(self._fn)
         )
-        return self._fedcore_specialize(parameter_type)(*args, **kwargs)
+        return self._fedcore_specialize(parameter_type, packed)(*args, **kwargs)
 
 
 def _check_binds(fn: Callable, name: str, args, kwargs) -> None:
@@ -153,18 +185,52 @@ def _check_binds(fn: Callable, name: str, args, kwargs) -> None:
         raise context.type_error(f"{name}: {e}") from None
 
 
-def _packed_type(arg_types: List[Type], kw_types: List[Tuple[str, Type]], names: List[str]) -> Optional[Type]:
-    """The parameter type for a call: one argument's type, or a struct of them all."""
+def _packed_type(
+    arg_types: List[Type], kw_types: List[Tuple[str, Type]], names: List[str], varargs: bool = False
+) -> Tuple[Optional[Type], bool]:
+    """The parameter type for a call, and whether it packs the call's arguments into a struct.
+
+    One positional argument for a function of one parameter is the whole parameter; otherwise
+    the parameter is a struct of the arguments given, named after the Python parameters they
+    fill (keywords by their names), in the Python signature's order.
+    """
     if not arg_types and not kw_types:
-        return None
-    if len(arg_types) == 1 and not kw_types and len(names) <= 1:
-        return arg_types[0]
+        return None, False
+    if len(arg_types) == 1 and not kw_types and len(names) <= 1 and not varargs:
+        return arg_types[0], False
     elements = [(names[i] if i < len(names) else None, t) for i, t in enumerate(arg_types)]
-    # Keyword arguments take their places in the Python signature, whatever order they came in:
-    # the traced function receives the struct's elements positionally.
     order = {n: i for i, n in enumerate(names)}
     elements.extend(sorted(kw_types, key=lambda item: order.get(item[0], len(names))))
-    return StructType(elements)
+    return StructType(elements), True
+
+
+def _bind_elements(fn: Callable, parameter_type: StructType) -> Callable:
+    """``fn`` taking a packed call's elements positionally, as a traced computation passes them.
+
+    An element that fills the Python parameter at its own position (or an extra ``*args``
+    element) is passed positionally; the others (keywords after a skipped parameter with a
+    default, keyword-only parameters) by name.  Parameters without an element keep their
+    defaults.
+    """
+    names = _python_parameter_names(fn)
+    elements = parameter_type.elements
+    by_position = 0
+    while by_position < len(elements) and (
+        elements[by_position][0] is None
+        or (by_position < len(names) and elements[by_position][0] == names[by_position])
+    ):
+        by_position += 1
+    keywords = [n for n, _ in elements[by_position:]]
+
+    def bound(*values):
+        return fn(*values[:by_position], **dict(zip(keywords, values[by_position:])))
+
+    bound.__name__ = getattr(fn, "__name__", "function")
+    bound.__qualname__ = getattr(fn, "__qualname__", bound.__name__)
+    bound.__signature__ = inspect.Signature(
+        [inspect.Parameter(f"element_{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(len(elements))]
+    )
+    return bound
 
 
 def _python_parameter_names(fn: Callable) -> List[str]:
@@ -179,6 +245,14 @@ def _python_parameter_names(fn: Callable) -> List[str]:
     ]
 
 
+def _required_keyword_only(fn: Callable) -> List[str]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
+
+
 def _has_varargs(fn: Callable) -> bool:
     try:
         return any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values())
@@ -189,6 +263,13 @@ def _has_varargs(fn: Callable) -> bool:
 def _parameter_type_from_decorator(fn: Callable, types: Tuple[Any, ...]) -> Tuple[Optional[Type], bool]:
     """Returns (parameter type, whether to unpack it into several Python arguments)."""
     names = _python_parameter_names(fn)
+    keyword_only = _required_keyword_only(fn)
+    if types and keyword_only:
+        raise TypeError(
+            f"{getattr(fn, '__name__', 'function')} has keyword-only parameters {keyword_only} without defaults, "
+            "which declared parameter types cannot fill (they fill the positional parameters in order); make "
+            "them positional, give them defaults, or leave the types out for a polymorphic computation"
+        )
     if not types:
         if names and not _has_varargs(fn):
             raise TypeError(
@@ -203,6 +284,11 @@ def _parameter_type_from_decorator(fn: Callable, types: Tuple[Any, ...]) -> Tupl
             converted.append(to_type(spec))
         except (TypeError, ValueError) as e:
             raise type(e)(f"bad parameter type for {getattr(fn, '__name__', 'function')}: {e}") from None
+        if nesting_depth(converted[-1]) > MAX_DEPTH:
+            raise TypeNestingError(
+                f"bad parameter type for {getattr(fn, '__name__', 'function')}: it nests more than "
+                f"MAX_DEPTH={MAX_DEPTH} levels deep (fedcore.types.MAX_DEPTH)"
+            )
     if len(converted) == 1:
         t = converted[0]
         unpack = len(names) > 1 and isinstance(t, StructType) and len(t) == len(names)
@@ -285,7 +371,7 @@ def _decorator(kind: str, args: Tuple[Any, ...]):
         name = getattr(fn, "__name__", kind)
         if name == "<lambda>":
             name = "lambda"
-        if not types and _python_parameter_names(fn):
+        if not types and (_python_parameter_names(fn) or _required_keyword_only(fn)):
             return PolymorphicComputation(fn, kind, name)
         if not types and _has_varargs(fn):
             return PolymorphicComputation(fn, kind, name)

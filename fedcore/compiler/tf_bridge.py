@@ -115,6 +115,9 @@ def flatten(value: Any, t: Optional[Type]) -> List[Any]:
     return [value]
 
 
+# Plain Python called from traced TF code: AutoGraph's conversion of each recursive call
+# would cost dozens of stack frames per level of a deeply nested structure.
+@tf.autograph.experimental.do_not_convert
 def unflatten(leaves: List[Any], t: Optional[Type], leaf_fn=lambda x, _: x) -> Any:
     """Rebuilds an internal value (Struct for structs) of type ``t`` from leaves."""
     it = iter(leaves)
@@ -134,6 +137,9 @@ def _to_containers(value: Any, t: Type, container_of) -> Any:
     return value
 
 
+# Plain Python called from traced TF code: AutoGraph's conversion of each recursive call
+# would cost dozens of stack frames per level of a deeply nested structure.
+@tf.autograph.experimental.do_not_convert
 def to_user_structure(value: Any, t: Type) -> Any:
     """Internal Struct values -> the user's containers (Struct when none), for TF code."""
     return _to_containers(value, t, lambda s: s.container or Struct)
@@ -170,6 +176,9 @@ def _restructure(value: Any, t: Type) -> Any:
 # Inferring types of values returned by TF code.
 
 
+# Plain Python called from traced TF code: AutoGraph's conversion of each recursive call
+# would cost dozens of stack frames per level of a deeply nested structure.
+@tf.autograph.experimental.do_not_convert
 def infer_tf_result(value: Any) -> Tuple[Type, List[Any]]:
     """Returns (type, leaves) for a value returned by user TF code, inside a graph."""
     if isinstance(value, tf.data.Dataset):

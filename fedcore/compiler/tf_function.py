@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from fedcore.compiler import context
 from fedcore.compiler import tf_bridge
-from fedcore.structure import items_by_names
-from fedcore.types import SequenceType, StructType, TensorType, Type
+from fedcore.structure import items_by_names, nests_deeper_than
+from fedcore.types import MAX_DEPTH, SequenceType, StructType, TensorType, Type, TypeNestingError
 
 
 class TFCalls:
@@ -86,10 +86,15 @@ class TFFunction(TFCalls):
             self._flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=True
         )
         location = context.user_location()
+        self._too_deep: Optional[TypeNestingError] = None
         try:
             self.concrete_function = self._tf_function.get_concrete_function()
-        except (TypeError, ValueError) as e:
+        except Exception as e:
+            if self._too_deep is None and not isinstance(e, (TypeError, ValueError)):
+                raise
             where = f"\n  at {location}" if location else ""
+            if self._too_deep is not None:
+                raise TypeNestingError(f"tf_computation {name}: {self._too_deep}{where}") from None
             raise TypeError(f"tf_computation {name} failed to trace at parameter type {parameter_type}: {e}{where}") from e
 
     @property
@@ -134,6 +139,13 @@ class TFFunction(TFCalls):
     def _flat_call(self, *leaves):
         value = tf_bridge.unflatten(list(leaves), self.parameter_type)
         result = self._call_user(value)
+        if nests_deeper_than(result, MAX_DEPTH):
+            # Kept for __init__ to raise: AutoGraph would turn it into a StagingError.
+            self._too_deep = TypeNestingError(
+                f"its result nests more than MAX_DEPTH={MAX_DEPTH} levels deep (fedcore.types.MAX_DEPTH), "
+                "the deepest a fedcore type may be"
+            )
+            raise self._too_deep
         result_type, result_leaves = tf_bridge.infer_tf_result(result)
         self.result_type = result_type
         return result_leaves

@@ -11,9 +11,10 @@ import numpy as np
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import context
 from fedcore.compiler.intrinsics import lookup
-from fedcore.structure import Struct as StructValue, python_items
+from fedcore.structure import Struct as StructValue, nests_deeper_than, python_items
 from fedcore.types import (
     CLIENTS,
+    MAX_DEPTH,
     SERVER,
     FederatedType,
     FunctionType,
@@ -135,7 +136,15 @@ def _federated_select(value: Value, key) -> Value:
 literal = bb.literal  # a Python constant as a Literal node (defined with the IR)
 
 
-def to_node(value: Any, what: str = "value") -> bb.BuildingBlock:
+def _literal(value: Any, what: str) -> bb.Literal:
+    try:
+        return literal(value)
+    except ValueError as e:
+        location = context.user_location()
+        raise context.ArgumentError(f"{what}: {e}" + (f"\n  at {location}" if location else "")) from None
+
+
+def to_node(value: Any, what: str = "value", _depth_checked: bool = False) -> bb.BuildingBlock:
     """Converts a traced value, computation, placement or Python constant to an IR node."""
     if isinstance(value, Value):
         return value._node
@@ -147,13 +156,18 @@ def to_node(value: Any, what: str = "value") -> bb.BuildingBlock:
     if isinstance(value, Placement):
         return bb.Placement(value)
     if isinstance(value, (str, bytes, bool, int, float, np.ndarray, np.generic)):
-        return literal(value)
+        return _literal(value, what)
     if hasattr(value, "numpy") and hasattr(value, "dtype"):  # an eager tf.Tensor
-        return literal(value.numpy())
+        return _literal(value.numpy(), what)
     items = python_items(value)
     if items is not None:
+        if not _depth_checked and nests_deeper_than(value, MAX_DEPTH):
+            raise context.type_error(
+                f"cannot use a {what} that nests more than MAX_DEPTH={MAX_DEPTH} levels deep "
+                "(fedcore.types.MAX_DEPTH), the deepest a fedcore type may be"
+            )
         container = None if isinstance(value, StructValue) else type(value)
-        return bb.Struct([(n, to_node(v, what)) for n, v in items], container=container)
+        return bb.Struct([(n, to_node(v, what, _depth_checked=True)) for n, v in items], container=container)
     if callable(value):
         raise context.type_error(
             f"cannot use the Python function {getattr(value, '__name__', value)!r} as a {what} here; "
@@ -304,6 +318,11 @@ def _is_dataset(value: Any) -> bool:
 
 def infer_type(value: Any) -> Type:
     """The fedcore type of a Python value, for polymorphic computations; ArgumentError if it has none."""
+    if nests_deeper_than(value, MAX_DEPTH):
+        raise context.ArgumentError(
+            f"cannot infer a fedcore type for a value nested this deeply: it nests more than MAX_DEPTH={MAX_DEPTH} levels "
+            "(fedcore.types.MAX_DEPTH), the deepest a fedcore type may be"
+        )
     try:
         return _infer_type(value)
     except RecursionError:
@@ -315,7 +334,14 @@ def infer_type(value: Any) -> Type:
 
 def _infer_type(value: Any) -> Type:
     if _is_dataset(value):
-        return SequenceType(to_type(value.element_spec))
+        try:
+            return SequenceType(to_type(value.element_spec))
+        except TypeError as e:
+            raise context.ArgumentError(f"cannot pass this dataset: {e}") from None
+    if isinstance(value, np.ma.MaskedArray):
+        raise context.ArgumentError(
+            f"cannot pass the masked array {value!r}: a fedcore value has no mask; pass value.filled(fill_value)"
+        )
     # numpy first: np.float64 is a subclass of Python's float, but keeps its dtype.
     if isinstance(value, (np.ndarray, np.generic)):
         if value.dtype.kind in ("U", "S", "O"):
@@ -323,10 +349,11 @@ def _infer_type(value: Any) -> Type:
         return TensorType(value.dtype, np.shape(value))
     if isinstance(value, bool):
         return TensorType("bool")
-    if isinstance(value, int):
-        return TensorType("int32")
-    if isinstance(value, float):
-        return TensorType("float32")
+    if isinstance(value, (int, float)):
+        try:  # the constant's type: int32, int64 for larger ints, float32 (as tf.constant)
+            return literal(value).type_signature
+        except ValueError as e:
+            raise context.ArgumentError(f"cannot infer a fedcore type for {value!r}: {e}") from None
     if isinstance(value, (str, bytes)):
         return TensorType("string")
     if hasattr(value, "numpy") and hasattr(value, "dtype") and hasattr(value, "shape"):

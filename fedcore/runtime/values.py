@@ -42,48 +42,131 @@ def _is_dataset(value: Any) -> bool:
     return isinstance(value, tf.data.Dataset)
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _text(item: Any, t: TensorType, where: str, value: Any) -> str:
+    """A string element as ``str``; ArgumentError for non-strings, bytes that are not UTF-8 and
+    lone surrogates, which no TF string (UTF-8 bytes) can hold."""
+    if isinstance(item, bytes):
+        try:
+            return item.decode()
+        except UnicodeDecodeError as e:
+            raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}, bytes that are not UTF-8 ({e.reason})") from None
+    if not isinstance(item, str):
+        raise ArgumentError(
+            f"{where}: expected {t}, got {_shown(value)}, which holds {_shown(item)} of Python type "
+            f"{type(item).__name__}, not a string"
+        )
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ArgumentError(
+            f"{where}: expected {t}, got {_shown(value)}, which is not valid Unicode ({e.reason} at "
+            f"position {e.start}) and cannot be encoded as UTF-8"
+        ) from None
+    return item
+
+
+def _range(dtype: np.dtype) -> str:
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return f"range [{info.min}, {info.max}]"
+    return f"largest finite value {float(np.finfo(dtype).max):.8g}"
+
+
+def _python_ints(source: np.ndarray, t: TensorType, where: str, value: Any) -> np.ndarray:
+    """Python ints too large for any numpy integer (numpy keeps them as objects), converted exactly or refused."""
+    target = np.dtype(t.np_dtype)
+    items = source.reshape(-1).tolist()
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        bad = [v for v in items if not info.min <= v <= info.max]
+        if bad:
+            raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}, which does not fit in {t.dtype} ({_range(target)})")
+        return np.array(items, dtype=target).reshape(source.shape)
+    if target.kind in "fc":
+        try:
+            floats = [float(v) for v in items]
+        except OverflowError:
+            floats = [np.inf]
+        with np.errstate(over="ignore"):  # checked next
+            converted = np.array(floats, dtype=target)
+        if not np.isfinite(converted).all():
+            raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}, which does not fit in {t.dtype} ({_range(target)})")
+        return converted.reshape(source.shape)
+    raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}")
+
+
 def _tensor(value: Any, t: TensorType, where: str) -> Any:
     if t.dtype == "string":
-        if isinstance(value, bytes):
-            value = value.decode()
-        if isinstance(value, str):
+        if isinstance(value, (str, bytes)):
             if t.shape not in ((), None):
                 raise ArgumentError(f"{where}: expected {t}, got the string {value!r}")
-            return value
+            return _text(value, t, where, value)
         arr = np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=object)
         if arr.ndim == 0:
             item = arr.item()
             if not isinstance(item, (str, bytes)):
                 raise ArgumentError(f"{where}: expected {t}, got {value!r}")
-            return item.decode() if isinstance(item, bytes) else item
+            return _text(item, t, where, value)
         _check_shape(arr.shape, t, where, value)
-        return arr
+        out = np.empty(arr.shape, dtype=object)
+        for index, item in np.ndenumerate(arr):
+            out[index] = _text(item, t, where, value)
+        return out
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
         value = value.numpy()
     if isinstance(value, (str, bytes)):
         raise ArgumentError(f"{where}: expected {t}, got the string {value!r}")
     try:
         source = np.asarray(value)
-    except (ValueError, TypeError):
-        raise ArgumentError(f"{where}: expected {t}, got {value!r}, which is not a rectangular array") from None
+    except (ValueError, TypeError, OverflowError):
+        raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}, which is not a rectangular array") from None
+    target = np.dtype(t.np_dtype)
+    if source.dtype.kind == "O" and source.size and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in source.reshape(-1).tolist()
+    ):
+        source = _python_ints(source, t, where, value)
     if source.dtype.kind not in "biufc":
-        raise ArgumentError(f"{where}: expected {t}, got {value!r}")
-    target = t.np_dtype
+        raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}")
     if source.dtype.kind == "b" and t.dtype != "bool":
-        raise ArgumentError(f"{where}: expected {t}, got booleans {value!r}")
+        raise ArgumentError(f"{where}: expected {t}, got booleans {_shown(value)}")
     if t.dtype == "bool" and source.dtype.kind != "b":
-        raise ArgumentError(f"{where}: expected {t}, got {value!r}")
-    if source.dtype.kind == "c" and np.dtype(target).kind != "c":
+        raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}")
+    if source.dtype.kind == "c" and target.kind != "c":
         # astype would silently drop the imaginary part.
-        raise ArgumentError(f"{where}: expected {t}, got complex values {value!r}")
-    converted = source.astype(target)
-    if source.dtype.kind in "fc" and np.dtype(target).kind in "iu":
-        if not np.array_equal(converted, source):
-            raise ArgumentError(f"{where}: expected {t}, got {value!r}, which has a fractional part")
-    if source.dtype.kind in "iu" and np.dtype(target).kind in "iu" and not np.array_equal(converted.astype(source.dtype), source):
-        raise ArgumentError(f"{where}: expected {t}, got {value!r}, which does not fit in {t.dtype}")
+        raise ArgumentError(f"{where}: expected {t}, got complex values {_shown(value)}")
+    if source.dtype.kind == "f" and target.kind in "iu":
+        _check_integral(source, t, target, where, value)
+    with np.errstate(over="ignore", invalid="ignore"):  # each loss is checked below
+        converted = source.astype(target)
+    if target.kind in "fc" and (np.isfinite(source) & ~np.isfinite(converted)).any():
+        raise ArgumentError(
+            f"{where}: expected {t}, got {_shown(value)}, which does not fit in {t.dtype} ({_range(target)}) "
+            "and would become inf"
+        )
+    if source.dtype.kind in "iu" and target.kind in "iu" and source.size and not (
+        np.iinfo(target).min <= int(source.min()) and int(source.max()) <= np.iinfo(target).max
+    ):
+        raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}, which does not fit in {t.dtype} ({_range(target)})")
     _check_shape(converted.shape, t, where, value)
     return converted
+
+
+def _check_integral(source: np.ndarray, t: TensorType, target: np.dtype, where: str, value: Any) -> None:
+    """Floating-point values for an integer type: each must be finite, in range and whole."""
+    if not np.isfinite(source).all():
+        bad = source[~np.isfinite(source)].reshape(-1)[0]
+        raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}, which is not finite ({bad}) and has no {t.dtype} value")
+    bits = target.itemsize * 8
+    low, high = (0.0, 2.0**bits) if target.kind == "u" else (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1))
+    if ((source < low) | (source >= high)).any():
+        raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}, which does not fit in {t.dtype} ({_range(target)})")
+    if not np.array_equal(np.trunc(source), source):
+        raise ArgumentError(f"{where}: expected {t}, got {_shown(value)}, which has a fractional part")
 
 
 def _check_shape(shape, t: TensorType, where: str, value: Any) -> None:
@@ -96,6 +179,11 @@ def _check_shape(shape, t: TensorType, where: str, value: Any) -> None:
 
 def to_internal(value: Any, t: Type, where: str = "argument") -> Any:
     """Checks ``value`` against ``t`` and converts it to the canonical form."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise ArgumentError(
+            f"{where}: expected {t}, got a masked array (numpy.ma), whose mask a fedcore value cannot represent; "
+            "pass value.filled(fill_value), or only the unmasked values (value.compressed())"
+        )
     match t:
         case TensorType():
             return _tensor(value, t, where)
@@ -121,7 +209,10 @@ def to_internal(value: Any, t: Type, where: str = "argument") -> Any:
             return Struct(result)
         case SequenceType(element=element_type):
             if _is_dataset(value):
-                given = to_type(value.element_spec)
+                try:
+                    given = to_type(value.element_spec)
+                except TypeError as e:
+                    raise ArgumentError(f"{where}: expected a dataset of {t}, got a dataset whose elements {e}") from None
                 if not element_type.is_assignable_from(given):
                     raise ArgumentError(f"{where}: expected a dataset of {t}, got a dataset of {SequenceType(given)}")
                 return value

@@ -21,6 +21,7 @@ from fedcore.types.core import (
     type_at_clients,
     type_at_server,
 )
+from fedcore.types.core import MAX_DEPTH, TypeNestingError  # the deepest a type may nest
 from fedcore.types.parser import parse
 from fedcore.types.printing import format_type
 from fedcore.types.relations import (
@@ -32,6 +33,8 @@ from fedcore.types.relations import (
 )
 
 __all__ = [
+    "MAX_DEPTH",
+    "TypeNestingError",
     "AbstractType",
     "CLIENTS",
     "DTYPE_NAMES",

@@ -81,6 +81,12 @@ def _to_type(spec: Any) -> Type:
     type_name = type(spec).__name__
     if type_name in ("TensorSpec", "BoundedTensorSpec") and hasattr(spec, "dtype"):
         return TensorType(spec.dtype, spec.shape)
+    if type_name in ("RaggedTensorSpec", "SparseTensorSpec"):
+        kind = "ragged" if type_name.startswith("Ragged") else "sparse"
+        raise TypeError(
+            f"cannot convert {spec!r} to a fedcore type: {kind} tensors are not supported, since fedcore tensors are dense; "
+            f"make the data dense first (for a dataset, map .to_tensor() over its elements, or pad them)"
+        )
     if type_name == "DatasetSpec" and hasattr(spec, "element_spec"):
         return SequenceType(to_type(spec.element_spec))
     if type_name in ("DatasetV2", "_DatasetV2", "Dataset") or hasattr(spec, "element_spec") and hasattr(

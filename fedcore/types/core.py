@@ -9,7 +9,8 @@ reads back.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Optional, Tuple, Union
+import weakref
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import attrs
 import numpy as np
@@ -106,6 +107,67 @@ def _convert_shape(shape: Any) -> Optional[Tuple[Optional[int], ...]]:
         else:
             raise TypeError(f"dimension must be an int or None, got {dim!r} in shape {shape!r}")
     return tuple(result)
+
+
+#: The deepest a type may nest (a tensor is 1 level, ``<int32>``, ``int32*`` and ``int32@SERVER``
+#: are 2): the notation, the type constructors and every executor accept types up to this depth,
+#: and refuse deeper ones.  A function type may be one level deeper, so that its parameter and
+#: its result may each be ``MAX_DEPTH`` deep; the constructors refuse only types more than
+#: ``INTERNAL_LEVELS`` deeper, which the IR of intrinsic calls around values at the limit needs.
+MAX_DEPTH = 100
+
+
+class TypeNestingError(TypeError, ValueError):
+    """A type that nests more than ``MAX_DEPTH`` levels deep."""
+
+
+# The depth of each struct, sequence, federated and function type built, by id (with a weak
+# reference to tell a reused id), so that building a type costs one look-up per child.
+_DEPTHS: Dict[int, Tuple[Any, int]] = {}
+
+
+def nesting_depth(t: "Type") -> int:
+    """How deeply ``t`` nests: a tensor is 1, ``<int32>`` and ``int32*`` are 2."""
+    entry = _DEPTHS.get(id(t))
+    if entry is not None and entry[0]() is t:
+        return entry[1]
+    parts = _parts(t)
+    return 1 + max((nesting_depth(p) for p in parts), default=0)
+
+
+def depth_limit(t: "Type") -> int:
+    """``MAX_DEPTH``, and one more for a function type: its parameter and its result may each
+    nest ``MAX_DEPTH`` levels deep."""
+    return MAX_DEPTH + 1 if isinstance(t, FunctionType) else MAX_DEPTH
+
+
+#: The levels the constructors allow beyond ``MAX_DEPTH``: the argument structs and function
+#: types of intrinsic calls wrap values at the limit in a few more levels.
+INTERNAL_LEVELS = 8
+
+
+def _parts(t: "Type") -> Tuple["Type", ...]:
+    if isinstance(t, StructType):
+        return tuple(e for _, e in t.elements)
+    if isinstance(t, SequenceType):
+        return (t.element,)
+    if isinstance(t, FederatedType):
+        return (t.member,)
+    if isinstance(t, FunctionType):
+        return tuple(p for p in (t.parameter, t.result) if p is not None)
+    return ()
+
+
+def _check_depth(t: "Type") -> None:
+    depth = 1 + max((nesting_depth(p) for p in _parts(t)), default=0)
+    if depth > MAX_DEPTH + INTERNAL_LEVELS:
+        raise TypeNestingError(
+            f"a type may nest at most MAX_DEPTH={MAX_DEPTH} levels deep (fedcore.types.MAX_DEPTH); "
+            f"this {type(t).__name__} nests more than {MAX_DEPTH} levels ({depth})"
+        )
+    if len(_DEPTHS) > 100_000:
+        _DEPTHS.clear()
+    _DEPTHS[id(t)] = (weakref.ref(t), depth)
 
 
 class Type:
@@ -257,6 +319,9 @@ class StructType(Type):
     elements: Tuple[Tuple[Optional[str], Type], ...] = attrs.field(converter=_convert_elements)
     container: Optional[type] = attrs.field(default=None, eq=False, kw_only=True)
 
+    def __attrs_post_init__(self):
+        _check_depth(self)
+
     def compact(self) -> str:
         parts = [t.compact() if n is None else f"{n}={t.compact()}" for n, t in self.elements]
         return "<" + ",".join(parts) + ">"
@@ -325,6 +390,9 @@ class SequenceType(Type):
 
     element: Type = attrs.field(converter=_to_type_if_needed, validator=_check_sequence_element)
 
+    def __attrs_post_init__(self):
+        _check_depth(self)
+
     def compact(self) -> str:
         inner = self.element.compact()
         if isinstance(self.element, FunctionType):
@@ -345,6 +413,9 @@ class FunctionType(Type):
 
     parameter: Optional[Type] = attrs.field(converter=_to_optional_type)
     result: Type = attrs.field(converter=_to_type_if_needed)
+
+    def __attrs_post_init__(self):
+        _check_depth(self)
 
     def compact(self) -> str:
         param = "" if self.parameter is None else self.parameter.compact()
@@ -421,6 +492,7 @@ class FederatedType(Type):
             object.__setattr__(self, "all_equal", self.placement is SERVER)
         elif not isinstance(self.all_equal, bool):
             raise TypeError(f"all_equal must be a bool, got {self.all_equal!r}")
+        _check_depth(self)
 
     def compact(self) -> str:
         member = self.member.compact()

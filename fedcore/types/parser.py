@@ -113,7 +113,7 @@ def _parser() -> lark.Lark:
 
 # The deepest nesting the notation accepts.  Printing, comparing and hashing types recurse
 # once or twice per level, so much deeper types would hit Python's recursion limit later.
-MAX_DEPTH = 100
+from fedcore.types.core import MAX_DEPTH, TypeNestingError, depth_limit  # noqa: E402  (the constructors' limit)
 
 
 def _depth(t: Type) -> int:
@@ -135,7 +135,7 @@ def _depth(t: Type) -> int:
 
 def _too_deep(text: str) -> ValueError:
     shown = repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(text)} characters)"
-    return ValueError(f"cannot parse type {shown}: it nests more than {MAX_DEPTH} levels deep")
+    return TypeNestingError(f"cannot parse type {shown}: it nests more than {MAX_DEPTH} levels deep (MAX_DEPTH)")
 
 
 def _describe_expected(expected) -> str:
@@ -170,7 +170,7 @@ def parse(text: str) -> Type:
 def _parse(text: str) -> Type:
     try:
         result = _parser().parse(text)
-    except RecursionError:
+    except (RecursionError, TypeNestingError):  # the constructors refuse a type deeper than MAX_DEPTH
         raise _too_deep(text) from None
     except lark.exceptions.UnexpectedCharacters as e:
         raise ValueError(
@@ -194,9 +194,9 @@ def _parse(text: str) -> Type:
             f"expected {_describe_expected(e.expected)}"
         ) from None
     except lark.exceptions.VisitError as e:
-        if isinstance(e.orig_exc, RecursionError):
+        if isinstance(e.orig_exc, (RecursionError, TypeNestingError)):
             raise _too_deep(text) from None
         raise e.orig_exc from None
-    if _depth(result) > MAX_DEPTH:
+    if _depth(result) > depth_limit(result):
         raise _too_deep(text)
     return result

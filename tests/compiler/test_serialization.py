@@ -79,10 +79,11 @@ def _specialize(poly, case):
     args, kwargs = case.arguments()
     computation._check_binds(poly._fn, poly.name, args, kwargs)
     names = computation._python_parameter_names(poly._fn)
-    parameter_type = computation._packed_type(
-        [infer_type(a) for a in args], [(k, infer_type(v)) for k, v in kwargs.items()], names
+    parameter_type, packed = computation._packed_type(
+        [infer_type(a) for a in args], [(k, infer_type(v)) for k, v in kwargs.items()], names,
+        computation._has_varargs(poly._fn),
     )
-    return poly._fedcore_specialize(parameter_type)
+    return poly._fedcore_specialize(parameter_type, packed)
 
 
 @conformance.parametrize(cases=_POLYMORPHIC_CASES)

@@ -128,6 +128,47 @@ def test_client_work_runs_on_the_workers(pool):
     assert pool.dispatches - before == 2  # one request to each worker
 
 
+def test_an_integer_sum_is_exact_or_an_overflow_error_across_workers(pool):
+    # Each worker's partial sum may leave int32; the whole sum is exact where it fits, and an
+    # ExecutionError where it does not, as on the reference and TF executors.
+    @fedcore.tf_computation(tf.int32)
+    def same(x):
+        return x
+
+    @fedcore.federated_computation(fedcore.type_at_clients(tf.int32))
+    def total(x):
+        return fedcore.federated_sum(x)
+
+    @fedcore.federated_computation(fedcore.type_at_clients(tf.int32))
+    def total_of_map(x):
+        return fedcore.federated_sum(fedcore.federated_map(same, x))
+
+    big = 2**31 - 1
+    with fedcore.execution_context(make(pool, timeout_s=120)(None)):
+        for comp in (total, total_of_map):
+            assert comp([big, 1, -1, 0]) == big
+            with pytest.raises(fedcore.runtime.executor.ExecutionError, match=r"overflows.*int32.*2147483648"):
+                comp([big, 0, 1, 0])
+
+
+def test_a_structure_at_the_type_depth_limit_runs_on_the_workers(pool):
+    # {<<...int32...>>}@CLIENTS with a member MAX_DEPTH - 1 levels deep: MAX_DEPTH levels in all.
+    member = fedcore.types.TensorType("int32")
+    for _ in range(fedcore.types.MAX_DEPTH - 2):
+        member = fedcore.types.StructType([(None, member)])
+    value = 3
+    for _ in range(fedcore.types.MAX_DEPTH - 2):
+        value = [value]
+    same = fedcore.tf_computation(member)(lambda x: x)
+    mapped = fedcore.federated_computation(fedcore.type_at_clients(member))(lambda x: fedcore.federated_map(same, x))
+    with fedcore.execution_context(make(pool, timeout_s=120)(None)):
+        results = mapped([value, value])
+    for result in results:
+        while isinstance(result, (list, tuple)):
+            (result,) = result
+        assert result == 3
+
+
 # --------------------------------------------------------------------------
 # A FedAvg round: one dispatch per worker, the same result as the TF executor.
 

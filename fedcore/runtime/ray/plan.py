@@ -188,9 +188,13 @@ class MonoidPartial(Output):
     def finish(self, parts: List[List[Any]]) -> Any:
         xp = algebra.NUMPY
         acc = self._zero(None) if not parts else parts[0]
-        for p in parts[1:]:
-            acc = self.monoid.merge(xp, self.u, acc, p)
-        return tf_bridge.unflatten(self.monoid.report(xp, self.u, acc), self.monoid.result_type(self.u))
+        try:
+            for p in parts[1:]:
+                acc = self.monoid.merge(xp, self.u, acc, p)
+            leaves = self.monoid.report(xp, self.u, acc)
+        except algebra.IntegerOverflow as e:
+            raise ExecutionError(f"{self.what}: {e}") from None
+        return tf_bridge.unflatten(leaves, self.monoid.result_type(self.u))
 
     def _zero(self, shapes):
         try:

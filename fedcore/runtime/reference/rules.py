@@ -50,7 +50,7 @@ def plus(values: List[Any], t: Type) -> Any:
     leaves = [tf_bridge.flatten(v, t) for v in values]
     try:
         return tf_bridge.unflatten(defs.FEDERATED_SUM.monoid.fold(algebra.NUMPY, t, leaves), t)
-    except algebra.ShapeNotKnown as e:
+    except (algebra.ShapeNotKnown, algebra.IntegerOverflow) as e:
         raise ExecutionError(str(e)) from None
 
 
@@ -116,6 +116,8 @@ def _monoid_rule(definition: defs.IntrinsicDef):
             leaves = monoid.fold(algebra.NUMPY, u, client_inputs(interp, definition, arg, t.parameter))
         except algebra.ShapeNotKnown as e:
             raise ExecutionError(f"{definition.uri} over no clients: {e}") from None
+        except algebra.IntegerOverflow as e:
+            raise ExecutionError(f"{definition.uri}: {e}") from None
         return tf_bridge.unflatten(leaves, t.result.member)
 
     return apply

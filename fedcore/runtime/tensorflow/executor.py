@@ -192,7 +192,7 @@ class TensorFlowExecutor:
         try:
             out = program(*layout.arrays)
         except tf.errors.InvalidArgumentError as e:
-            raise ExecutionError(f"{comp.name} failed in the TensorFlow executor: {e.message}") from None
+            raise ExecutionError(f"{comp.name} failed in the TensorFlow executor: {_op_message(e.message)}") from None
         out = list(out) if isinstance(out, (list, tuple)) else [out]
         return _decode(out, t.result, n)
 
@@ -211,6 +211,14 @@ class TensorFlowExecutor:
             return _graph_outputs(value, result_type)
 
         return tf.function(program, input_signature=specs, autograph=False)
+
+
+def _op_message(message: str) -> str:
+    """A failed check's own message (such as an integer sum's overflow), without TF's graph trace."""
+    start = message.find("assertion failed: ")
+    if start < 0:
+        return message
+    return message[start:].split("\n\t [[")[0].strip()
 
 
 def program_key(ir: bb.BuildingBlock) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import tensorflow as tf
 
+from fedcore.compiler import algebra
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.intrinsics import lookup
@@ -169,9 +170,19 @@ def zeros(t: Type) -> Any:
 
 
 def add(a: Any, b: Any) -> Any:
+    """``a + b`` leaf by leaf; an integer sum that wraps around fails, as in the reference."""
     if isinstance(a, Struct):
         return Struct([(n, add(x, y)) for (n, x), y in zip(a.items(), b)])
-    return a + b
+    a, b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)
+    r = a + b
+    if not a.dtype.is_integer:
+        return r
+    if a.dtype.is_unsigned:
+        ok = r >= a
+    else:  # a signed sum wraps around exactly when its sign differs from both operands'
+        ok = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(a, r), tf.bitwise.bitwise_xor(b, r)) >= 0
+    exact = lambda: tf.cast(a, tf.float64) + tf.cast(b, tf.float64)  # noqa: E731
+    return algebra.TENSORFLOW.check(ok, exact, a.dtype.name, r)
 
 
 class Compiler:

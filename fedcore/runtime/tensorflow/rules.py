@@ -254,7 +254,19 @@ def _cast_like(value: Any, t: Type) -> Any:
 
 @RULES.register(defs.SEQUENCE_SUM)
 def _sequence_sum(c: Compiler, ds, t):
+    """The sum monoid folded over the dataset, as the reference sums: integers exactly."""
     element_type = t.parameter.element
+    monoid, xp = defs.FEDERATED_SUM.monoid, algebra.TENSORFLOW
+    try:
+        zero = monoid.zero(xp, element_type)
+    except algebra.ShapeNotKnown as e:
+        raise ExecutionError(str(e)) from None
+    if zero:
+        def step(acc, *e):
+            element = tf_bridge.from_dataset_structure(e[0] if len(e) == 1 else e, element_type)
+            return tuple(monoid.accumulate(xp, element_type, list(acc), flat(element)))
+
+        return unflatten(monoid.report(xp, element_type, list(ds.reduce(tuple(zero), step))), element_type)
     zero = zeros(element_type)
     return _from_nest(
         ds.reduce(
