@@ -305,7 +305,8 @@ class ImportedTFFunction(TFCalls):
         self._graph_def = graph_def
         self._input_names = tuple(input_names)
         self._output_names = tuple(output_names)
-        self._traced: Optional[Tuple[Any, Any]] = None
+        # Shared with renamed copies, which trace once for all.
+        self._traced: List[Any] = []
         wrapped = (imported or _ImportedGraph(graph_def)).wrapped
         graph = wrapped.graph
         out_specs = tf_bridge.flat_specs(result_type)
@@ -345,7 +346,7 @@ class ImportedTFFunction(TFCalls):
         return copy
 
     def _trace(self) -> Tuple[Any, Any]:
-        if self._traced is None:
+        if not self._traced:
             out_specs = self._out_specs
 
             def flat_call(*leaves):
@@ -366,8 +367,8 @@ class ImportedTFFunction(TFCalls):
                 raise SerializationError(
                     f"TF computation {self.name}: cannot rebuild it from its graph: {type(e).__name__}: {e}"
                 ) from None
-            self._traced = (function, concrete)
-        return self._traced
+            self._traced.append((function, concrete))
+        return self._traced[0]
 
     @property
     def _tf_function(self) -> Any:
