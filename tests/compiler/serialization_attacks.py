@@ -8,7 +8,6 @@ them again (``rewrite``), which recomputes every checksum.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -31,13 +30,14 @@ def split(data: bytes) -> Tuple[Dict[str, Any], List[bytes]]:
 
 
 def pack(header: Dict[str, Any], sections: List[bytes], fix_offsets: bool = True) -> bytes:
-    """A file from a header and sections, with offsets, lengths and every SHA-256 recomputed."""
+    """A file from a header and sections, with offsets, lengths (updated in ``header``) and every SHA-256 recomputed."""
     import hashlib
 
-    header = copy.deepcopy(header)
-    if fix_offsets:
+    if fix_offsets and isinstance(header.get("functions"), list):
         offset = 0
         for meta, graph in zip(header["functions"], sections):
+            if not isinstance(meta, dict):
+                continue
             meta.update(offset=offset, length=len(graph), sha256=hashlib.sha256(graph).hexdigest())
             offset += len(graph)
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
