@@ -129,8 +129,9 @@ def _dtype_name(value: int) -> str:
 
 
 class _Checker:
-    def __init__(self, graph_def: Any, label: str):
+    def __init__(self, graph_def: Any, label: str, check_ops: bool):
         self.label = label
+        self.check_ops = check_ops
         self.graph_def = graph_def
         self.library: Dict[str, Any] = {}
         # function name (or None for the graph itself) -> the functions it names
@@ -167,8 +168,8 @@ class _Checker:
             raise self.fail(
                 f"its graph uses the op{'s' if len(self.refused) > 1 else ''} {listed}, which fedcore does not load: "
                 "loaded graphs may use only the pure ops listed in docs/serialization.md"
-                + (f"; {', '.join(map(repr, sorted(unknown)))} is neither an op nor a function of its library"
-                   if unknown else "")
+                + (f"; {', '.join(map(repr, sorted(unknown)))} {'is' if len(unknown) == 1 else 'are'} neither an op "
+                   "nor a function of its library" if unknown else "")
             )
         for g in library.gradient:
             for name in (g.function_name, g.gradient_func):
@@ -184,7 +185,7 @@ class _Checker:
             if op in self.library:
                 called.add(op)
                 op_def = None
-            elif op in ALLOWED_OPS:
+            elif op in ALLOWED_OPS or (not self.check_ops and op_def_registry.get(op) is not None):
                 op_def = op_def_registry.get(op)
                 if op_def is None:
                     raise self.fail(f"{where} uses the op {op!r}, which this TensorFlow does not have")
@@ -333,6 +334,10 @@ class _Checker:
                     iters.append(iter(sorted(self.calls.get(nxt, ()))))
 
 
-def check_graph_def(graph_def: Any, label: str) -> None:
-    """Raises SerializationError unless ``graph_def`` uses only allowed ops, defined functions and sound attrs."""
-    _Checker(graph_def, label).run()
+def check_graph_def(graph_def: Any, label: str, check_ops: bool = True) -> None:
+    """Raises SerializationError unless ``graph_def`` uses only allowed ops, defined functions and sound attrs.
+
+    With ``check_ops=False`` (for graphs from a trusted source) any registered op is accepted;
+    every other check still applies.
+    """
+    _Checker(graph_def, label, check_ops).run()

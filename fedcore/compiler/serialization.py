@@ -82,7 +82,8 @@ __all__ = [
 
 
 class _Encoder:
-    def __init__(self):
+    def __init__(self, trusted: bool = False):
+        self.trusted = trusted
         self.functions: List[Tuple[bb.TensorFlowComputation, Dict[str, Any], bytes]] = []
         self.index: Dict[int, int] = {}
 
@@ -116,7 +117,7 @@ class _Encoder:
         key = id(node.function)
         if key not in self.index:
             self.index[key] = len(self.functions)
-            meta, graph = _export_function(node)
+            meta, graph = _export_function(node, self.trusted)
             self.functions.append((node, meta, graph))
         return self.index[key]
 
@@ -232,12 +233,13 @@ def _graph_ops(graph_def: Any) -> set:
     return ops
 
 
-def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], bytes]:
+def _export_function(node: bb.TensorFlowComputation, trusted: bool = False) -> Tuple[Dict[str, Any], bytes]:
     fn = node.function
     label = node.name or getattr(fn, "name", "") or f"comp#{node.id}"
     if isinstance(fn, ImportedTFFunction):
         meta = {"name": fn.name, "parameter_type": enc_type(fn.parameter_type), "result_type": enc_type(fn.result_type),
                 "inputs": list(fn._input_names), "outputs": list(fn._output_names)}
+        graph_safety.check_graph_def(fn._graph_def, label, check_ops=not trusted)
         return meta, fn._graph_def.SerializeToString()
     cf = getattr(fn, "concrete_function", None)
     if cf is None:
@@ -263,7 +265,7 @@ def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], by
     if bad:
         raise SerializationError(f"TF computation {label} calls Python ({', '.join(sorted(bad))}); it cannot be serialized")
     # What loading would refuse is refused here already, so that no file fedcore writes fails to load.
-    graph_safety.check_graph_def(graph_def, label)
+    graph_safety.check_graph_def(graph_def, label, check_ops=not trusted)
     meta = {
         "name": label,
         "parameter_type": enc_type(parameter_type),
@@ -393,7 +395,8 @@ class _Functions:
     a file cannot make loading slow by repeating a graph.
     """
 
-    def __init__(self, metas: Any, payload: bytes):
+    def __init__(self, metas: Any, payload: bytes, trusted: bool = False):
+        self.trusted = trusted
         if not isinstance(metas, list):
             raise SerializationError("corrupted fedcore file: its functions are not a list")
         if len(metas) > MAX_FUNCTION_ENTRIES:
@@ -444,7 +447,7 @@ class _Functions:
             earlier = self.by_content[key]
             return earlier if earlier.name == name else earlier.renamed(name)
         if digest not in self.graphs:
-            graph_def = _parse_graph(name, graph)
+            graph_def = _parse_graph(name, graph, self.trusted)
             self.graphs[digest] = (graph_def, None)
         graph_def, imported = self.graphs[digest]
         try:
@@ -461,7 +464,7 @@ class _Functions:
         return fn
 
 
-def _parse_graph(name: str, graph_bytes: bytes) -> Any:
+def _parse_graph(name: str, graph_bytes: bytes, trusted: bool) -> Any:
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(graph_bytes)
@@ -470,7 +473,7 @@ def _parse_graph(name: str, graph_bytes: bytes) -> Any:
     bad = _graph_ops(graph_def) & _PYTHON_OPS
     if bad:
         raise SerializationError(f"TF computation {name} calls Python ({', '.join(sorted(bad))}); refusing to load it")
-    graph_safety.check_graph_def(graph_def, name)
+    graph_safety.check_graph_def(graph_def, name, check_ops=not trusted)
     return graph_def
 
 
@@ -580,12 +583,17 @@ def _unpack(data: Any) -> Tuple[Dict[str, Any], bytes]:
     return header, body[start + head_len:]
 
 
-def serialize(comp: Any) -> bytes:
-    """The bytes of ``comp`` (a Computation, an IR node, or a deployment form) in fedcore's data-only format."""
+def serialize(comp: Any, *, trusted: bool = False) -> bytes:
+    """The bytes of ``comp`` (a Computation, an IR node, or a deployment form) in fedcore's data-only format.
+
+    Graphs that ``deserialize`` would refuse are refused here too.  ``trusted=True`` accepts
+    any registered TF op, for bytes only ``deserialize(..., trusted=True)`` will read (an
+    executor shipping work to its own workers).
+    """
     from fedcore.compiler import forms
 
     if isinstance(comp, (forms.MapReduceForm, forms.DistributeAggregateForm)):
-        return _serialize_form(comp)
+        return _serialize_form(comp, trusted)
     if isinstance(comp, Computation):
         ir, name, parameter_names = comp.ir, comp.name, comp.parameter_names
     elif isinstance(comp, bb.BuildingBlock):
@@ -596,7 +604,7 @@ def serialize(comp: Any) -> bytes:
         )
     else:
         raise SerializationError(f"serialize() expects a fedcore Computation, got {type(comp).__name__}")
-    encoder = _Encoder()
+    encoder = _Encoder(trusted)
     header = {"format": FORMAT, "version": VERSION, **_computation_entry(encoder, ir, name, parameter_names)}
     return _finish(header, encoder)
 
@@ -623,9 +631,9 @@ def _finish(header: Dict[str, Any], encoder: "_Encoder") -> bytes:
 _FORM_KINDS = {"MapReduceForm": "map_reduce", "DistributeAggregateForm": "distribute_aggregate"}
 
 
-def _serialize_form(form: Any) -> bytes:
+def _serialize_form(form: Any, trusted: bool = False) -> bytes:
     """A form's pieces, each stored as a computation; TF graphs shared between pieces are stored once."""
-    encoder = _Encoder()
+    encoder = _Encoder(trusted)
     pieces = {
         name: _computation_entry(encoder, comp.ir, comp.name, comp.parameter_names)
         for name, comp in form.pieces().items()
@@ -676,11 +684,16 @@ def _decode_form(header: Dict[str, Any], functions: List[Any]) -> Any:
         raise SerializationError(f"corrupted fedcore file: {e}") from None
 
 
-def deserialize(data: bytes) -> Any:
-    """Reads back a computation or form written by ``serialize``; raises SerializationError for anything else."""
+def deserialize(data: bytes, *, trusted: bool = False) -> Any:
+    """Reads back a computation or form written by ``serialize``; raises SerializationError for anything else.
+
+    Every graph is checked before TensorFlow sees it (see ``graph_safety`` and
+    docs/serialization.md).  ``trusted=True`` skips only the list of allowed ops, for bytes
+    from this process or its own workers; never pass it for a file from elsewhere.
+    """
     header, payload = _unpack(data)
     try:
-        functions = _Functions(header["functions"], payload)
+        functions = _Functions(header["functions"], payload, trusted)
         if "form" in header:
             pieces = header["pieces"]
             for piece in pieces.values() if isinstance(pieces, dict) else ():

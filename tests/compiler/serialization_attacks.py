@@ -71,7 +71,7 @@ def rewrite(data: bytes, change_header: Optional[Callable[[Dict[str, Any]], None
 def graph_check_disabled():
     """Lets ``serialize`` write graphs that loading must refuse (to build attack files)."""
     original = graph_safety.check_graph_def
-    serialization.graph_safety.check_graph_def = lambda graph_def, label: None
+    serialization.graph_safety.check_graph_def = lambda graph_def, label, check_ops=True: None
     try:
         yield
     finally:

@@ -48,8 +48,8 @@ def run_one(path: str) -> dict:
         data = f.read()
     try:
         comp = fedcore.deserialize(data)
-    except SerializationError:
-        return {"outcome": "refused"}
+    except SerializationError as e:
+        return {"outcome": "refused", "error": str(e)[:200]}
     except BaseException as e:  # noqa: BLE001 -- anything else escaping is what the fuzz looks for
         return {"outcome": "unexpected", "where": "load", "error": f"{type(e).__name__}: {e}"[:500]}
     if not isinstance(comp, fedcore.Computation):

@@ -283,3 +283,20 @@ def test_inspect_exits_2_with_one_line_on_a_bad_file(tmp_path, monkeypatch, caps
     assert captured.err.startswith("fedcore inspect: error: argument FILE: bad.fedcore is not a fedcore file: ")
     assert message in captured.err
     assert _files(tmp_path) == before
+
+
+def test_trusted_bytes_may_use_any_registered_op_but_keep_every_other_check():
+    @fedcore.tf_computation(tf.float32)
+    def noisy(x):
+        return x + tf.random.uniform([], seed=1) * 0.0
+
+    with pytest.raises(SerializationError, match="'RandomUniform'"):
+        serialize(noisy)
+    data = serialize(noisy, trusted=True)
+    with pytest.raises(SerializationError, match="'RandomUniform' \\(in the graph\\)"):
+        deserialize(data)
+    assert float(deserialize(data, trusted=True)(2.0)) == 2.0
+    with pytest.raises(SerializationError, match="library is recursive"):
+        deserialize(attacks.recursive_library(), trusted=True)
+    with pytest.raises(SerializationError, match="is declared DT_FLOAT"):
+        deserialize(attacks.contradicting_const(), trusted=True)
