@@ -14,7 +14,8 @@
   real, non-reference dtype, every shape is well formed, and every tensor attr
   (a ``Const``'s ``value``) holds as many values as its shape says, of the
   dtype its node declares;
-* the graph stays within ``MAX_NODES`` nodes and ``MAX_FUNCTIONS`` functions.
+* the graph stays within ``MAX_NODES`` nodes and ``MAX_FUNCTIONS`` functions, and
+  its calls nest at most ``MAX_CALL_DEPTH`` deep.
 
 The checks walk the graph with explicit stacks, never by recursion, so no graph
 is too deep to check.  The list of ops is documented in docs/serialization.md.
@@ -29,7 +30,7 @@ from tensorflow.python.framework import op_def_registry
 
 from fedcore.compiler.serialization_values import SerializationError
 
-__all__ = ["ALLOWED_OPS", "STATEFUL_ALLOWED_OPS", "MAX_NODES", "MAX_FUNCTIONS", "MAX_TENSOR_ELEMENTS", "check_graph_def"]
+__all__ = ["ALLOWED_OPS", "STATEFUL_ALLOWED_OPS", "MAX_NODES", "MAX_FUNCTIONS", "MAX_CALL_DEPTH", "MAX_TENSOR_ELEMENTS", "check_graph_def"]
 
 # Ops fedcore's own computations produce (the conformance cases, federated averaging, SGD and
 # evaluation with Keras models and fedcore's optimizers, the secure and DP aggregators, their
@@ -92,6 +93,8 @@ STATEFUL_ALLOWED_OPS = frozenset(
 
 MAX_NODES = 1_000_000
 MAX_FUNCTIONS = 10_000
+# The longest chain of function calls (TensorFlow recurses along it when it instantiates them).
+MAX_CALL_DEPTH = 64
 # The most elements a tensor attr (a constant) may declare: 2^28, 1 GiB of float32.
 MAX_TENSOR_ELEMENTS = 1 << 28
 
@@ -159,6 +162,12 @@ class _Checker:
             if op_def_registry.get(name) is not None:
                 raise self.fail(f"its graph's library defines a function {name!r}, which is the name of an op")
             self.library[name] = f
+            for arg in list(f.signature.input_arg) + list(f.signature.output_arg):
+                if arg.type and arg.type not in _VALID_DTYPES:
+                    raise self.fail(
+                        f"its graph's function {name!r} has an argument {arg.name!r} of dtype {_dtype_name(arg.type)}, "
+                        "which is not a dtype a graph may use"
+                    )
         self.calls[None] = self.check_nodes(graph_def.node, "the graph")
         for name, f in self.library.items():
             self.calls[name] = self.check_nodes(f.node_def, f"function {name!r}")
@@ -307,8 +316,11 @@ class _Checker:
             )
 
     def check_no_recursion(self) -> None:
-        """Depth-first search with an explicit stack: a function reached again while still open is a cycle."""
+        """Depth-first search with an explicit stack: a function reached again while still open is a cycle.
+
+        Also bounds the longest chain of calls."""
         state: Dict[Optional[str], int] = {}  # 1: open, 2: done
+        depth: Dict[Optional[str], int] = {}
         for root in self.calls:
             if root in state:
                 continue
@@ -318,8 +330,15 @@ class _Checker:
             while iters:
                 nxt = next(iters[-1], None)
                 if nxt is None:
-                    state[path.pop()] = 2
+                    done = path.pop()
+                    state[done] = 2
                     iters.pop()
+                    # The longest chain of calls below ``done`` (its callees are all done by now).
+                    depth[done] = 1 + max((depth[c] for c in self.calls.get(done, ())), default=0)
+                    if depth[done] > MAX_CALL_DEPTH + 1:
+                        raise self.fail(
+                            f"its graph's functions call each other more than {MAX_CALL_DEPTH} levels deep"
+                        )
                     continue
                 seen = state.get(nxt)
                 if seen == 1:

@@ -198,6 +198,51 @@ def recursive_library(mutual: bool = False) -> bytes:
     return rewrite(calls_a_function(), change_graph=change)
 
 
+def call_chain(n: int) -> bytes:
+    """The file of ``calls_a_function`` with ``n`` more functions between its two: a chain of calls ``n + 2`` deep.
+
+    Every function is renamed (prefixed ``chain_``) so that none collides with one this process traced.
+    """
+
+    def change(graph_def):
+        caller, callee = None, None
+        names = {f.signature.name for f in graph_def.library.function}
+        for f in graph_def.library.function:
+            for node in f.node_def:
+                for value in node.attr.values():
+                    if value.WhichOneof("value") == "func" and value.func.name in names:
+                        caller, callee = f, value.func.name
+        links = []
+        for i in range(n):
+            link = graph_def.library.function.add()
+            link.CopyFrom(caller)
+            link.signature.name = f"link_{i}"
+            links.append(link)
+        # caller -> link_0 -> ... -> link_{n-1} -> callee
+        for i, f in enumerate([caller] + links):
+            target = f"link_{i}" if i < n else callee
+            for node in f.node_def:
+                for value in node.attr.values():
+                    if value.WhichOneof("value") == "func" and value.func.name in names | {f"link_{j}" for j in range(n)}:
+                        value.func.name = target
+        renamed = {f.signature.name for f in graph_def.library.function}
+
+        def rename(value):
+            if value.WhichOneof("value") == "func" and value.func.name in renamed:
+                value.func.name = "chain_" + value.func.name
+
+        for f in graph_def.library.function:
+            for node in f.node_def:
+                for value in node.attr.values():
+                    rename(value)
+            f.signature.name = "chain_" + f.signature.name
+        for node in graph_def.node:
+            for value in node.attr.values():
+                rename(value)
+
+    return rewrite(calls_a_function(), change_graph=change)
+
+
 def undefined_function() -> bytes:
     def change(graph_def):
         _func_attr(_calls(graph_def)[0]).func.name = "no_such_function"

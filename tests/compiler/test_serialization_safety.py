@@ -115,6 +115,15 @@ def test_a_recursive_library_is_refused(mutual):
     assert str(e.value).count("->") == (2 if mutual else 1)
 
 
+def test_a_long_chain_of_calls_is_refused_and_a_short_one_runs():
+    # TensorFlow recurses along such a chain: some thousands deep kill the process.
+    limit = graph_safety.MAX_CALL_DEPTH
+    with pytest.raises(SerializationError, match=f"call each other more than {limit} levels deep"):
+        deserialize(attacks.call_chain(limit - 1))
+    # double(1.0), then + 1.0 in the caller and in each of its limit - 2 copies.
+    assert float(deserialize(attacks.call_chain(limit - 2))(1.0)) == 2.0 + (limit - 1)
+
+
 def test_an_undefined_function_is_refused():
     with pytest.raises(SerializationError, match="calls the function 'no_such_function', which its graph's library"):
         deserialize(attacks.undefined_function())
