@@ -72,18 +72,24 @@ def compile_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
 
 def inspect_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Prints what FILE holds; for a file that cannot be read or loaded, exits with status 2 and one line on stderr."""
     from fedcore.compiler.serialization import SerializationError, deserialize
 
     try:
         data = args.file.read_bytes()
     except OSError as e:
-        parser.error(f"argument FILE: cannot read {args.file}: {e.strerror or e}")
+        _refuse(parser, f"cannot read {args.file}: {e.strerror or e}")
     try:
         loaded = deserialize(data)
     except SerializationError as e:
-        parser.error(f"argument FILE: {args.file} is not a fedcore file: {e}")
+        _refuse(parser, f"{args.file} is not a fedcore file: {e}")
     print(describe(loaded))
     return 0
+
+
+def _refuse(parser: argparse.ArgumentParser, message: str) -> None:
+    # One line, whatever the message holds (TensorFlow's errors span several).
+    parser.exit(2, f"{parser.prog} inspect: error: argument FILE: {' '.join(message.split())}\n")
 
 
 def describe(loaded: Any) -> str:

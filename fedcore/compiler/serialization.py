@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct as _struct
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -34,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from fedcore.compiler import building_blocks as bb
-from fedcore.compiler import tf_bridge
+from fedcore.compiler import graph_safety, tf_bridge
 from fedcore.compiler.computation import Computation
 from fedcore.compiler.intrinsics import lookup
 from fedcore.compiler.serialization_values import (
@@ -59,8 +60,21 @@ _HASH = 32
 # Ops that would call back into Python: refused when saving and when loading.
 _PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 
+# Limits on what a file may make the loader do; each is far above what fedcore writes
+# (federated averaging with a Keras model: a 40 KB header nested 28 deep, 5 graphs).
+MAX_HEADER_BYTES = 256 << 20
+MAX_JSON_DEPTH = 512
+# Deeper IR would exhaust Python's stack in the passes and interpreters that walk it.
+MAX_IR_DEPTH = 160
+MAX_IR_NODES = 1_000_000
+MAX_FUNCTION_ENTRIES = 4096
+MAX_GRAPH_BYTES = 2 << 30
 
-__all__ = ["serialize", "deserialize", "SerializationError", "ImportedTFFunction", "FORMAT", "VERSION"]
+
+__all__ = [
+    "serialize", "deserialize", "SerializationError", "ImportedTFFunction", "FORMAT", "VERSION",
+    "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "MAX_IR_DEPTH", "MAX_IR_NODES", "MAX_FUNCTION_ENTRIES", "MAX_GRAPH_BYTES",
+]
 
 
 # --------------------------------------------------------------------------
@@ -68,7 +82,8 @@ __all__ = ["serialize", "deserialize", "SerializationError", "ImportedTFFunction
 
 
 class _Encoder:
-    def __init__(self):
+    def __init__(self, trusted: bool = False):
+        self.trusted = trusted
         self.functions: List[Tuple[bb.TensorFlowComputation, Dict[str, Any], bytes]] = []
         self.index: Dict[int, int] = {}
 
@@ -102,7 +117,7 @@ class _Encoder:
         key = id(node.function)
         if key not in self.index:
             self.index[key] = len(self.functions)
-            meta, graph = _export_function(node)
+            meta, graph = _export_function(node, self.trusted)
             self.functions.append((node, meta, graph))
         return self.index[key]
 
@@ -218,12 +233,13 @@ def _graph_ops(graph_def: Any) -> set:
     return ops
 
 
-def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], bytes]:
+def _export_function(node: bb.TensorFlowComputation, trusted: bool = False) -> Tuple[Dict[str, Any], bytes]:
     fn = node.function
     label = node.name or getattr(fn, "name", "") or f"comp#{node.id}"
     if isinstance(fn, ImportedTFFunction):
         meta = {"name": fn.name, "parameter_type": enc_type(fn.parameter_type), "result_type": enc_type(fn.result_type),
                 "inputs": list(fn._input_names), "outputs": list(fn._output_names)}
+        graph_safety.check_graph_def(fn._graph_def, label, check_ops=not trusted)
         return meta, fn._graph_def.SerializeToString()
     cf = getattr(fn, "concrete_function", None)
     if cf is None:
@@ -248,6 +264,8 @@ def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], by
     bad = _graph_ops(graph_def) & _PYTHON_OPS
     if bad:
         raise SerializationError(f"TF computation {label} calls Python ({', '.join(sorted(bad))}); it cannot be serialized")
+    # What loading would refuse is refused here already, so that no file fedcore writes fails to load.
+    graph_safety.check_graph_def(graph_def, label, check_ops=not trusted)
     meta = {
         "name": label,
         "parameter_type": enc_type(parameter_type),
@@ -258,39 +276,57 @@ def _export_function(node: bb.TensorFlowComputation) -> Tuple[Dict[str, Any], by
     return meta, graph_def.SerializeToString()
 
 
+class _ImportedGraph:
+    """A checked GraphDef imported once into a TF graph, shared by every function entry over the same bytes."""
+
+    def __init__(self, graph_def: Any):
+        self.graph_def = graph_def
+
+        def import_graph():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+
+        self.wrapped = tf.compat.v1.wrap_function(import_graph, [])
+
+
 class ImportedTFFunction(TFCalls):
     """A TF computation rebuilt from a GraphDef: a ``building_blocks.TensorFlowFunction``, as ``TFFunction`` is.
 
     Its fingerprint is computed from the GraphDef it was loaded from, so a
     function that captured nothing keeps the fingerprint it had when traced.
+    The ``tf.function`` that runs it is traced on first use.
     """
 
     writes_variables = False
     variables: Tuple[Any, ...] = ()
 
     def __init__(self, graph_def: Any, input_names: List[str], output_names: List[str],
-                 parameter_type: Optional[Type], result_type: Type, name: str):
+                 parameter_type: Optional[Type], result_type: Type, name: str, imported: Optional[_ImportedGraph] = None):
         self.name = name
         self.parameter_type = parameter_type
         self.result_type = result_type
         self._graph_def = graph_def
         self._input_names = tuple(input_names)
         self._output_names = tuple(output_names)
-
-        def import_graph():
-            tf.compat.v1.import_graph_def(graph_def, name="")
-
-        wrapped = tf.compat.v1.wrap_function(import_graph, [])
+        # Shared with renamed copies, which trace once for all.
+        self._traced: List[Any] = []
+        wrapped = (imported or _ImportedGraph(graph_def)).wrapped
         graph = wrapped.graph
-        feeds = [graph.get_tensor_by_name(n) for n in input_names]
-        fetches = [graph.get_tensor_by_name(n) for n in output_names]
-        self._pruned = wrapped.prune(feeds=feeds, fetches=fetches) if fetches else None
         out_specs = tf_bridge.flat_specs(result_type)
-        if len(out_specs) != len(fetches):
-            raise SerializationError(f"TF computation {name}: {len(fetches)} outputs for result type {result_type}")
         in_specs = tf_bridge.flat_specs(parameter_type)
-        if len(in_specs) != len(feeds):
-            raise SerializationError(f"TF computation {name}: {len(feeds)} inputs for parameter type {parameter_type}")
+        if len(out_specs) != len(output_names):
+            raise SerializationError(f"TF computation {name}: {len(output_names)} outputs for result type {result_type}")
+        if len(in_specs) != len(input_names):
+            raise SerializationError(f"TF computation {name}: {len(input_names)} inputs for parameter type {parameter_type}")
+        feeds, fetches = [], []
+        for kind, names, tensors in (("input", input_names, feeds), ("output", output_names, fetches)):
+            for n in names:
+                try:
+                    tensors.append(graph.get_tensor_by_name(n))
+                except (KeyError, ValueError, TypeError) as e:
+                    raise SerializationError(f"TF computation {name}: its {kind} {n!r} is not in its graph ({e})") from None
+        for tensor in feeds:
+            if tensor.op.type != "Placeholder":
+                raise SerializationError(f"TF computation {name}: its input {tensor.name} is not a placeholder")
         for kind, tensors, specs, t in (("input", feeds, in_specs, parameter_type), ("output", fetches, out_specs, result_type)):
             for tensor, spec in zip(tensors, specs):
                 dataset = isinstance(spec, tf.data.DatasetSpec)
@@ -301,20 +337,48 @@ class ImportedTFFunction(TFCalls):
                         f"TF computation {name}: its graph's {kind} {tensor.name} is a {tensor.dtype.name} tensor "
                         f"of shape {tensor.shape}, which does not fit its declared type {t}"
                     )
+        self._pruned = wrapped.prune(feeds=feeds, fetches=fetches) if fetches else None
+        self._out_specs = out_specs
 
-        def flat_call(*leaves):
-            if self._pruned is None:
-                return []
-            feeds_in = [tf.data.experimental.to_variant(v) if isinstance(v, tf.data.Dataset) else v for v in leaves]
-            out = self._pruned(*feeds_in)
-            out = list(out) if isinstance(out, (list, tuple)) else [out]
-            return [
-                tf.data.experimental.from_variant(o, spec.element_spec) if isinstance(spec, tf.data.DatasetSpec) else o
-                for o, spec in zip(out, out_specs)
-            ]
+    def renamed(self, name: str) -> "ImportedTFFunction":
+        """The same function under another name, sharing its imported graph and its tracing."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.name = name
+        return copy
 
-        self._tf_function = tf.function(flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=False)
-        self.concrete_function = self._tf_function.get_concrete_function()
+    def _trace(self) -> Tuple[Any, Any]:
+        if not self._traced:
+            out_specs = self._out_specs
+
+            def flat_call(*leaves):
+                if self._pruned is None:
+                    return []
+                feeds_in = [tf.data.experimental.to_variant(v) if isinstance(v, tf.data.Dataset) else v for v in leaves]
+                out = self._pruned(*feeds_in)
+                out = list(out) if isinstance(out, (list, tuple)) else [out]
+                return [
+                    tf.data.experimental.from_variant(o, spec.element_spec) if isinstance(spec, tf.data.DatasetSpec) else o
+                    for o, spec in zip(out, out_specs)
+                ]
+
+            function = tf.function(flat_call, input_signature=tf_bridge.flat_specs(self.parameter_type), autograph=False)
+            try:
+                concrete = function.get_concrete_function()
+            except Exception as e:  # noqa: BLE001 -- TF's errors for a graph it cannot run
+                raise SerializationError(
+                    f"TF computation {self.name}: cannot rebuild it from its graph: {type(e).__name__}: {e}"
+                ) from None
+            self._traced.append((function, concrete))
+        return self._traced[0]
+
+    @property
+    def _tf_function(self) -> Any:
+        return self._trace()[0]
+
+    @property
+    def concrete_function(self) -> Any:
+        return self._trace()[1]
 
     def _graph_parts(self) -> Tuple[Any, List[str], List[str]]:
         return self._graph_def, list(self._input_names), list(self._output_names)
@@ -323,9 +387,84 @@ class ImportedTFFunction(TFCalls):
         return f"<ImportedTFFunction {self.name}: {self.parameter_type} -> {self.result_type}>"
 
 
+class _Functions:
+    """The file's function entries, each imported when the IR first names it.
 
-def _import_function(meta: Dict[str, Any], graph_bytes: bytes) -> ImportedTFFunction:
-    name = str(meta["name"])
+    Graphs are parsed, checked and imported once per content (SHA-256), and an
+    entry equal to an earlier one but for its name shares that one's function:
+    a file cannot make loading slow by repeating a graph.
+    """
+
+    def __init__(self, metas: Any, payload: bytes, trusted: bool = False):
+        self.trusted = trusted
+        if not isinstance(metas, list):
+            raise SerializationError("corrupted fedcore file: its functions are not a list")
+        if len(metas) > MAX_FUNCTION_ENTRIES:
+            raise SerializationError(
+                f"corrupted fedcore file: {len(metas)} TF computations, more than the {MAX_FUNCTION_ENTRIES} fedcore loads"
+            )
+        self.metas = metas
+        self.payload = payload
+        self.loaded: Dict[int, ImportedTFFunction] = {}
+        self.graphs: Dict[str, Tuple[Any, Optional[_ImportedGraph]]] = {}
+        self.by_content: Dict[Any, ImportedTFFunction] = {}
+        self.imports = 0  # how many graphs were imported into TF (tests count them)
+        for meta in metas:
+            if not isinstance(meta, dict):
+                raise SerializationError("corrupted fedcore file: a function entry is not a JSON object")
+            off, length = int(meta["offset"]), int(meta["length"])
+            if off < 0 or length < 0 or off + length > len(payload):
+                raise SerializationError(f"corrupted fedcore file: the graph of {meta.get('name')} is out of range")
+
+    def __len__(self) -> int:
+        return len(self.metas)
+
+    def __getitem__(self, index: int) -> ImportedTFFunction:
+        if index not in self.loaded:
+            self.loaded[index] = self._load(self.metas[index])
+        return self.loaded[index]
+
+    def check_all_used(self) -> None:
+        unused = sorted(set(range(len(self.metas))) - set(self.loaded))
+        if unused:
+            raise SerializationError(
+                f"corrupted fedcore file: TF computation number {unused[0]} ({self.metas[unused[0]].get('name')}) "
+                "is not used by the computation"
+            )
+
+    def _load(self, meta: Dict[str, Any]) -> ImportedTFFunction:
+        name = str(meta["name"])
+        off, length = int(meta["offset"]), int(meta["length"])
+        graph = self.payload[off:off + length]
+        digest = hashlib.sha256(graph).hexdigest()
+        if digest != meta["sha256"]:
+            raise SerializationError(f"corrupted fedcore file: the graph of {name} fails its checksum")
+        inputs, outputs = [str(n) for n in meta["inputs"]], [str(n) for n in meta["outputs"]]
+        parameter_type, result_type = dec_type(meta["parameter_type"]), dec_type(meta["result_type"])
+        key = (digest, tuple(inputs), tuple(outputs), str(parameter_type), str(result_type),
+               json.dumps([meta["parameter_type"], meta["result_type"]], sort_keys=True))
+        if key in self.by_content:
+            earlier = self.by_content[key]
+            return earlier if earlier.name == name else earlier.renamed(name)
+        if digest not in self.graphs:
+            graph_def = _parse_graph(name, graph, self.trusted)
+            self.graphs[digest] = (graph_def, None)
+        graph_def, imported = self.graphs[digest]
+        try:
+            if imported is None:
+                self.imports += 1
+                imported = _ImportedGraph(graph_def)
+                self.graphs[digest] = (graph_def, imported)
+            fn = ImportedTFFunction(graph_def, inputs, outputs, parameter_type, result_type, name, imported)
+        except SerializationError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise SerializationError(f"TF computation {name}: cannot rebuild it from its graph: {type(e).__name__}: {e}") from None
+        self.by_content[key] = fn
+        return fn
+
+
+def _parse_graph(name: str, graph_bytes: bytes, trusted: bool) -> Any:
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(graph_bytes)
@@ -334,15 +473,9 @@ def _import_function(meta: Dict[str, Any], graph_bytes: bytes) -> ImportedTFFunc
     bad = _graph_ops(graph_def) & _PYTHON_OPS
     if bad:
         raise SerializationError(f"TF computation {name} calls Python ({', '.join(sorted(bad))}); refusing to load it")
-    try:
-        return ImportedTFFunction(
-            graph_def, [str(n) for n in meta["inputs"]], [str(n) for n in meta["outputs"]],
-            dec_type(meta["parameter_type"]), dec_type(meta["result_type"]), name,
-        )
-    except SerializationError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise SerializationError(f"TF computation {name}: cannot rebuild it from its graph: {type(e).__name__}: {e}") from None
+    graph_safety.check_graph_def(graph_def, name, check_ops=not trusted)
+    return graph_def
+
 
 
 # --------------------------------------------------------------------------
@@ -353,6 +486,55 @@ def _pack(header: Dict[str, Any], sections: List[bytes]) -> bytes:
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     body = MAGIC + _struct.pack(">Q", len(head)) + head + b"".join(sections)
     return body + hashlib.sha256(body).digest()
+
+
+_JSON_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+
+
+def _json_depth(text: bytes) -> int:
+    """How deeply JSON text nests its arrays and objects, found in linear time without parsing (nor recursion).
+
+    With escapes gone, every quote opens or closes a string; a bracket counts where the
+    quotes before it are even in number.  (For text that is not JSON the number means
+    nothing, and parsing then fails.)
+    """
+    chars = np.frombuffer(_JSON_ESCAPE.sub(b"", text), dtype=np.uint8)
+    outside = (np.cumsum(chars == ord('"')) % 2) == 0
+    steps = (np.isin(chars, (ord("["), ord("{"))).astype(np.int64) - np.isin(chars, (ord("]"), ord("}")))) * outside
+    return int(np.cumsum(steps).max(initial=0))
+
+
+_IR_CHILDREN = {
+    "Selection": ("source",), "Call": ("function", "argument"), "Lambda": ("result",),
+}
+
+
+def _check_ir_shape(ir: Any) -> None:
+    """The IR tree's depth and size, walked with a stack, so that decoding it (which recurses) stays shallow."""
+    count, stack = 0, [(ir, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, dict) or not isinstance(node.get("k"), str):
+            raise SerializationError(f"corrupted fedcore file: an IR node is {type(node).__name__}, not a JSON object with a kind")
+        count += 1
+        if depth > MAX_IR_DEPTH:
+            raise SerializationError(
+                f"corrupted fedcore file: its IR nests more than {MAX_IR_DEPTH} levels deep, more than fedcore loads"
+            )
+        if count > MAX_IR_NODES:
+            raise SerializationError(f"corrupted fedcore file: its IR has more than {MAX_IR_NODES} nodes")
+        kind = node["k"]
+        children: List[Any] = [node.get(key) for key in _IR_CHILDREN.get(kind, ())]
+        if kind == "Call" and node.get("argument") is None:
+            children.pop()
+        if kind in ("Struct", "Block"):
+            pairs = node.get("elements" if kind == "Struct" else "locals")
+            if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+                raise SerializationError(f"corrupted fedcore file: a {kind} node's elements are not [name, node] pairs")
+            children += [p[1] for p in pairs]
+            if kind == "Block":
+                children.append(node.get("result"))
+        stack.extend((c, depth + 1) for c in children)
 
 
 def _unpack(data: Any) -> Tuple[Dict[str, Any], bytes]:
@@ -374,9 +556,21 @@ def _unpack(data: Any) -> Tuple[Dict[str, Any], bytes]:
         raise SerializationError("the fedcore file is corrupted or was tampered with: its SHA-256 checksum does not match")
     if start + head_len > len(body):
         raise SerializationError("corrupted fedcore file: the header length is out of range")
+    if head_len > MAX_HEADER_BYTES:
+        raise SerializationError(
+            f"corrupted fedcore file: its header has {head_len} bytes, more than the {MAX_HEADER_BYTES} fedcore reads"
+        )
+    if len(body) - start - head_len > MAX_GRAPH_BYTES:
+        raise SerializationError(f"corrupted fedcore file: its graphs take more than {MAX_GRAPH_BYTES} bytes")
+    head = body[start:start + head_len]
+    depth = _json_depth(head)
+    if depth > MAX_JSON_DEPTH:
+        raise SerializationError(
+            f"corrupted fedcore file: its header nests {depth} levels deep, more than the {MAX_JSON_DEPTH} fedcore reads"
+        )
     try:
-        header = json.loads(body[start:start + head_len].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        header = json.loads(head.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise SerializationError(f"corrupted fedcore file: the header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
         raise SerializationError("corrupted fedcore file: the header is not a JSON object")
@@ -389,12 +583,17 @@ def _unpack(data: Any) -> Tuple[Dict[str, Any], bytes]:
     return header, body[start + head_len:]
 
 
-def serialize(comp: Any) -> bytes:
-    """The bytes of ``comp`` (a Computation, an IR node, or a deployment form) in fedcore's data-only format."""
+def serialize(comp: Any, *, trusted: bool = False) -> bytes:
+    """The bytes of ``comp`` (a Computation, an IR node, or a deployment form) in fedcore's data-only format.
+
+    Graphs that ``deserialize`` would refuse are refused here too.  ``trusted=True`` accepts
+    any registered TF op, for bytes only ``deserialize(..., trusted=True)`` will read (an
+    executor shipping work to its own workers).
+    """
     from fedcore.compiler import forms
 
     if isinstance(comp, (forms.MapReduceForm, forms.DistributeAggregateForm)):
-        return _serialize_form(comp)
+        return _serialize_form(comp, trusted)
     if isinstance(comp, Computation):
         ir, name, parameter_names = comp.ir, comp.name, comp.parameter_names
     elif isinstance(comp, bb.BuildingBlock):
@@ -405,7 +604,7 @@ def serialize(comp: Any) -> bytes:
         )
     else:
         raise SerializationError(f"serialize() expects a fedcore Computation, got {type(comp).__name__}")
-    encoder = _Encoder()
+    encoder = _Encoder(trusted)
     header = {"format": FORMAT, "version": VERSION, **_computation_entry(encoder, ir, name, parameter_names)}
     return _finish(header, encoder)
 
@@ -432,9 +631,9 @@ def _finish(header: Dict[str, Any], encoder: "_Encoder") -> bytes:
 _FORM_KINDS = {"MapReduceForm": "map_reduce", "DistributeAggregateForm": "distribute_aggregate"}
 
 
-def _serialize_form(form: Any) -> bytes:
+def _serialize_form(form: Any, trusted: bool = False) -> bytes:
     """A form's pieces, each stored as a computation; TF graphs shared between pieces are stored once."""
-    encoder = _Encoder()
+    encoder = _Encoder(trusted)
     pieces = {
         name: _computation_entry(encoder, comp.ir, comp.name, comp.parameter_names)
         for name, comp in form.pieces().items()
@@ -485,22 +684,26 @@ def _decode_form(header: Dict[str, Any], functions: List[Any]) -> Any:
         raise SerializationError(f"corrupted fedcore file: {e}") from None
 
 
-def deserialize(data: bytes) -> Any:
-    """Reads back a computation or form written by ``serialize``; raises SerializationError for anything else."""
+def deserialize(data: bytes, *, trusted: bool = False) -> Any:
+    """Reads back a computation or form written by ``serialize``; raises SerializationError for anything else.
+
+    Every graph is checked before TensorFlow sees it (see ``graph_safety`` and
+    docs/serialization.md).  ``trusted=True`` skips only the list of allowed ops, for bytes
+    from this process or its own workers; never pass it for a file from elsewhere.
+    """
     header, payload = _unpack(data)
     try:
-        functions = []
-        for meta in header["functions"]:
-            off, length = int(meta["offset"]), int(meta["length"])
-            if off < 0 or length < 0 or off + length > len(payload):
-                raise SerializationError(f"corrupted fedcore file: the graph of {meta.get('name')} is out of range")
-            graph = payload[off:off + length]
-            if hashlib.sha256(graph).hexdigest() != meta["sha256"]:
-                raise SerializationError(f"corrupted fedcore file: the graph of {meta.get('name')} fails its checksum")
-            functions.append(_import_function(meta, graph))
+        functions = _Functions(header["functions"], payload, trusted)
         if "form" in header:
-            return _decode_form(header, functions)
-        return _decode_computation(header, functions)
+            pieces = header["pieces"]
+            for piece in pieces.values() if isinstance(pieces, dict) else ():
+                _check_ir_shape(piece["ir"] if isinstance(piece, dict) else None)
+            result = _decode_form(header, functions)
+        else:
+            _check_ir_shape(header["ir"])
+            result = _decode_computation(header, functions)
+        functions.check_all_used()
+        return result
     except SerializationError:
         raise
     except Exception as e:  # noqa: BLE001 -- malformed content must not leak internal errors

@@ -102,7 +102,7 @@ class Shipping:
         cacheable = not _captures_closures(fn.node, fn.env)
         cached = self._closed.get(fn.node) if cacheable else None
         if cached is None:
-            data = serialize(Computation(closed, "client_work"))
+            data = serialize(Computation(closed, "client_work"), trusted=True)
             cached = (hashlib.sha256(data).hexdigest(), data)
             if cacheable:
                 self._closed[fn.node] = cached
