@@ -210,7 +210,10 @@ class TensorFlowExecutor:
                 value = fn(builder(iter(inputs)))
             return _graph_outputs(value, result_type)
 
-        return tf.function(program, input_signature=specs, autograph=False)
+        # Traced here, once, into a concrete function that is called directly. A tf.function
+        # called for its first time counts as a retracing of ``program``'s code, which every
+        # compiled program shares; TF would warn about "retracing" after a few distinct programs.
+        return tf.function(program, input_signature=specs, autograph=False).get_concrete_function()
 
 
 def program_key(ir: bb.BuildingBlock) -> str:
