@@ -26,12 +26,84 @@ from fedcore.types import (
 )
 
 
-def _federated(value: Any, name: str) -> bb.BuildingBlock:
+def _federated(value: Any, name: str, placement: Optional[Any] = None) -> bb.BuildingBlock:
+    """The IR node of a federated argument of intrinsic ``name``.
+
+    As in TFF, a struct of federated values with one placement (a tuple, list,
+    dict or named tuple of them, or a traced struct) is zipped into one
+    federated struct first, as ``federated_zip`` does.  ``placement``, when
+    given, is where the (zipped) value must be placed.
+    """
     _require_tracing(name.split(" ")[0])
     node = to_node(value, f"argument of {name}")
-    if not isinstance(node.type_signature, FederatedType):
-        raise context.type_error(f"{name} expects a federated value, got a value of type {node.type_signature}")
+    t = node.type_signature
+    if isinstance(t, StructType):
+        node = _zip_if_needed(node, name)
+        if placement is not None and node.type_signature.placement is not placement:
+            raise context.type_error(
+                f"{name} expects a value placed at {placement}; its argument {t} is a struct of values placed at "
+                f"{node.type_signature.placement}, which zips to {node.type_signature}"
+            )
+    elif not isinstance(t, FederatedType):
+        raise context.type_error(
+            f"{name} expects a federated value (or a struct of federated values placed alike, which it zips "
+            f"as federated_zip does), got a value of type {t}"
+        )
     return node
+
+
+def _zip_if_needed(node: bb.BuildingBlock, name: str) -> bb.BuildingBlock:
+    """``federated_zip(node)`` for a struct of federated values of one placement; a clear error otherwise."""
+    t = node.type_signature
+    what = f"{name} expects a federated value, or a struct of federated values placed alike, which it zips"
+    if len(t) == 0:
+        raise context.type_error(f"{what}; got the empty struct {t}")
+    placements = {}
+    for i, (element_name, element) in enumerate(t.elements):
+        label = f"element {element_name!r}" if element_name else f"element {i}"
+        if isinstance(element, StructType) and element and all(isinstance(e, FederatedType) for e in element):
+            raise context.type_error(
+                f"{what}; got {t}, whose {label} is itself a struct of federated values ({element}); "
+                "zip that one first with federated_zip"
+            )
+        if not isinstance(element, FederatedType):
+            raise context.type_error(
+                f"{what}; got {t}, whose {label} has the unplaced type {element}; place it first, e.g. with "
+                "federated_value(v, SERVER) or federated_value(v, CLIENTS), then zip with federated_zip"
+            )
+        placements.setdefault(element.placement, label)
+    if len(placements) > 1:
+        at = " and ".join(f"{p} ({label})" for p, label in placements.items())
+        raise context.type_error(
+            f"{what}; got {t}, whose elements are placed at {at}: federated_zip needs one placement; "
+            "move server values to the clients with federated_broadcast first"
+        )
+    return federated_zip(Value(node))._node
+
+
+def _map_error_hint(fn_node: bb.BuildingBlock, value_type: FederatedType) -> Optional[str]:
+    """A hint for a function whose parameter is a struct while the mapped members are not."""
+    fn_type = fn_node.type_signature
+    if not isinstance(fn_type, FunctionType) or not isinstance(fn_type.parameter, StructType):
+        return None
+    if isinstance(value_type.member, StructType) or len(fn_type.parameter) < 2:
+        return None
+    return (
+        f"the function takes {fn_type.parameter} but each member is {value_type.member}; to map over several "
+        "federated values at once, pass them together, e.g. federated_map(fn, (x, y)), which zips them as "
+        "federated_zip does"
+    )
+
+
+def _map_call(uri: str, fn_node: bb.BuildingBlock, node: bb.BuildingBlock, public_name: str) -> Value:
+    hint = _map_error_hint(fn_node, node.type_signature)
+    try:
+        return call_intrinsic(uri, _struct(fn_node, node), public_name)
+    except context.FederatedTypeError as e:
+        if hint is None:
+            raise
+        message, _, where = str(e).partition("\n")
+        raise context.FederatedTypeError(f"{message}; {hint}" + (f"\n{where}" if where else "")) from None
 
 
 def function_node(fn: Any, parameter_type: Optional[Type], name: str) -> bb.BuildingBlock:
@@ -69,7 +141,7 @@ def federated_value(value: Any, placement: Any) -> Value:
 
 def federated_broadcast(value: Any) -> Value:
     """``T@SERVER -> T@CLIENTS``."""
-    return call_intrinsic("federated_broadcast", _federated(value, "federated_broadcast"))
+    return call_intrinsic("federated_broadcast", _federated(value, "federated_broadcast", SERVER))
 
 
 def federated_eval(fn: Any, placement: Any) -> Value:
@@ -87,14 +159,14 @@ def federated_map(fn: Any, value: Any) -> Value:
     """Applies ``fn`` to each member: ``{T}@CLIENTS -> {U}@CLIENTS`` (or at SERVER)."""
     node = _federated(value, "federated_map")
     fn_node = function_node(fn, node.type_signature.member, "federated_map")
-    return call_intrinsic(map_uri(node.type_signature), _struct(fn_node, node), "federated_map")
+    return _map_call(map_uri(node.type_signature), fn_node, node, "federated_map")
 
 
 def federated_apply(fn: Any, value: Any) -> Value:
     """``<(T -> U),T@SERVER> -> U@SERVER``."""
-    node = _federated(value, "federated_apply")
+    node = _federated(value, "federated_apply", SERVER)
     fn_node = function_node(fn, node.type_signature.member, "federated_apply")
-    return call_intrinsic("federated_apply", _struct(fn_node, node))
+    return _map_call("federated_apply", fn_node, node, "federated_apply")
 
 
 def federated_zip(value: Any) -> Value:
@@ -110,29 +182,29 @@ def federated_zip(value: Any) -> Value:
 
 def federated_sum(value: Any) -> Value:
     """``{T}@CLIENTS -> T@SERVER``."""
-    return call_intrinsic("federated_sum", _federated(value, "federated_sum"))
+    return call_intrinsic("federated_sum", _federated(value, "federated_sum", CLIENTS))
 
 
 def federated_mean(value: Any, weight: Any = None) -> Value:
     """The mean of client values at the server; weighted by ``weight`` if given."""
-    node = _federated(value, "federated_mean")
+    node = _federated(value, "federated_mean", CLIENTS)
     if weight is None:
         return call_intrinsic("federated_mean", node)
-    weight_node = _federated(weight, "federated_mean (weight)")
+    weight_node = _federated(weight, "federated_mean (weight)", CLIENTS)
     return call_intrinsic("federated_weighted_mean", _struct(node, weight_node), "federated_mean")
 
 
 def federated_min(value: Any) -> Value:
-    return call_intrinsic("federated_min", _federated(value, "federated_min"))
+    return call_intrinsic("federated_min", _federated(value, "federated_min", CLIENTS))
 
 
 def federated_max(value: Any) -> Value:
-    return call_intrinsic("federated_max", _federated(value, "federated_max"))
+    return call_intrinsic("federated_max", _federated(value, "federated_max", CLIENTS))
 
 
 def federated_aggregate(value: Any, zero: Any, accumulate: Any, merge: Any, report: Any) -> Value:
     """Folds client values into an accumulator starting at ``zero``, merges, reports."""
-    node = _federated(value, "federated_aggregate")
+    node = _federated(value, "federated_aggregate", CLIENTS)
     zero_node = to_node(zero, "zero of federated_aggregate")
     a, v = zero_node.type_signature, node.type_signature.member
     acc_node = function_node(accumulate, StructType([(None, a), (None, v)]), "federated_aggregate accumulate")
@@ -146,7 +218,7 @@ def federated_aggregate(value: Any, zero: Any, accumulate: Any, merge: Any, repo
 
 def federated_secure_sum(value: Any, max_input: Any) -> Value:
     """Sums integer client values, each at most ``max_input``."""
-    node = _federated(value, "federated_secure_sum")
+    node = _federated(value, "federated_secure_sum", CLIENTS)
     max_node = to_node(max_input, "max_input of federated_secure_sum")
     return call_intrinsic("federated_secure_sum", _struct(node, max_node))
 

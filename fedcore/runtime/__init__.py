@@ -1,8 +1,10 @@
-"""Executors: the reference interpreter and the executor protocol.
+"""Executors: the reference interpreter, the TensorFlow executor and the executor protocol.
 
 Importing this package installs the runtime below the front end: an
 ``ExecutionContext`` at the bottom of the context stack, running calls outside
-tracing on the default executor (the reference interpreter unless set).
+tracing on the default executor.  Unless set, that is a ``FallbackExecutor``:
+the TensorFlow executor, with the reference interpreter for the computations
+it cannot run.
 """
 
 from fedcore.runtime import execution as _execution
@@ -14,10 +16,11 @@ from fedcore.runtime.execution import (
     set_default_executor,
 )
 from fedcore.runtime.executor import ExecutionError, Executor
+from fedcore.runtime.fallback import FallbackExecutor
 from fedcore.runtime.reference import ReferenceExecutor
 from fedcore.runtime.values import ArgumentError
 
-_execution.set_default_executor_factory(ReferenceExecutor)
+_execution.set_default_executor_factory(FallbackExecutor)
 _execution.install()
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "ExecutionContext",
     "ExecutionError",
     "Executor",
+    "FallbackExecutor",
     "ReferenceExecutor",
     "current_executor",
     "execution_context",

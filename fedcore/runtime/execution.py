@@ -25,7 +25,7 @@ def _check_executor(executor) -> None:
 
 
 def set_default_executor_factory(factory: Callable[[], Any]) -> None:
-    """Sets what makes the default executor when none is set (``fedcore.runtime`` sets the reference one)."""
+    """Sets what makes the default executor when none is set (``fedcore.runtime`` sets ``FallbackExecutor``)."""
     _default["factory"] = factory
 
 
@@ -33,13 +33,14 @@ def get_default_executor():
     """The executor that runs computations called like Python functions."""
     if _default["executor"] is None:
         if _default["factory"] is None:
-            raise RuntimeError("no default executor: import fedcore.runtime, which sets the reference executor")
+            raise RuntimeError("no default executor: import fedcore.runtime, which sets one")
         _default["executor"] = _default["factory"]()
     return _default["executor"]
 
 
 def set_default_executor(executor) -> None:
-    """Sets the default executor; ``None`` restores the reference interpreter."""
+    """Sets the default executor; ``None`` restores the built-in default (a fresh ``FallbackExecutor``:
+    the TensorFlow executor, with the reference interpreter for what it cannot run)."""
     if executor is not None:
         _check_executor(executor)
     _default["executor"] = executor

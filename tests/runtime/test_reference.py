@@ -17,6 +17,15 @@ from fedcore.types import CLIENTS, FederatedType, FunctionType, StructType, Tens
 Point = collections.namedtuple("Point", ["x", "y"])
 
 
+@pytest.fixture(autouse=True)
+def on_the_reference_interpreter():
+    """These are the reference interpreter's tests: here it is the default executor."""
+    before = fedcore.get_default_executor()
+    fedcore.set_default_executor(fedcore.ReferenceExecutor())
+    yield
+    fedcore.set_default_executor(before)
+
+
 @attrs.define
 class Pair:
     first: int
@@ -385,9 +394,12 @@ def restore_default_executor():
     fedcore.set_default_executor(before)
 
 
-def test_default_executor_is_the_reference_interpreter(restore_default_executor):
+def test_the_default_executor_falls_back_on_the_reference_interpreter(restore_default_executor):
+    # The default runs on the TF executor, and on the reference what that cannot run (test_default_executor.py).
     fedcore.set_default_executor(None)
-    assert isinstance(fedcore.get_default_executor(), fedcore.ReferenceExecutor)
+    default = fedcore.get_default_executor()
+    assert isinstance(default, fedcore.runtime.FallbackExecutor)
+    assert isinstance(default.fallback, fedcore.ReferenceExecutor)
 
 
 def test_set_default_executor(restore_default_executor):

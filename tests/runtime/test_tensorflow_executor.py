@@ -182,7 +182,7 @@ def test_sequential_fused_reduce_keeps_no_per_client_results():
     executor = TensorFlowExecutor(strategy="sequential")
     execute(_reductions, ([np.ones(2, np.float32)] * 3, [1.0] * 3), {}, executor=executor)
     (program,) = list(executor._programs.values())
-    graph = program.get_concrete_function().graph.as_graph_def()
+    graph = program.graph.as_graph_def()  # each program is one concrete function
     ops = {n.op for f in graph.library.function for n in f.node_def} | {n.op for n in graph.node}
     # tf.map_fn would stack every client's result in a TensorList; the fused loop only carries sums.
     assert not any(op.startswith("TensorList") for op in ops)

@@ -165,6 +165,15 @@ class TensorFlowExecutor:
         return f"TensorFlowExecutor(num_clients={self.num_clients}, strategy={self.strategy!r})"
 
     def execute(self, comp, argument, num_clients: Optional[int] = None):
+        return self.prepare(comp, argument, num_clients)()
+
+    def prepare(self, comp, argument, num_clients: Optional[int] = None) -> Callable[[], Any]:
+        """Encodes the argument and compiles (or finds) the program; returns the call that runs it.
+
+        Nothing of the computation runs here: every ``Unsupported`` (an argument
+        or a piece of IR this executor cannot handle) is raised by ``prepare``,
+        before the program starts, never by the call it returns.
+        """
         n = num_clients if num_clients is not None else self.num_clients
         t = comp.type_signature
         layout = _Layout()
@@ -189,12 +198,16 @@ class TensorFlowExecutor:
                 self._programs.popitem(last=False)
         else:
             self._programs.move_to_end(key)
-        try:
-            out = program(*layout.arrays)
-        except tf.errors.InvalidArgumentError as e:
-            raise ExecutionError(f"{comp.name} failed in the TensorFlow executor: {_op_message(e.message)}") from None
-        out = list(out) if isinstance(out, (list, tuple)) else [out]
-        return _decode(out, t.result, n)
+
+        def run():
+            try:
+                out = program(*layout.arrays)
+            except tf.errors.InvalidArgumentError as e:
+                raise ExecutionError(f"{comp.name} failed in the TensorFlow executor: {_op_message(e.message)}") from None
+            out = list(out) if isinstance(out, (list, tuple)) else [out]
+            return _decode(out, t.result, n)
+
+        return run
 
     def _compile(self, comp, builder, specs, n: int):
         ir = run_pipeline(comp.ir, pipeline("execution"))
@@ -210,7 +223,10 @@ class TensorFlowExecutor:
                 value = fn(builder(iter(inputs)))
             return _graph_outputs(value, result_type)
 
-        return tf.function(program, input_signature=specs, autograph=False)
+        # Traced here, once, into a concrete function that is called directly. A tf.function
+        # called for its first time counts as a retracing of ``program``'s code, which every
+        # compiled program shares; TF would warn about "retracing" after a few distinct programs.
+        return tf.function(program, input_signature=specs, autograph=False).get_concrete_function()
 
 
 def _op_message(message: str) -> str:

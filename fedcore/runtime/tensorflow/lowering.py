@@ -214,6 +214,9 @@ class Compiler:
                 raise NotVectorizable(f"{node.name or 'a TF computation'} assigns tf.Variables")
             if any(isinstance(leaf, SequenceType) for leaf in leaf_types(t.parameter)):
                 raise NotVectorizable(f"{node.name or 'a TF computation'} takes a dataset")
+            if any(isinstance(leaf, SequenceType) for leaf in leaf_types(t.result)):
+                # pfor has no rule for dataset ops; the sequential path says what it supports.
+                raise NotVectorizable(f"{node.name or 'a TF computation'} returns a dataset")
             if not is_batched(arg):
                 return call(arg)
             flat_types = leaf_types(t.parameter)
