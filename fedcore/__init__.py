@@ -45,6 +45,7 @@ from fedcore.compiler.federated_api import (  # noqa: E402
 from fedcore.runtime import (  # noqa: E402
     ArgumentError,
     ExecutionError,
+    FallbackExecutor,
     ReferenceExecutor,
     execution_context,
     get_default_executor,
