@@ -38,8 +38,20 @@ class TFCalls:
     """
 
     _fingerprint: Optional[str] = None
+    _creates_variables: Optional[bool] = None
     # The tf.Variables the function captured; they enter the fingerprint only by position.
     variables: Tuple[Any, ...] = ()
+
+    @property
+    def creates_variables(self) -> bool:
+        """Whether the function (or one it calls) creates ``tf.Variable`` s: each call makes its own.
+
+        Such a function stays pure, but ``tf.vectorized_map`` cannot run it
+        for all clients at once: executors run it client by client.
+        """
+        if self._creates_variables is None:
+            self._creates_variables = graph_creates_variables(self._graph_parts()[0])
+        return self._creates_variables
 
     def call_leaves(self, leaves: List[Any]) -> List[Any]:
         """Runs the traced function eagerly on flat leaves; returns flat result leaves."""
@@ -93,7 +105,7 @@ class TFFunction(TFCalls):
         self.name = name
         self.result_type: Optional[Type] = None
         self._writes_variables: Optional[bool] = None
-        self._creates_variables: Optional[bool] = None
+        self._local_variables: List[Any] = []  # created by the traced code: local to each call
         self._tf_function = tf.function(
             self._flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=True
         )
@@ -111,13 +123,6 @@ class TFFunction(TFCalls):
         Variables the code created itself are local to each call and are not among them.
         """
         return tuple(v for v in self.concrete_function.variables if not isinstance(v, LocalVariable))
-
-    @property
-    def creates_variables(self) -> bool:
-        """Whether the traced code (or a function it calls) creates ``tf.Variable`` s, each call anew."""
-        if self._creates_variables is None:
-            self._creates_variables = graph_creates_variables(self.concrete_function.graph.as_graph_def())
-        return self._creates_variables
 
     @property
     def writes_variables(self) -> bool:
@@ -156,7 +161,8 @@ class TFFunction(TFCalls):
     def _flat_call(self, *leaves):
         value = tf_bridge.unflatten(list(leaves), self.parameter_type)
         graph = tf_ops.get_default_graph()
-        with graph._variable_creator_scope(_local_creator(graph, self.name), priority=_CREATOR_PRIORITY):
+        creator = _local_creator(graph, self.name, self._local_variables)
+        with graph._variable_creator_scope(creator, priority=_CREATOR_PRIORITY):  # noqa: SLF001
             result = self._call_user(value)
         result_type, result_leaves = tf_bridge.infer_tf_result(result)
         self.result_type = result_type
@@ -227,8 +233,12 @@ def _is_eager(value: Any) -> bool:
     return isinstance(value, tf_ops.EagerTensor)
 
 
-def _local_creator(graph: Any, name: str):
-    """A variable creator that makes ``LocalVariable`` s in ``graph``, the tf_computation's own graph."""
+def _local_creator(graph: Any, name: str, created: List[Any]):
+    """A variable creator that makes ``LocalVariable`` s in ``graph``, the tf_computation's own graph.
+
+    It appends each to ``created``: the function keeps them, since TensorFlow's
+    graphs hold only weak references to the variables they use.
+    """
 
     def creator(next_creator, **kwargs):
         del next_creator  # never a variable of another kind: it would outlive the call
@@ -281,7 +291,7 @@ def _local_creator(graph: Any, name: str):
                 initial_value=value, shape=shape, shared_name=None, name=handle_name, graph_mode=False
             )
             gen_resource_variable_ops.assign_variable_op(handle, value)
-        return LocalVariable(
+        variable = LocalVariable(
             trainable=kwargs.get("trainable"),
             shape=shape,
             dtype=value.dtype,
@@ -296,6 +306,8 @@ def _local_creator(graph: Any, name: str):
             in_graph_mode=False,
             validate_shape=validate_shape,
         )
+        created.append(variable)
+        return variable
 
     return creator
 
