@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Tuple
 
 import tensorflow as tf
+from tensorflow.python.eager import lift_to_graph
 from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import gen_resource_variable_ops, resource_variable_ops
 
@@ -106,15 +107,21 @@ class TFFunction(TFCalls):
         self.result_type: Optional[Type] = None
         self._writes_variables: Optional[bool] = None
         self._local_variables: List[Any] = []  # created by the traced code: local to each call
+        self._variable_errors: List[VariableCreationError] = []
         self._tf_function = tf.function(
             self._flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=True
         )
         location = context.user_location()
         try:
             self.concrete_function = self._tf_function.get_concrete_function()
-        except (TypeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 -- every tracing failure gets the computation's name and the user's line
             where = f"\n  at {location}" if location else ""
-            raise TypeError(f"tf_computation {name} failed to trace at parameter type {parameter_type}: {e}{where}") from e
+            if self._variable_errors:  # AutoGraph may have wrapped it (a StagingError from a loop body)
+                raise TypeError(f"{self._variable_errors[0]}{where}") from None
+            if not isinstance(e, (TypeError, ValueError, lift_to_graph.UnliftableError)):
+                raise
+            raise TypeError(f"tf_computation {name} failed to trace at parameter type {parameter_type}: "
+                            f"{_plain_trace_error(e)}{where}") from e
 
     @property
     def variables(self) -> Tuple[Any, ...]:
@@ -161,7 +168,7 @@ class TFFunction(TFCalls):
     def _flat_call(self, *leaves):
         value = tf_bridge.unflatten(list(leaves), self.parameter_type)
         graph = tf_ops.get_default_graph()
-        creator = _local_creator(graph, self.name, self._local_variables)
+        creator = _local_creator(graph, self.name, self._local_variables, self._variable_errors)
         with graph._variable_creator_scope(creator, priority=_CREATOR_PRIORITY):  # noqa: SLF001
             result = self._call_user(value)
         result_type, result_leaves = tf_bridge.infer_tf_result(result)
@@ -180,8 +187,22 @@ _WRITE_OP_PREFIXES = (
 
 
 def _graph_writes_variables(graph_def: Any) -> bool:
-    """Whether any node of a GraphDef, or of a function in its library, writes a resource variable."""
-    return any(node.op.startswith(_WRITE_OP_PREFIXES) for node in _graph_nodes(graph_def))
+    """Whether any node of a GraphDef, or of a function in its library, writes a resource variable.
+
+    A write in the graph itself to a variable the graph creates (a ``VarHandleOp``
+    node: a ``LocalVariable``) does not count.  Writes inside library functions
+    (nested tf.functions, loop bodies) count whatever they write: a conservative answer.
+    """
+    local = {node.name for node in graph_def.node if node.op == "VarHandleOp"}
+
+    def writes_captured(node: Any) -> bool:
+        if not node.op.startswith(_WRITE_OP_PREFIXES):
+            return False
+        return not node.input or node.input[0].split(":")[0].lstrip("^") not in local
+
+    return any(writes_captured(n) for n in graph_def.node) or any(
+        node.op.startswith(_WRITE_OP_PREFIXES) for fn in graph_def.library.function for node in fn.node_def
+    )
 
 
 def leaves_of_user_value(value: Any, t: Optional[Type], name: str) -> List[Any]:
@@ -233,15 +254,23 @@ def _is_eager(value: Any) -> bool:
     return isinstance(value, tf_ops.EagerTensor)
 
 
-def _local_creator(graph: Any, name: str, created: List[Any]):
+@tf.autograph.experimental.do_not_convert  # made and called from code AutoGraph converts; it stays plain Python
+def _local_creator(graph: Any, name: str, created: List[Any], errors: List["VariableCreationError"]):
     """A variable creator that makes ``LocalVariable`` s in ``graph``, the tf_computation's own graph.
 
     It appends each to ``created``: the function keeps them, since TensorFlow's
-    graphs hold only weak references to the variables they use.
+    graphs hold only weak references to the variables they use.  The errors it
+    raises also go to ``errors``, since TensorFlow may wrap them on their way out.
     """
 
     def creator(next_creator, **kwargs):
-        del next_creator  # never a variable of another kind: it would outlive the call
+        try:
+            return make(**kwargs)
+        except VariableCreationError as e:
+            errors.append(e)
+            raise
+
+    def make(**kwargs):  # never calls the next creator: any other kind of variable would outlive the call
         if kwargs.get("variable_def") is not None:
             raise VariableCreationError(f"tf_computation {name} restores a tf.Variable from a VariableDef; "
                                         "create it from an initial value instead")
@@ -310,6 +339,16 @@ def _local_creator(graph: Any, name: str, created: List[Any]):
         return variable
 
     return creator
+
+
+def _plain_trace_error(e: BaseException) -> str:
+    """A tracing error in plain words: TensorFlow's messages about lifting variables name no cause a user can act on."""
+    text = str(e)
+    if isinstance(e, lift_to_graph.UnliftableError) or "singleton tf.Variables" in text:
+        return ("a tf.Variable is created where fedcore cannot make it local to each call (for example in a "
+                "tf.function first traced outside this computation); create it in the tf_computation's code, "
+                f"or in a Keras model or optimizer made there. (TensorFlow: {text.splitlines()[0]})")
+    return text
 
 
 def _graph_nodes(graph_def: Any) -> List[Any]:
