@@ -122,6 +122,15 @@ class TFFunction(TFCalls):
                 raise
             raise TypeError(f"tf_computation {name} failed to trace at parameter type {parameter_type}: "
                             f"{_plain_trace_error(e)}{where}") from e
+        stale = _foreign_captures(self.concrete_function)
+        if stale:
+            where = f"\n  at {location}" if location else ""
+            raise TypeError(
+                f"tf_computation {name} calls a tf.function that created tf.Variables while another tf_computation "
+                "was traced, and TensorFlow reuses that trace, whose variables belong to the other computation; "
+                "define the tf.function inside the tf_computation, or create the variables in the tf_computation "
+                f"and pass them in (e.g. the Keras model and optimizer){where}"
+            )
 
     @property
     def variables(self) -> Tuple[Any, ...]:
@@ -341,9 +350,25 @@ def _local_creator(graph: Any, name: str, created: List[Any], errors: List["Vari
     return creator
 
 
+def _foreign_captures(concrete_function: Any) -> List[Any]:
+    """Captured graph tensors that come from no graph enclosing this one: another computation's, unusable here."""
+    enclosing = []
+    g = getattr(concrete_function.graph, "outer_graph", None)
+    while g is not None:
+        enclosing.append(g)
+        g = getattr(g, "outer_graph", None)
+    return [t for t in concrete_function.captured_inputs
+            if not _is_eager(t) and hasattr(t, "graph") and not any(t.graph is o for o in enclosing)]
+
+
 def _plain_trace_error(e: BaseException) -> str:
     """A tracing error in plain words: TensorFlow's messages about lifting variables name no cause a user can act on."""
     text = str(e)
+    if "dtype=resource> is out of scope and cannot be used here" in text:
+        return ("it calls a tf.function that created tf.Variables while another tf_computation was traced, and "
+                "TensorFlow reuses that trace, whose variables belong to the other computation; define the "
+                "tf.function inside the tf_computation, or create the variables in the tf_computation and pass "
+                f"them in (e.g. the Keras model and optimizer). (TensorFlow: {text.splitlines()[0]})")
     if isinstance(e, lift_to_graph.UnliftableError) or "singleton tf.Variables" in text:
         return ("a tf.Variable is created where fedcore cannot make it local to each call (for example in a "
                 "tf.function first traced outside this computation); create it in the tf_computation's code, "

@@ -308,3 +308,23 @@ def test_a_variable_made_from_a_value_computed_in_a_loop_is_refused_plainly():
     for raw in ("Unliftable", "singleton", "StagingError", "in user code"):
         assert raw not in message
 
+
+
+def test_a_shared_tf_function_that_created_variables_for_another_computation_is_refused_plainly():
+    @tf.function
+    def counter_from(x):
+        v = tf.Variable(lambda: tf.constant(1.0))
+        v.assign_add(x)
+        return v.read_value()
+
+    @fedcore.tf_computation(tf.float32)
+    def first(x):
+        return counter_from(x)
+
+    assert [first(1.0), first(1.0)] == [2.0, 2.0]
+    with pytest.raises(TypeError, match="reuses that trace, whose variables belong to the other computation"):
+        @fedcore.tf_computation(tf.float32)
+        def second(x):
+            return counter_from(x) * 2.0
+
+        second(1.0)  # not reached: refused when traced
