@@ -267,7 +267,11 @@ class TensorFlowFunction(Protocol):
 
     @property
     def writes_variables(self) -> bool:
-        """Whether calls assign ``tf.Variable`` s, and so must run one at a time, in order."""
+        """Whether calls assign ``tf.Variable`` s they captured, and so must run one at a time, in order."""
+
+    @property
+    def creates_variables(self) -> bool:
+        """Whether calls create ``tf.Variable`` s of their own (anew in each call: still pure, but not vectorizable)."""
 
     def call_leaves(self, leaves: List[Any]) -> List[Any]:
         """Runs the function eagerly on flat leaves; returns flat result leaves."""

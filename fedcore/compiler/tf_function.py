@@ -3,6 +3,15 @@
 The traced tf.function takes and returns flat lists of leaves (tensors and
 datasets) in fedcore's leaf order; the user's code sees and returns its own
 structures.  The result type is inferred when the function is traced.
+
+A ``tf.Variable`` created while the function is traced (by the user's code, a
+Keras model or layer, a Keras optimizer's slots, a nested ``tf.function``) is
+local to the function, as in TFF: every call creates it anew and initialises
+it from its initial value, which may depend on the function's parameters.  So
+the function stays a pure function of its arguments, and no state passes from
+one call to the next.  Variables created outside and captured keep TF's
+meaning: they persist, and a function that assigns them is stateful
+(``writes_variables``).
 """
 
 from __future__ import annotations
@@ -10,6 +19,9 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Tuple
 
 import tensorflow as tf
+from tensorflow.python.eager import lift_to_graph
+from tensorflow.python.framework import ops as tf_ops
+from tensorflow.python.ops import gen_resource_variable_ops, resource_variable_ops
 
 from fedcore.compiler import context
 from fedcore.compiler import tf_bridge
@@ -27,8 +39,20 @@ class TFCalls:
     """
 
     _fingerprint: Optional[str] = None
+    _creates_variables: Optional[bool] = None
     # The tf.Variables the function captured; they enter the fingerprint only by position.
     variables: Tuple[Any, ...] = ()
+
+    @property
+    def creates_variables(self) -> bool:
+        """Whether the function (or one it calls) creates ``tf.Variable`` s: each call makes its own.
+
+        Such a function stays pure, but ``tf.vectorized_map`` cannot run it
+        for all clients at once: executors run it client by client.
+        """
+        if self._creates_variables is None:
+            self._creates_variables = graph_creates_variables(self._graph_parts()[0])
+        return self._creates_variables
 
     def call_leaves(self, leaves: List[Any]) -> List[Any]:
         """Runs the traced function eagerly on flat leaves; returns flat result leaves."""
@@ -82,6 +106,8 @@ class TFFunction(TFCalls):
         self.name = name
         self.result_type: Optional[Type] = None
         self._writes_variables: Optional[bool] = None
+        self._local_variables: List[Any] = []  # created by the traced code: local to each call
+        self._variable_errors: List[VariableCreationError] = []
         self._tf_function = tf.function(
             self._flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=True
         )
@@ -89,18 +115,33 @@ class TFFunction(TFCalls):
         self._too_deep: Optional[TypeNestingError] = None
         try:
             self.concrete_function = self._tf_function.get_concrete_function()
-        except Exception as e:
-            if self._too_deep is None and not isinstance(e, (TypeError, ValueError)):
-                raise
+        except Exception as e:  # noqa: BLE001 -- every tracing failure gets the computation's name and the user's line
             where = f"\n  at {location}" if location else ""
             if self._too_deep is not None:
                 raise TypeNestingError(f"tf_computation {name}: {self._too_deep}{where}") from None
-            raise TypeError(f"tf_computation {name} failed to trace at parameter type {parameter_type}: {e}{where}") from e
+            if self._variable_errors:  # AutoGraph may have wrapped it (a StagingError from a loop body)
+                raise TypeError(f"{self._variable_errors[0]}{where}") from None
+            if not isinstance(e, (TypeError, ValueError, lift_to_graph.UnliftableError)):
+                raise
+            raise TypeError(f"tf_computation {name} failed to trace at parameter type {parameter_type}: "
+                            f"{_plain_trace_error(e)}{where}") from e
+        stale = _foreign_captures(self.concrete_function)
+        if stale:
+            where = f"\n  at {location}" if location else ""
+            raise TypeError(
+                f"tf_computation {name} calls a tf.function that created tf.Variables while another tf_computation "
+                "was traced, and TensorFlow reuses that trace, whose variables belong to the other computation; "
+                "define the tf.function inside the tf_computation, or create the variables in the tf_computation "
+                f"and pass them in (e.g. the Keras model and optimizer){where}"
+            )
 
     @property
     def variables(self) -> Tuple[Any, ...]:
-        """The variables the traced code captured (read or written), e.g. a model's ``tf.Variable`` s."""
-        return tuple(self.concrete_function.variables)
+        """The variables the traced code captured (read or written), e.g. a model's ``tf.Variable`` s.
+
+        Variables the code created itself are local to each call and are not among them.
+        """
+        return tuple(v for v in self.concrete_function.variables if not isinstance(v, LocalVariable))
 
     @property
     def writes_variables(self) -> bool:
@@ -138,7 +179,10 @@ class TFFunction(TFCalls):
 
     def _flat_call(self, *leaves):
         value = tf_bridge.unflatten(list(leaves), self.parameter_type)
-        result = self._call_user(value)
+        graph = tf_ops.get_default_graph()
+        creator = _local_creator(graph, self.name, self._local_variables, self._variable_errors)
+        with graph._variable_creator_scope(creator, priority=_CREATOR_PRIORITY):  # noqa: SLF001
+            result = self._call_user(value)
         if nests_deeper_than(result, MAX_DEPTH):
             # Kept for __init__ to raise: AutoGraph would turn it into a StagingError.
             self._too_deep = TypeNestingError(
@@ -162,11 +206,22 @@ _WRITE_OP_PREFIXES = (
 
 
 def _graph_writes_variables(graph_def: Any) -> bool:
-    """Whether any node of a GraphDef, or of a function in its library, writes a resource variable."""
-    nodes = list(graph_def.node)
-    for fn in graph_def.library.function:
-        nodes.extend(fn.node_def)
-    return any(node.op.startswith(_WRITE_OP_PREFIXES) for node in nodes)
+    """Whether any node of a GraphDef, or of a function in its library, writes a resource variable.
+
+    A write in the graph itself to a variable the graph creates (a ``VarHandleOp``
+    node: a ``LocalVariable``) does not count.  Writes inside library functions
+    (nested tf.functions, loop bodies) count whatever they write: a conservative answer.
+    """
+    local = {node.name for node in graph_def.node if node.op == "VarHandleOp"}
+
+    def writes_captured(node: Any) -> bool:
+        if not node.op.startswith(_WRITE_OP_PREFIXES):
+            return False
+        return not node.input or node.input[0].split(":")[0].lstrip("^") not in local
+
+    return any(writes_captured(n) for n in graph_def.node) or any(
+        node.op.startswith(_WRITE_OP_PREFIXES) for fn in graph_def.library.function for node in fn.node_def
+    )
 
 
 def leaves_of_user_value(value: Any, t: Optional[Type], name: str) -> List[Any]:
@@ -189,3 +244,155 @@ def leaves_of_user_value(value: Any, t: Optional[Type], name: str) -> List[Any]:
 
 
 _leaves_of_user_value = leaves_of_user_value  # the old private name, still used by forms
+
+
+# --------------------------------------------------------------------------
+# Variables created inside a tf_computation: local to each call.
+
+
+class LocalVariable(resource_variable_ops.BaseResourceVariable):
+    """A ``tf.Variable`` created while a tf_computation was traced.
+
+    Its handle is made inside the function's graph with TensorFlow's anonymous
+    resource name, so every call of the function (and every client of a
+    ``federated_map``, even in parallel loop iterations) gets a fresh variable,
+    initialised at the start of the call.
+    """
+
+
+# Above every other variable creator (tf.function's, Keras's), so that a nested
+# tf.function or a Keras optimizer building its slots inside a loop also makes local variables.
+_CREATOR_PRIORITY = 1000
+
+
+class VariableCreationError(ValueError):
+    """A ``tf.Variable`` created inside a tf_computation in a way fedcore cannot make local to each call."""
+
+
+def _is_eager(value: Any) -> bool:
+    return isinstance(value, tf_ops.EagerTensor)
+
+
+@tf.autograph.experimental.do_not_convert  # made and called from code AutoGraph converts; it stays plain Python
+def _local_creator(graph: Any, name: str, created: List[Any], errors: List["VariableCreationError"]):
+    """A variable creator that makes ``LocalVariable`` s in ``graph``, the tf_computation's own graph.
+
+    It appends each to ``created``: the function keeps them, since TensorFlow's
+    graphs hold only weak references to the variables they use.  The errors it
+    raises also go to ``errors``, since TensorFlow may wrap them on their way out.
+    """
+
+    def creator(next_creator, **kwargs):
+        try:
+            return make(**kwargs)
+        except VariableCreationError as e:
+            errors.append(e)
+            raise
+
+    def make(**kwargs):  # never calls the next creator: any other kind of variable would outlive the call
+        if kwargs.get("variable_def") is not None:
+            raise VariableCreationError(f"tf_computation {name} restores a tf.Variable from a VariableDef; "
+                                        "create it from an initial value instead")
+        initial_value = kwargs.get("initial_value")
+        if initial_value is None:
+            raise VariableCreationError(f"tf_computation {name} creates a tf.Variable without an initial value")
+        dtype = kwargs.get("dtype")
+        shape = kwargs.get("shape")
+        validate_shape = kwargs.get("validate_shape", True)
+        var_name = kwargs.get("name") or "Variable"
+        if isinstance(var_name, str):
+            var_name = var_name.replace(":", "_")
+        current = tf_ops.get_default_graph()
+        if not callable(initial_value) and isinstance(initial_value, tf.Tensor) and not _is_eager(initial_value) \
+                and initial_value.graph is not graph:
+            where = "a tf.function, loop, tf.cond or tf.data function" if current is not graph else "another graph"
+            raise VariableCreationError(
+                f"tf_computation {name} creates tf.Variable {var_name!r} inside {where} from a value computed "
+                "there; its initial value must be computable when the computation starts: create the variable "
+                "before the loop (or outside the nested tf.function), or give a callable as its initial value"
+            )
+        with graph.as_default(), tf_ops.name_scope(None), tf_ops.name_scope(var_name) as scope:
+            handle_name = tf_ops.name_from_scope_name(scope)
+            with tf_ops.name_scope("Initializer"):
+                try:
+                    value = initial_value() if callable(initial_value) else initial_value
+                    if isinstance(value, resource_variable_ops.BaseResourceVariable):
+                        value = value.read_value()
+                    value = tf.convert_to_tensor(value, dtype=dtype, name="initial_value")
+                except ValueError as e:
+                    if "graph" not in str(e).lower() and "scope" not in str(e).lower():
+                        raise
+                    raise VariableCreationError(
+                        f"tf_computation {name} creates tf.Variable {var_name!r} from a callable initial value "
+                        f"that uses tensors computed inside a nested function or loop: {e}"
+                    ) from None
+            if shape is not None:
+                shape = tf.TensorShape(shape)
+                if not value.shape.is_compatible_with(shape):
+                    raise VariableCreationError(
+                        f"tf_computation {name} creates tf.Variable {var_name!r} of shape {shape} from an "
+                        f"initial value of shape {value.shape}"
+                    )
+            else:
+                shape = value.shape if validate_shape else tf.TensorShape(None)
+            handle = resource_variable_ops.eager_safe_variable_handle(
+                initial_value=value, shape=shape, shared_name=None, name=handle_name, graph_mode=False
+            )
+            gen_resource_variable_ops.assign_variable_op(handle, value)
+        variable = LocalVariable(
+            trainable=kwargs.get("trainable"),
+            shape=shape,
+            dtype=value.dtype,
+            handle=handle,
+            constraint=kwargs.get("constraint"),
+            synchronization=kwargs.get("synchronization") or tf.VariableSynchronization.AUTO,
+            aggregation=kwargs.get("aggregation") or tf.VariableAggregation.NONE,
+            name=handle_name,
+            unique_id=f"{handle_name}_{tf_ops.uid()}",
+            handle_name=handle_name,
+            initial_value=value,
+            in_graph_mode=False,
+            validate_shape=validate_shape,
+        )
+        created.append(variable)
+        return variable
+
+    return creator
+
+
+def _foreign_captures(concrete_function: Any) -> List[Any]:
+    """Captured graph tensors that come from no graph enclosing this one: another computation's, unusable here."""
+    enclosing = []
+    g = getattr(concrete_function.graph, "outer_graph", None)
+    while g is not None:
+        enclosing.append(g)
+        g = getattr(g, "outer_graph", None)
+    return [t for t in concrete_function.captured_inputs
+            if not _is_eager(t) and hasattr(t, "graph") and not any(t.graph is o for o in enclosing)]
+
+
+def _plain_trace_error(e: BaseException) -> str:
+    """A tracing error in plain words: TensorFlow's messages about lifting variables name no cause a user can act on."""
+    text = str(e)
+    if "dtype=resource> is out of scope and cannot be used here" in text:
+        return ("it calls a tf.function that created tf.Variables while another tf_computation was traced, and "
+                "TensorFlow reuses that trace, whose variables belong to the other computation; define the "
+                "tf.function inside the tf_computation, or create the variables in the tf_computation and pass "
+                f"them in (e.g. the Keras model and optimizer). (TensorFlow: {text.splitlines()[0]})")
+    if isinstance(e, lift_to_graph.UnliftableError) or "singleton tf.Variables" in text:
+        return ("a tf.Variable is created where fedcore cannot make it local to each call (for example in a "
+                "tf.function first traced outside this computation); create it in the tf_computation's code, "
+                f"or in a Keras model or optimizer made there. (TensorFlow: {text.splitlines()[0]})")
+    return text
+
+
+def _graph_nodes(graph_def: Any) -> List[Any]:
+    nodes = list(graph_def.node)
+    for fn in graph_def.library.function:
+        nodes.extend(fn.node_def)
+    return nodes
+
+
+def graph_creates_variables(graph_def: Any) -> bool:
+    """Whether a GraphDef (or a function in its library) creates a variable: a ``VarHandleOp`` node."""
+    return any(node.op == "VarHandleOp" for node in _graph_nodes(graph_def))

@@ -13,13 +13,17 @@ runs its function over clients in one of two ways:
   data has ended.
 
 ``strategy='auto'`` tries vectorized lowering and falls back to sequential
-where the client work does not allow it.
+where the client work does not allow it.  After each call,
+``executor.strategy_report`` lists the choice made for each piece of client
+work and why (``StrategyChoice``); it is also logged at INFO level to the
+``fedcore.runtime.tensorflow`` logger.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
@@ -33,7 +37,7 @@ from fedcore.runtime.datasets import from_tf_leaf, make_dataset
 from fedcore.runtime.executor import ExecutionError, Unsupported
 from fedcore.runtime.tensorflow import batched as _batched_rules  # noqa: F401  (registers the vectorized rules)
 from fedcore.runtime.tensorflow import rules as _rules  # noqa: F401  (registers the rules)
-from fedcore.runtime.tensorflow.lowering import STRATEGIES, Compiler
+from fedcore.runtime.tensorflow.lowering import STRATEGIES, Compiler, StrategyChoice
 from fedcore.runtime.tensorflow.values import DatasetCache, Stacked, materialize
 from fedcore.structure import Struct
 from fedcore.types import (
@@ -136,6 +140,8 @@ def _encode_clients(values: List[Any], t: Type, n: int, layout: _Layout, cache: 
 # --------------------------------------------------------------------------
 # The executor.
 
+_log = logging.getLogger("fedcore.runtime.tensorflow")
+
 
 class TensorFlowExecutor:
     """Compiles each computation into one tf.function and runs it.
@@ -160,6 +166,7 @@ class TensorFlowExecutor:
         self.trace_count = 0
         # Client datasets read once and kept, keyed by their tf.data graph's content.
         self._datasets = DatasetCache()
+        self.strategy_report: List[StrategyChoice] = []
 
     def __repr__(self) -> str:
         return f"TensorFlowExecutor(num_clients={self.num_clients}, strategy={self.strategy!r})"
@@ -198,12 +205,16 @@ class TensorFlowExecutor:
                 self._programs.popitem(last=False)
         else:
             self._programs.move_to_end(key)
+        compiler = program.fedcore_compiler
 
         def run():
             try:
                 out = program(*layout.arrays)
             except tf.errors.InvalidArgumentError as e:
                 raise ExecutionError(f"{comp.name} failed in the TensorFlow executor: {_op_message(e.message)}") from None
+            self.strategy_report = list(compiler.choices)
+            if compiler.choices and _log.isEnabledFor(logging.INFO):
+                _log.info("%s: %s", comp.name, "; ".join(str(c) for c in compiler.choices))
             out = list(out) if isinstance(out, (list, tuple)) else [out]
             return _decode(out, t.result, n)
 
@@ -216,6 +227,7 @@ class TensorFlowExecutor:
 
         def program(*inputs):
             self.trace_count += 1
+            compiler.choices = []
             fn = compiler.lower(ir, {})
             if builder is None:
                 value = fn(None)
@@ -226,7 +238,9 @@ class TensorFlowExecutor:
         # Traced here, once, into a concrete function that is called directly. A tf.function
         # called for its first time counts as a retracing of ``program``'s code, which every
         # compiled program shares; TF would warn about "retracing" after a few distinct programs.
-        return tf.function(program, input_signature=specs, autograph=False).get_concrete_function()
+        compiled = tf.function(program, input_signature=specs, autograph=False).get_concrete_function()
+        compiled.fedcore_compiler = compiler  # its ``choices`` are the strategy report
+        return compiled
 
 
 def _op_message(message: str) -> str:

@@ -8,7 +8,7 @@ can (``Lowered.batched``) and in a graph loop otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import tensorflow as tf
 
@@ -26,6 +26,18 @@ from fedcore.types import FederatedType, FunctionType, SequenceType, StructType,
 flatten, unflatten, leaf_types = tf_bridge.flatten, tf_bridge.unflatten, tf_bridge.leaf_types
 
 STRATEGIES = ("auto", "sequential", "vectorized")
+
+
+class StrategyChoice(NamedTuple):
+    """How one piece of client work runs: ``strategy`` is 'vectorized' or 'sequential', and ``reason`` says why."""
+
+    intrinsic: str  # e.g. 'federated_map'
+    function: str  # the client function's name, or 'a lambda'
+    strategy: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.intrinsic}({self.function}): {self.strategy}: {self.reason}"
 
 
 # --------------------------------------------------------------------------
@@ -141,10 +153,12 @@ def structure_to_internal(value: Any, t: Type) -> Any:
 class Lowered:
     """A function value inside the graph."""
 
-    def __init__(self, fn_type: FunctionType, call: Callable[[Any], Any], call_batched: Optional[Callable[[Any], Any]]):
+    def __init__(self, fn_type: FunctionType, call: Callable[[Any], Any], call_batched: Optional[Callable[[Any], Any]],
+                 name: str = "a lambda"):
         self.type_signature = fn_type
         self._call = call
         self._call_batched = call_batched
+        self.name = name  # for the strategy report
 
     def __call__(self, arg: Any = None) -> Any:
         return self._call(arg)
@@ -191,11 +205,14 @@ class Compiler:
     def __init__(self, num_clients: int, strategy: str, ir: Optional[bb.BuildingBlock] = None):
         self.n = num_clients
         self.strategy = strategy
-        # Client work that assigns tf.Variables must run one client at a time.
+        # Client work that assigns tf.Variables it captured must run one client at a time.
+        # (Variables a TF computation creates itself are its own, anew in each call: they don't count.)
         self.parallel_clients = ir is None or not any(
             isinstance(node, bb.TensorFlowComputation) and node.function.writes_variables
             for node in bb.walk(ir)
         )
+        # How each piece of client work runs, in lowering order (see ``StrategyChoice``).
+        self.choices: List[StrategyChoice] = []
 
     # -- function values --------------------------------------------------
 
@@ -207,16 +224,23 @@ class Compiler:
             leaves_in = [] if t.parameter is None else to_tf_leaves(arg, t.parameter)
             return unflatten(fn.graph_call(leaves_in), t.result)
 
+        label = node.name or "a TF computation"
+
         def call_batched(arg):
             if t.parameter is None:
-                raise NotVectorizable("a computation with no parameter")
+                raise NotVectorizable(f"{label} has no parameter")
+            why = []
             if fn.writes_variables:
-                raise NotVectorizable(f"{node.name or 'a TF computation'} assigns tf.Variables")
+                why.append("assigns tf.Variables it captured")
+            if getattr(fn, "creates_variables", False):
+                why.append("creates tf.Variables")  # pfor cannot run variable creation per client
             if any(isinstance(leaf, SequenceType) for leaf in leaf_types(t.parameter)):
-                raise NotVectorizable(f"{node.name or 'a TF computation'} takes a dataset")
+                why.append("takes a dataset")
             if any(isinstance(leaf, SequenceType) for leaf in leaf_types(t.result)):
                 # pfor has no rule for dataset ops; the sequential path says what it supports.
-                raise NotVectorizable(f"{node.name or 'a TF computation'} returns a dataset")
+                why.append("returns a dataset")
+            if why:
+                raise NotVectorizable(f"{label} {' and '.join(why)}")
             if not is_batched(arg):
                 return call(arg)
             flat_types = leaf_types(t.parameter)
@@ -240,7 +264,7 @@ class Compiler:
             out = [Batched(o) for o in out]
             return unflatten(out, t.result)
 
-        return Lowered(t, call, call_batched)
+        return Lowered(t, call, call_batched, name=label)
 
     def lambda_(self, node: bb.Lambda, env: Dict[str, Any]) -> Lowered:
         p, body = node.parameter_name, node.result
@@ -328,22 +352,39 @@ class Compiler:
             ])
         return value
 
-    def map_clients(self, fn: Lowered, value: Any, value_type: FederatedType, result_member: Type) -> Stacked:
+    def map_clients(self, fn: Lowered, value: Any, value_type: FederatedType, result_member: Type,
+                    intrinsic: str = "federated_map") -> Stacked:
         members = self.stacked(value, value_type)
-        vectorized = self._try_vectorized(fn, members)
+        vectorized = self._try_vectorized(fn, members, intrinsic)
         if vectorized is not None:
             return vectorized
         return Stacked(self._map_sequential(fn, members, result_member))
 
-    def _try_vectorized(self, fn: Lowered, members: Any) -> Optional[Stacked]:
-        """The client work on a clients axis, or None where the sequential loop must run it."""
-        if self.strategy in ("auto", "vectorized") and self.n > 0:
-            try:
-                return Stacked(self._map_vectorized(fn, members))
-            except NotVectorizable as e:
-                if self.strategy == "vectorized":
-                    raise Unsupported(f"strategy='vectorized' cannot run this client work: {e}") from None
-        return None
+    def _try_vectorized(self, fn: Lowered, members: Any, intrinsic: str = "federated_map") -> Optional[Stacked]:
+        """The client work on a clients axis, or None where the sequential loop must run it.
+
+        Either way, the choice and its reason go to ``choices``.
+        """
+        name = getattr(fn, "name", "a lambda")
+
+        def choose(strategy: str, reason: str) -> None:
+            self.choices.append(StrategyChoice(intrinsic, name, strategy, reason))
+
+        if self.strategy == "sequential":
+            choose("sequential", "strategy='sequential'")
+            return None
+        if self.n == 0:
+            choose("sequential", "no clients")
+            return None
+        try:
+            result = Stacked(self._map_vectorized(fn, members))
+        except NotVectorizable as e:
+            if self.strategy == "vectorized":
+                raise Unsupported(f"strategy='vectorized' cannot run this client work: {e}") from None
+            choose("sequential", str(e))
+            return None
+        choose("vectorized", "all clients at once on the clients axis")
+        return result
 
     def _fold(self, acc_type: Type, zero_flat: List[tf.Tensor], step: Callable[[Any, tf.Tensor], Any]) -> Any:
         """Folds ``step(acc, client)`` over the clients in a graph loop."""

@@ -133,7 +133,7 @@ def _fused_rule(definition: defs.IntrinsicDef):
         fn, clients, rest = arg[0], arg[1], list(arg)[2:]
         base_type = base.instantiate(defs.unfused_argument_type(definition, t.parameter))
         members = c.stacked(clients, t.parameter[1])
-        mapped = c._try_vectorized(fn, members)
+        mapped = c._try_vectorized(fn, members, definition.uri)
         u = base.client_input_type(base_type.parameter)
         if mapped is None and (base.monoid is None or fully_known(u)):
             return _fold_clients(c, base, base_type, fn, members, rest)

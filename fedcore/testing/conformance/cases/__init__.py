@@ -19,5 +19,6 @@ from fedcore.testing.conformance.cases import (  # noqa: F401 -- imported to reg
     keywords,
     tutorial,
     rounds,
+    variables,
     errors,
 )
