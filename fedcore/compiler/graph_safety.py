@@ -77,10 +77,16 @@ TensorListPushBack TensorListReserve TensorListSetItem TensorListStack
 _DATASETS = """
 BatchDatasetV2 ConcatenateDataset DatasetCardinality FilterDataset FlatMapDataset MapDataset ModelDataset
 OptionsDataset PaddedBatchDatasetV2 ParallelMapDatasetV2 PrefetchDataset RangeDataset ReduceDataset
-RepeatDataset SkipDataset TakeDataset TensorDataset TensorSliceDataset WindowDataset ZipDataset
+RepeatDataset ScanDataset SkipDataset TakeDataset TensorDataset TensorSliceDataset WindowDataset ZipDataset
 """
+# Variables local to one call (a tf.Variable created inside a tf_computation): allowed only with
+# TensorFlow's anonymous resource name, which gives every execution of the op a resource of its
+# own, so they can never reach a variable, or state, outside the call (checked in check_nodes).
+_LOCAL_VARIABLES = "VarHandleOp ReadVariableOp AssignVariableOp AssignAddVariableOp AssignSubVariableOp"
+# TensorFlow's marker for an anonymous resource (tensorflow/core/framework/resource_mgr.h).
+ANONYMOUS_NAME = "cd2c89b7-88b7-44c8-ad83-06c2a9158347"
 
-ALLOWED_OPS = frozenset((_MATH + _ARRAY + _NN + _STRINGS + _RANDOM + _CONTROL + _DATASETS).split())
+ALLOWED_OPS = frozenset((_MATH + _ARRAY + _NN + _STRINGS + _RANDOM + _CONTROL + _DATASETS + " " + _LOCAL_VARIABLES).split())
 
 # The allowed ops TensorFlow marks stateful, and why each is safe: control flow and calls
 # (stateful only if their functions are, and those are checked), assertions (they fail the
@@ -88,7 +94,7 @@ ALLOWED_OPS = frozenset((_MATH + _ARRAY + _NN + _STRINGS + _RANDOM + _CONTROL + 
 # historical reasons; they read only their inputs).
 STATEFUL_ALLOWED_OPS = frozenset(
     "Assert Case CheckNumerics CheckNumericsV2 If While StatefulPartitionedCall "
-    "RangeDataset ReduceDataset TensorDataset TensorSliceDataset".split()
+    "RangeDataset ReduceDataset TensorDataset TensorSliceDataset ".split() + _LOCAL_VARIABLES.split()
 )
 
 MAX_NODES = 1_000_000
@@ -210,7 +216,19 @@ class _Checker:
                 called |= self.check_attr(node, attr_name, value, where)
             if op in ("Const", "HostConst"):
                 self.check_const(node, where)
+            if op == "VarHandleOp":
+                self.check_local_variable(node, where)
         return called
+
+    def check_local_variable(self, node: Any, where: str) -> None:
+        shared = node.attr["shared_name"].s.decode("utf-8", "replace") if "shared_name" in node.attr else ""
+        container = node.attr["container"].s.decode("utf-8", "replace") if "container" in node.attr else ""
+        if shared != ANONYMOUS_NAME or container:
+            raise self.fail(
+                f"{where}: node {node.name!r} (VarHandleOp) names the variable resource "
+                f"{(container + '/' if container else '') + shared!r}; a loaded graph may create only variables "
+                "local to each call (TensorFlow's anonymous resource name), never a shared, named one"
+            )
 
     def check_attr_kind(self, node: Any, attr_name: str, value: Any, kind: str, where: str) -> None:
         field = value.WhichOneof("value")

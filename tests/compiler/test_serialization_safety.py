@@ -237,7 +237,7 @@ def test_too_many_or_unused_function_entries_are_refused():
 
 _NEVER = {
     "WriteFile", "ReadFile", "MatchingFiles", "PrintV2", "Print", "Save", "SaveV2", "Restore", "RestoreV2",
-    "ImmutableConst", "VarHandleOp", "ReadVariableOp", "AssignVariableOp", "TFRecordDataset", "TextLineDataset",
+    "ImmutableConst", "VarHandleOpV2", "VariableV2", "TFRecordDataset", "TextLineDataset",
     "FixedLengthRecordDataset", "SaveDataset", "LoadDataset", "CacheDatasetV2", "SnapshotDatasetV2",
     "PyFunc", "EagerPyFunc", "RandomUniform", "RandomStandardNormal", "RandomShuffle", "ShuffleDatasetV3",
     "InitializeTableFromTextFileV2", "WriteSummary", "CreateSummaryFileWriter", "DebugIdentityV2", "RemoteCall",
@@ -309,3 +309,27 @@ def test_trusted_bytes_may_use_any_registered_op_but_keep_every_other_check():
         deserialize(attacks.recursive_library(), trusted=True)
     with pytest.raises(SerializationError, match="is declared DT_FLOAT"):
         deserialize(attacks.contradicting_const(), trusted=True)
+
+
+def test_a_named_variable_resource_is_refused_but_call_local_variables_load():
+    @fedcore.tf_computation(tf.float32)
+    def scaled(x):
+        v = tf.Variable(x)  # local to each call
+        v.assign_add(1.0)
+        return v.read_value() * 2.0
+
+    blob = serialization.serialize(scaled)
+    assert serialization.deserialize(blob)(3.0) == pytest.approx(8.0)
+
+    # The same file, with its variable renamed to a shared resource that would outlive the call.
+    assert graph_safety.ANONYMOUS_NAME.encode() in blob
+    tampered = attacks.rewrite(blob, change_graph=lambda g: _rename_variables(g, b"shared_state"))
+    with pytest.raises(serialization.SerializationError, match=r"VarHandleOp\) names the variable resource 'shared_state'"):
+        serialization.deserialize(tampered)
+
+
+def _rename_variables(graph_def, name):
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    for node in nodes:
+        if node.op == "VarHandleOp":
+            node.attr["shared_name"].s = name
