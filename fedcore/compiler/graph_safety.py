@@ -39,7 +39,7 @@ __all__ = ["ALLOWED_OPS", "STATEFUL_ALLOWED_OPS", "MAX_NODES", "MAX_FUNCTIONS", 
 # in-memory datasets and seeded stateless random numbers.
 _MATH = """
 Abs Acos Acosh Add AddN AddV2 All Angle Any ArgMax ArgMin Asin Asinh Atan Atan2 Atanh BitwiseAnd BitwiseOr
-BitwiseXor Ceil ClipByValue Complex ComplexAbs Conj Cos Cosh Cumprod Cumsum Digamma Div DivNoNan Equal Erf Erfc
+BitwiseXor Invert LeftShift RightShift Ceil ClipByValue Complex ComplexAbs Conj Cos Cosh Cumprod Cumsum Digamma Div DivNoNan Equal Erf Erfc
 EuclideanNorm Exp Expm1 Floor FloorDiv FloorMod Greater GreaterEqual Imag IsFinite IsInf IsNan L2Loss Less
 LessEqual Lgamma Log Log1p LogicalAnd LogicalNot LogicalOr Max Maximum Mean Min Minimum Mod Mul MulNoNan Neg
 NotEqual Pow Prod Real RealDiv Reciprocal ReciprocalGrad Round Rsqrt RsqrtGrad Sign Sin Sinh Sqrt SqrtGrad Square

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import logging
-from typing import Any, Callable, List, Optional, Tuple
+import threading
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -264,8 +267,36 @@ def program_key(ir: bb.BuildingBlock) -> str:
         elif isinstance(node, bb.TensorFlowComputation):
             h.update(f"|{node.type_signature}|{node.function.fingerprint}".encode())
             for v in node.function.variables:  # the same code over other variables is another program
-                h.update(f"|v{id(v)}".encode())
+                h.update(f"|v{_variable_token(v)}".encode())
     return h.hexdigest()
+
+
+_tokens: Dict[int, Tuple[Any, int]] = {}
+_token_counter = itertools.count()
+_token_lock = threading.Lock()
+
+
+def _variable_token(variable: Any) -> int:
+    """A number for ``variable`` that no other variable of this process ever gets.
+
+    ``id()`` is not enough: a variable that dies frees its address for a new one,
+    and a cached program keeps the old variable's resource alive, so keying by
+    ``id`` ran a new computation on an old computation's variables.
+    """
+    with _token_lock:
+        entry = _tokens.get(id(variable))
+        if entry is not None and entry[0]() is variable:
+            return entry[1]
+        token = next(_token_counter)
+        _tokens[id(variable)] = (weakref.ref(variable, lambda _, key=id(variable): _forget(key, token)), token)
+        return token
+
+
+def _forget(key: int, token: int) -> None:
+    with _token_lock:
+        entry = _tokens.get(key)
+        if entry is not None and entry[1] == token:
+            del _tokens[key]
 
 
 def _needs_clients(t: Type) -> bool:
