@@ -7,7 +7,8 @@ Each factory is given as ``model_aggregator=`` to
 ``fedcore.learning.aggregator_factories``.
 """
 
-from fedcore.learning.aggregator_factories import (
+from fedcore.learning import aggregator_factories as _factories
+from fedcore.learning.aggregator_factories import (  # noqa: F401
     AggregationFactory,
     DifferentiallyPrivateFactory,
     MeanFactory,
@@ -17,12 +18,4 @@ from fedcore.learning.aggregator_factories import (
     WeightedAggregationFactory,
 )
 
-__all__ = [
-    "AggregationFactory",
-    "DifferentiallyPrivateFactory",
-    "MeanFactory",
-    "SecureSumFactory",
-    "SumFactory",
-    "UnweightedAggregationFactory",
-    "WeightedAggregationFactory",
-]
+__all__ = [name for name in _factories.__all__ if name != "resolve"]

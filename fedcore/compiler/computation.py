@@ -34,7 +34,8 @@ class Computation:
     """A typed computation: its IR, its ``type_signature``, and a way to call it."""
 
     def __init__(self, ir: bb.BuildingBlock, name: str, parameter_names: Optional[Tuple[str, ...]] = None):
-        mistyped = [(ref, bound) for ref, bound in bb.references_out_of_scope(ir) if bound is not None]
+        out_of_scope = bb.references_out_of_scope(ir)
+        mistyped = [(ref, bound) for ref, bound in out_of_scope if bound is not None]
         if mistyped:
             ref, bound = mistyped[0]
             raise context.type_error(
@@ -43,6 +44,8 @@ class Computation:
             )
         self._ir = ir
         self.name = name
+        # The enclosing computation's values this one uses (a nested federated_computation's captures).
+        self._captured = sorted({ref.name for ref, _ in out_of_scope})
         # Set when several Python parameters were packed into one struct parameter.
         self._parameter_names = parameter_names
 
@@ -88,15 +91,8 @@ class Computation:
         enclosing computation's parameters or locals) can only be called while
         the enclosing one is traced.
         """
-        captured = getattr(self, "_captured", None)
-        if captured is None:
-            captured = sorted({ref.name for ref, _ in bb.references_out_of_scope(self._ir)})
-            self._captured = captured
-        if captured:
-            raise context.type_error(
-                f"{self.name} uses values of the federated computation it was defined in ({', '.join(captured)}); "
-                "it can be called only inside that computation"
-            )
+        if self._captured:
+            raise context.captured_values_error(self.name, self._captured)
 
 
 #: How deeply a polymorphic computation may call itself (at other parameter types) while traced.

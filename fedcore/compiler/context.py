@@ -203,3 +203,14 @@ def type_error(message: str, location: Optional[SourceLocation] = None) -> Feder
     if location is not None:
         message = f"{message}\n  at {location}"
     return FederatedTypeError(message)
+
+
+def captured_values_error(name: str, captured, caller: Optional[str] = None,
+                          location: Optional[SourceLocation] = None) -> FederatedTypeError:
+    """A nested computation ``name``, which uses values of the computation it was defined in, called elsewhere."""
+    where = "" if caller is None else f", not in {caller}"
+    return type_error(
+        f"{name} uses values of the federated computation it was defined in ({', '.join(captured)}); "
+        f"it can be called only inside that computation{where}",
+        location,
+    )

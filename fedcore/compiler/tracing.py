@@ -233,11 +233,7 @@ def call_traced(fn_node, name, fn_type: FunctionType, args, kwargs, parameter_na
     if ctx is not None:
         outside = sorted({ref.name for ref, bound in bb.references_out_of_scope(fn_node, ctx.visible) if bound is None})
         if outside:
-            raise context.type_error(
-                f"{name} uses values of the federated computation it was defined in ({', '.join(outside)}); "
-                f"it can be called only inside that computation, not in {ctx.name}",
-                location,
-            )
+            raise context.captured_values_error(name, outside, ctx.name, location)
     if fn_type.parameter is not None and not fn_type.parameter.is_assignable_from(argument.type_signature):
         raise context.type_error(
             f"{name} expects an argument of type {fn_type.parameter}, got {argument.type_signature}", location
