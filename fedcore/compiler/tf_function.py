@@ -89,6 +89,34 @@ class TFCalls:
             )
         return self._fingerprint
 
+    _passthrough: Optional[Tuple[Optional[int], ...]] = None
+
+    @property
+    def passthrough(self) -> Tuple[Optional[int], ...]:
+        """For each result leaf, the parameter leaf it returns unchanged (through Identity ops only), or None.
+
+        An executor may keep such a value out of a loop that calls the function
+        again and again: it never changes.
+        """
+        if self._passthrough is None:
+            graph_def, inputs, outputs = self._graph_parts()
+            nodes = {node.name: node for node in graph_def.node}
+            position = {name if ":" in name else name + ":0": i for i, name in enumerate(inputs)}
+
+            def source(tensor: str) -> Optional[int]:
+                for _ in range(len(nodes) + 1):  # an Identity chain is at most the graph long
+                    name = tensor if ":" in tensor else tensor + ":0"
+                    if name in position:
+                        return position[name]
+                    node = nodes.get(name.split(":")[0])
+                    if node is None or node.op != "Identity" or not node.input:
+                        return None
+                    tensor = node.input[0]
+                return None
+
+            self._passthrough = tuple(source(name) for name in outputs)
+        return self._passthrough
+
     def _graph_parts(self) -> Tuple[Any, List[str], List[str]]:
         """(GraphDef, names of the input tensors, names of the output tensors)."""
         raise NotImplementedError

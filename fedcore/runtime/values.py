@@ -177,6 +177,29 @@ def _check_shape(shape, t: TensorType, where: str, value: Any) -> None:
         raise ArgumentError(f"{where}: expected {t}, got a value of shape [{dims}]")
 
 
+_DATASET_CHECKS: dict = {}
+
+
+def _dataset_problem(spec_key: str, spec: Any, element_type: Type) -> Optional[str]:
+    """Why a dataset with ``spec`` cannot stand for a sequence of ``element_type``, or None.
+
+    Remembered by the spec's text (names, shapes, dtypes and container kinds),
+    so that a cohort of datasets with one element structure is checked once.
+    """
+    key = (spec_key, element_type)
+    if key not in _DATASET_CHECKS:
+        try:
+            given = to_type(spec)
+        except TypeError as e:
+            problem: Optional[str] = f"whose elements {e}"
+        else:
+            problem = None if element_type.is_assignable_from(given) else f"of {SequenceType(given)}"
+        if len(_DATASET_CHECKS) > 512:
+            _DATASET_CHECKS.clear()
+        _DATASET_CHECKS[key] = problem
+    return _DATASET_CHECKS[key]
+
+
 def to_internal(value: Any, t: Type, where: str = "argument") -> Any:
     """Checks ``value`` against ``t`` and converts it to the canonical form."""
     if isinstance(value, np.ma.MaskedArray):
@@ -209,12 +232,9 @@ def to_internal(value: Any, t: Type, where: str = "argument") -> Any:
             return Struct(result)
         case SequenceType(element=element_type):
             if _is_dataset(value):
-                try:
-                    given = to_type(value.element_spec)
-                except TypeError as e:
-                    raise ArgumentError(f"{where}: expected a dataset of {t}, got a dataset whose elements {e}") from None
-                if not element_type.is_assignable_from(given):
-                    raise ArgumentError(f"{where}: expected a dataset of {t}, got a dataset of {SequenceType(given)}")
+                problem = _dataset_problem(repr(value.element_spec), value.element_spec, element_type)
+                if problem is not None:
+                    raise ArgumentError(f"{where}: expected a dataset of {t}, got a dataset {problem}")
                 return value
             if isinstance(value, (list, tuple)):
                 return [to_internal(v, element_type, f"{where}[{i}]") for i, v in enumerate(value)]

@@ -8,12 +8,13 @@ with ``NotVectorizable`` so that 'auto' falls back to the sequential loop.
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 import tensorflow as tf
 
 from fedcore.compiler import intrinsics as defs
 from fedcore.compiler.intrinsics import Kind
+from fedcore.compiler.tf_bridge import leaf_types
 from fedcore.runtime.tensorflow.lowering import (
     BatchedSequence,
     Compiler,
@@ -61,14 +62,132 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
         raise NotVectorizable("sequence_reduce over a dataset that is not client data")
     element_type, acc_type = t.parameter[0].element, t.parameter[1]
     acc0 = cast_flat(unwrap_batched(zero, c.n), acc_type)
-    data = seq.steps
+    if op.captures_batched:
+        # The step reads other clients-axis values: it must see all clients, in their order.
+        return unflatten([Batched(a) for a in _masked(c, op, seq.steps, element_type, acc_type, acc0)], acc_type)
+    fixed = _fixed_leaves(op, zero, acc_type)
+    carried = [a for j, a in enumerate(acc0) if j not in fixed]
+    out = iter(_ragged(c, op, seq.steps, element_type, acc_type, carried, fixed))
+    return unflatten([fixed[j] if j in fixed else Batched(next(out)) for j in range(len(acc0))], acc_type)
+
+
+def _fixed_leaves(op: Lowered, zero: Any, acc_type: Type) -> dict:
+    """The accumulator's leaves that start equal on all clients and that the step returns unchanged.
+
+    They stay without a clients axis and out of the loop: a model carried
+    through an evaluation, say, is not copied per client, and the step's
+    math on it runs as one operation for all clients.
+    """
+    passthrough = getattr(op, "passthrough", None) or ()
+    leaves = flat(zero)
+    if len(leaves) != len(leaf_types(acc_type)) or any(isinstance(v, Batched) and isinstance(v.value, Struct)
+                                                        for v in leaves):
+        return {}
+    return {
+        j: tf.convert_to_tensor(v, dtype=t.tf_dtype)
+        for j, (v, t) in enumerate(zip(leaves, leaf_types(acc_type)))
+        if j < len(passthrough) and passthrough[j] == j and not isinstance(v, (Batched, tf.data.Dataset))
+    }
+
+
+def _step(c: Compiler, op: Lowered, acc_type: Type, element_type: Type, acc_flat: List[Any], element: List[Any],
+          clients: Any, fixed: Optional[dict] = None) -> List[Any]:
+    """One vectorized call of the reduction's step for ``clients`` (a subset of the clients, on axis 0).
+
+    ``acc_flat`` holds the carried leaves; ``fixed`` the others (see ``_fixed_leaves``), which are
+    passed without a clients axis and left out of the result.
+    """
+    fixed = fixed or {}
+    carried = iter(acc_flat)
+    whole = c.n
+    c.n = clients  # values without a clients axis are tiled to this many
+    try:
+        acc = unflatten([fixed[j] if j in fixed else Batched(next(carried)) for j in range(len(leaf_types(acc_type)))],
+                        acc_type)
+        new = op.batched(Struct.unnamed(acc, unflatten([Batched(x) for x in element], element_type)))
+        new_flat = cast_flat(unwrap_batched(new, clients), acc_type)
+        return [x for j, x in enumerate(new_flat) if j not in fixed]
+    finally:
+        c.n = whole
+
+
+def _ragged(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc0: List[Any],
+            fixed: dict) -> List[Any]:
+    """Every client's steps on a clients axis, costing about the sum of the real steps.
+
+    Clients are sorted by their number of full batches, longest first, so at
+    step ``s`` the clients still running are a prefix of that order: each step
+    runs on that prefix only, and a client leaves the batch (its state is put
+    aside) after its last full batch.  Then the partial last batches run,
+    one vectorized call per distinct partial size, on the clients that have
+    one of that size.  Each client still sees its own batches in order.
+    """
+    n = c.n
+    lengths = tf.cast(data.lengths, tf.int32)
+    perm = tf.argsort(lengths, direction="DESCENDING", stable=True)
+    sorted_lengths = tf.gather(lengths, perm)
+    acc_sorted = [tf.gather(a, perm) for a in acc0]
+
+    def running(s):
+        return tf.reduce_sum(tf.cast(sorted_lengths > s, tf.int32))
+
+    k0 = running(0)
+    # The states put aside, in chunks: chunk i holds the clients that retire i steps before the longest ends,
+    # so the chunks concatenate to the sorted order.  Chunk ``last`` holds those with no full batch.
+    last = tf.reduce_max(tf.concat([lengths, [0]], 0))
+    retired = tuple(tf.TensorArray(a.dtype, size=last + 1, infer_shape=False,
+                                   element_shape=tf.TensorShape([None]).concatenate(a.shape[1:]))
+                    .write(last, a[k0:]) for a in acc_sorted)
+    active0 = tuple(a[:k0] for a in acc_sorted)
+
+    def body(s, k, active, retired):
+        new = _step(c, op, acc_type, element_type, list(active), data.take(s, perm[:k]), k, fixed)
+        k_next = running(s + 1)
+        retired = tuple(ta.write(last - 1 - s, x[k_next:]) for ta, x in zip(retired, new))
+        return s + 1, k_next, tuple(x[:k_next] for x in new), retired
+
+    _, _, _, retired = tf.while_loop(
+        lambda s, k, *_: k > 0, body, (tf.constant(0), k0, active0, retired),
+        shape_invariants=(tf.TensorShape([]), tf.TensorShape([]),
+                          tuple(tf.TensorShape([None]).concatenate(a.shape[1:]) for a in acc_sorted),
+                          tuple(tf.TensorShape(None) for _ in acc_sorted)),
+    )
+    acc_sorted = [tf.ensure_shape(ta.concat(), a.shape) for ta, a in zip(retired, acc_sorted)]
+    if data.tail_sizes is not None:
+        acc_sorted = _tails(c, op, data, element_type, acc_type, acc_sorted, perm, fixed)
+    inverse = tf.math.invert_permutation(perm)
+    return [tf.ensure_shape(tf.gather(a, inverse), [n] + a.shape.as_list()[1:]) for a in acc_sorted]
+
+
+def _tails(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc_sorted: List[Any],
+           perm: Any, fixed: dict) -> List[Any]:
+    """The partial last batches: one vectorized call per distinct size, on the clients with that size."""
+    sizes = tf.gather(tf.cast(data.tail_sizes, tf.int32), perm)
+    distinct = tf.unique(tf.boolean_mask(sizes, sizes > 0))[0]
+
+    def body(j, acc):
+        r = distinct[j]
+        where = tf.cast(tf.where(tf.equal(sizes, r))[:, 0], tf.int32)
+        k = tf.size(where)
+        own = [tf.gather(a, where) for a in acc]
+        new = _step(c, op, acc_type, element_type, own, data.tail(tf.gather(perm, where), r), k, fixed)
+        return j + 1, [tf.tensor_scatter_nd_update(a, where[:, None], x) for a, x in zip(acc, new)]
+
+    try:
+        _, out = tf.while_loop(lambda j, _: j < tf.size(distinct), body, (tf.constant(0), list(acc_sorted)))
+    except (TypeError, ValueError) as e:
+        raise NotVectorizable(f"the last, partial batches: {e}") from None
+    return list(out)
+
+
+def _masked(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc0: List[Any]) -> List[Any]:
+    """All clients step together, padded to the longest; a client whose data has ended keeps its state."""
     steps, lengths = tf.cast(data.num_steps, tf.int32), data.lengths
+    everyone = tf.range(c.n)
 
     def body(s, *acc_flat):
-        element = unflatten([Batched(x) for x in data.step(s)], element_type)
-        acc = unflatten([Batched(a) for a in acc_flat], acc_type)
-        new = op.batched(Struct.unnamed(acc, element))
-        new_flat = cast_flat(unwrap_batched(new, c.n), acc_type)
+        new_flat = _step(c, op, acc_type, element_type, list(acc_flat),
+                         [tf.ensure_shape(x, [c.n] + x.shape.as_list()[1:]) for x in data.take(s, everyone)], c.n)
         active = tf.cast(s, lengths.dtype) < lengths
 
         def masked():
@@ -86,17 +205,17 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
     result = list(tf.while_loop(lambda s, *_: s < steps, body, [tf.constant(0)] + acc0)[1:])
     if data.tail_sizes is not None:
         result = _partial_batches(c, op, data, element_type, acc_type, result)
-    return unflatten([Batched(a) for a in result], acc_type)
+    return result
 
 
 def _partial_batches(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc_flat: List[Any]):
-    """Each client's last, partial batch, one client at a time: their sizes differ."""
-    sizes = data.tail_sizes
+    """Each client's last, partial batch, one client at a time (the step is called unbatched)."""
+    sizes = tf.cast(data.tail_sizes, tf.int32)
 
     def body(i, *acc):
         def run():
             own = unflatten([a[i] for a in acc], acc_type)
-            element = unflatten(data.tail(i), element_type)
+            element = unflatten([x[0] for x in data.tail(tf.reshape(i, [1]), sizes[i])], element_type)
             new = cast_flat(op(Struct.unnamed(own, element)), acc_type)
             return [tf.tensor_scatter_nd_update(a, [[i]], tf.expand_dims(v, 0)) for a, v in zip(acc, new)]
 
@@ -108,4 +227,3 @@ def _partial_batches(c: Compiler, op: Lowered, data: Any, element_type: Type, ac
     except (TypeError, ValueError) as e:  # the step needs values that only exist on the clients axis
         raise NotVectorizable(f"the last, partial batches: {e}") from None
     return list(out[1:])
-

@@ -40,7 +40,7 @@ from fedcore.runtime.datasets import from_tf_leaf, make_dataset
 from fedcore.runtime.executor import ExecutionError, Unsupported
 from fedcore.runtime.tensorflow import batched as _batched_rules  # noqa: F401  (registers the vectorized rules)
 from fedcore.runtime.tensorflow import rules as _rules  # noqa: F401  (registers the rules)
-from fedcore.runtime.tensorflow.lowering import STRATEGIES, Compiler, StrategyChoice
+from fedcore.runtime.tensorflow.lowering import STRATEGIES, Compiler, StrategyChoice, unshare
 from fedcore.runtime.tensorflow.values import DatasetCache, Stacked, materialize
 from fedcore.structure import Struct
 from fedcore.types import (
@@ -236,7 +236,7 @@ class TensorFlowExecutor:
                 value = fn(None)
             else:
                 value = fn(builder(iter(inputs)))
-            return _graph_outputs(value, result_type)
+            return _graph_outputs(value, result_type, n)
 
         # Traced here, once, into a concrete function that is called directly. A tf.function
         # called for its first time counts as a retracing of ``program``'s code, which every
@@ -318,16 +318,15 @@ def _uses_client_count(ir: bb.BuildingBlock) -> bool:
     return False
 
 
-def _graph_outputs(value: Any, t: Type) -> List[Any]:
+def _graph_outputs(value: Any, t: Type, n: int) -> List[Any]:
     match t:
         case StructType():
-            return [leaf for v, e in zip(value, t) for leaf in _graph_outputs(v, e)]
+            return [leaf for v, e in zip(value, t) for leaf in _graph_outputs(v, e, n)]
         case FederatedType(member=m, all_equal=False, placement=p) if p is CLIENTS:
-            stacked = value.value if isinstance(value, Stacked) else value
-            out = _graph_outputs(stacked, m)
-            return out
+            stacked = unshare(value.value, n) if isinstance(value, Stacked) else value
+            return _graph_outputs(stacked, m, n)
         case FederatedType(member=m):
-            return _graph_outputs(value, m)
+            return _graph_outputs(value, m, n)
         case SequenceType():
             return [value]
         case TensorType():

@@ -19,7 +19,7 @@ from fedcore.compiler.intrinsics import lookup
 from fedcore.runtime.datasets import to_tf_leaves
 from fedcore.runtime.executor import ExecutionError, Unsupported
 from fedcore.runtime.tensorflow.tables import BATCHED, RULES, NotVectorizable
-from fedcore.runtime.tensorflow.values import Batched, ClientSequences, ShuffledSequences, Stacked
+from fedcore.runtime.tensorflow.values import Batched, ClientSequences, Shared, ShuffledSequences, Stacked
 from fedcore.structure import Struct
 from fedcore.types import FederatedType, FunctionType, SequenceType, StructType, TensorType, Type
 
@@ -58,6 +58,8 @@ def flat(value: Any) -> List[Any]:
 
 def client_view(value: Any, i: tf.Tensor) -> Any:
     """Client ``i``'s member of a stacked value."""
+    if isinstance(value, Shared):
+        return value.value
     if isinstance(value, Struct):
         return Struct([(n, client_view(v, i)) for n, v in value.items()])
     if isinstance(value, (ClientSequences, ShuffledSequences)):
@@ -66,6 +68,8 @@ def client_view(value: Any, i: tf.Tensor) -> Any:
 
 
 def batched_view(value: Any) -> Any:
+    if isinstance(value, Shared):  # the same for all clients: no clients axis
+        return value.value
     if isinstance(value, Struct):
         return Struct([(n, batched_view(v)) for n, v in value.items()])
     if isinstance(value, (ClientSequences, ShuffledSequences)):
@@ -88,6 +92,15 @@ def tile(value: Any, n: int) -> Any:
     return map_leaves(value, lambda x: tf.repeat(tf.expand_dims(tf.convert_to_tensor(x), 0), n, axis=0))
 
 
+def unshare(value: Any, n: int) -> Any:
+    """A stacked value with its ``Shared`` members tiled to the clients axis."""
+    if isinstance(value, Shared):
+        return tile(value.value, n)
+    if isinstance(value, Struct):
+        return Struct([(name, unshare(v, n)) for name, v in value.items()])
+    return value
+
+
 def is_batched(value: Any) -> bool:
     if isinstance(value, (Batched, BatchedSequence)):
         return True
@@ -107,9 +120,9 @@ def unwrap_batched(value: Any, n: int) -> Any:
     return tile(value, n)
 
 
-def with_clients_axis(x: Any, n: int) -> tf.Tensor:
+def with_clients_axis(x: Any, n: Any) -> tf.Tensor:
     x = tf.convert_to_tensor(x)
-    if x.shape.rank is None or x.shape[0] == n:
+    if not isinstance(n, int) or x.shape.rank is None or x.shape[0] == n:  # a tensor n: a subset of the clients
         return x
     return tf.ensure_shape(x, [n] + x.shape.as_list()[1:])
 
@@ -154,11 +167,15 @@ class Lowered:
     """A function value inside the graph."""
 
     def __init__(self, fn_type: FunctionType, call: Callable[[Any], Any], call_batched: Optional[Callable[[Any], Any]],
-                 name: str = "a lambda"):
+                 name: str = "a lambda", captures_batched: bool = False):
         self.type_signature = fn_type
         self._call = call
         self._call_batched = call_batched
         self.name = name  # for the strategy report
+        # True when the function reads values with a clients axis from around it (a lambda's captures):
+        # then it must be called on all clients, in their order, not on a subset of them.
+        self.captures_batched = captures_batched
+        self.passthrough: Optional[tuple] = None  # see TensorFlowFunction.passthrough
 
     def __call__(self, arg: Any = None) -> Any:
         return self._call(arg)
@@ -264,7 +281,9 @@ class Compiler:
             out = [Batched(o) for o in out]
             return unflatten(out, t.result)
 
-        return Lowered(t, call, call_batched, name=label)
+        lowered = Lowered(t, call, call_batched, name=label)
+        lowered.passthrough = getattr(fn, "passthrough", None)  # result leaves that are parameter leaves unchanged
+        return lowered
 
     def lambda_(self, node: bb.Lambda, env: Dict[str, Any]) -> Lowered:
         p, body = node.parameter_name, node.result
@@ -272,7 +291,10 @@ class Compiler:
         def call(arg):
             return self.lower(body, env if p is None else {**env, p: arg})
 
-        return Lowered(node.type_signature, call, call)
+        free = {ref.name for ref, _ in bb.references_out_of_scope(node)}
+        captures = any(is_batched(env[name]) or isinstance(env[name], Lowered) and env[name].captures_batched
+                       for name in free if name in env)
+        return Lowered(node.type_signature, call, call, captures_batched=captures)
 
     # -- expressions ------------------------------------------------------
 
@@ -285,7 +307,8 @@ class Compiler:
                 if isinstance(value, Batched):
                     return Batched(value.value[index])
                 if isinstance(value, Stacked):
-                    return Stacked(value.value[index])
+                    inner = value.value
+                    return Stacked(Shared(inner.value[index]) if isinstance(inner, Shared) else inner[index])
                 return value[index]
             case bb.Struct(elements=elements):
                 return Struct([(n, self.lower(e, env)) for n, e in elements])
@@ -329,9 +352,18 @@ class Compiler:
     def stacked(self, value: Any, t: FederatedType) -> Any:
         """The stacked (clients-axis) form of a CLIENTS value, tiling all-equal ones."""
         if isinstance(value, Stacked):
-            return value.value
+            return unshare(value.value, self.n)
         if t.all_equal:
             return tile(value, self.n)
+        return value
+
+    def members(self, value: Any, t: FederatedType) -> Any:
+        """A CLIENTS value for client work to read member by member: like ``stacked``, but members
+        equal on all clients stay ``Shared`` (once, without a clients axis)."""
+        if isinstance(value, Stacked):
+            return value.value
+        if t.all_equal:
+            return Shared(value)
         return value
 
     def widen(self, value: Any, given: Type, parameter: Type) -> Any:
@@ -354,7 +386,7 @@ class Compiler:
 
     def map_clients(self, fn: Lowered, value: Any, value_type: FederatedType, result_member: Type,
                     intrinsic: str = "federated_map") -> Stacked:
-        members = self.stacked(value, value_type)
+        members = self.members(value, value_type)
         vectorized = self._try_vectorized(fn, members, intrinsic)
         if vectorized is not None:
             return vectorized

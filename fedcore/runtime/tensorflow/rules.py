@@ -68,7 +68,7 @@ def _apply(c: Compiler, arg, t):
 
 @RULES.register(defs.FEDERATED_ZIP_AT_CLIENTS)
 def _zip_at_clients(c: Compiler, arg, t):
-    return Stacked(Struct([(n, c.stacked(v, e)) for (n, e), v in zip(t.parameter.elements, arg)]))
+    return Stacked(Struct([(n, c.members(v, e)) for (n, e), v in zip(t.parameter.elements, arg)]))
 
 
 @RULES.register(defs.FEDERATED_ZIP_AT_SERVER)
@@ -117,7 +117,7 @@ RULES.register_kind(Kind.AGGREGATE, _monoid_rule, when=lambda d: d.monoid is not
 @RULES.register(defs.FEDERATED_AGGREGATE)
 def _aggregate(c: Compiler, arg, t):
     values, zero, accumulate, merge, report = arg
-    members = c.stacked(values, t.parameter[0])
+    members = c.members(values, t.parameter[0])
     acc_type = t.parameter[1]
     return report(c._fold(acc_type, cast_flat(zero, acc_type),
                           lambda acc, i: accumulate(Struct.unnamed(acc, client_view(members, i)))))
@@ -132,7 +132,7 @@ def _fused_rule(definition: defs.IntrinsicDef):
     def apply(c: Compiler, arg, t):
         fn, clients, rest = arg[0], arg[1], list(arg)[2:]
         base_type = base.instantiate(defs.unfused_argument_type(definition, t.parameter))
-        members = c.stacked(clients, t.parameter[1])
+        members = c.members(clients, t.parameter[1])
         mapped = c._try_vectorized(fn, members, definition.uri)
         u = base.client_input_type(base_type.parameter)
         if mapped is None and (base.monoid is None or fully_known(u)):

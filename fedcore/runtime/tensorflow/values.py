@@ -25,7 +25,7 @@ import collections
 import threading
 import uuid
 import weakref
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import attrs
 import numpy as np
@@ -43,6 +43,18 @@ from fedcore.types import StructType, TensorType, Type
 @attrs.frozen
 class Stacked:
     """A clients value: ``value`` is a Struct/tensor whose leaves have a leading clients axis."""
+
+    value: Any
+
+
+@attrs.frozen
+class Shared:
+    """Inside a ``Stacked`` value: a member that is the same on every client (e.g. a broadcast model).
+
+    It is kept once, without a clients axis; client work reads it as a value
+    that does not vary over clients, and it is tiled only where a clients axis
+    is really needed (see ``Compiler.stacked``).
+    """
 
     value: Any
 
@@ -410,15 +422,18 @@ class ShuffledData:
     """Every client's examples before the shuffle, plus this pass's order of them.
 
     ``examples[k]`` is leaf k of all clients' examples (``[R, ...]``, resident
-    on the device across calls); ``order`` is ``[clients, width]`` rows of
-    ``examples`` in the order this pass yields them, padded with row 0;
-    ``counts`` is each client's number of examples in this pass and ``steps``
-    its number of elements (batches when ``batch_size`` is set).
+    on the device across calls); ``order`` is every client's rows of
+    ``examples`` in the order this pass yields them, concatenated client after
+    client (no padding: its size is the data's, not clients times the
+    longest), client c's from ``starts[c]``; ``counts`` is each client's
+    number of examples in this pass and ``steps`` its number of elements
+    (batches when ``batch_size`` is set).
     """
 
     element_type: Type
     examples: Tuple[Any, ...]
     order: np.ndarray
+    starts: np.ndarray
     counts: np.ndarray
     steps: np.ndarray
     batch_size: Optional[int]
@@ -433,15 +448,14 @@ class ShuffledData:
                 tuple((_spec(x, 1).dtype.name, tuple(x.shape[1:])) for x in self.examples))
 
     def tensors(self) -> List[Any]:
-        return list(self.examples) + [self.order, self.counts, self.steps]
+        return list(self.examples) + [self.order, self.starts, self.counts, self.steps]
 
     def specs(self) -> List[tf.TensorSpec]:
-        k = len(self.examples)
-        return [_spec(a, 2 if i == k else 1) for i, a in enumerate(self.tensors())]
+        return [_spec(a, 1) for a in self.tensors()]
 
     def in_graph(self, tensors: List[tf.Tensor]) -> "ShuffledSequences":
         k = len(self.examples)
-        return ShuffledSequences(self.element_type, tuple(tensors[:k]), tensors[k], tensors[k + 1], tensors[k + 2],
+        return ShuffledSequences(self.element_type, tuple(tensors[:k]), *tensors[k : k + 4],
                                  self.batch_size, self.full_batches)
 
 
@@ -472,11 +486,10 @@ def _shuffled(seqs: Sequence[Any], reads: List[_Read], element_type: Type, cache
     counts = np.asarray([_usable(r.plan, len(o)) for r, o in zip(reads, orders)], np.int64)
     b = batch_size or 1
     steps = -(-counts // b)
-    width = int(steps.max()) * b if len(steps) else 0
-    order = np.zeros((len(seqs), width), np.int64)
-    for c, (o, n) in enumerate(zip(orders, counts)):
-        order[c, :n] = o[:n] + offsets[c]
-    return ShuffledData(element_type, examples, order, counts, steps.astype(np.int64), batch_size)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    pieces = [o[:n] + offsets[c] for c, (o, n) in enumerate(zip(orders, counts))]
+    order = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros((0,), np.int64)
+    return ShuffledData(element_type, examples, order, starts, counts, steps.astype(np.int64), batch_size)
 
 
 def materialize(client_seqs: List[Any], element_type: Type, cache: Optional[DatasetCache] = None, epoch: int = 0):
@@ -536,25 +549,34 @@ class ClientSequences:
         """All clients' elements stepped together, or None if their shapes differ."""
         if self.dense is None:
             return None
-        return Steps(tf.shape(self.dense[0])[1], self.lengths, lambda s: [d[:, s] for d in self.dense])
+        dense = self.dense
+
+        def take(s, clients):
+            at = tf.stack([tf.cast(clients, tf.int64), tf.fill(tf.shape(clients), tf.cast(s, tf.int64))], axis=1)
+            return [tf.gather_nd(d, at) for d in dense]
+
+        return Steps(tf.shape(dense[0], out_type=tf.int64)[1], self.lengths, take)
 
 
 @attrs.frozen
 class Steps:
     """Every client's data as steps on a clients axis, for the vectorized strategy.
 
-    ``step(s)`` gives all clients' element ``s`` (leaves with a leading clients
-    axis) for ``s < num_steps``; client c's data has ``lengths[c]`` such steps.
-    When ``tail_sizes`` is set, client c then has one more, partial batch of
-    ``tail_sizes[c]`` examples (none where it is 0), read by ``tail(c)``: those
-    differ in size across clients, so they run one client at a time.
+    ``take(s, clients)`` gives element ``s`` of each client in ``clients`` (an
+    int vector), as leaves with a leading axis over ``clients``; client c's
+    data has ``lengths[c]`` such elements, and ``num_steps`` is the most any
+    client has.  When ``tail_sizes`` is set, client c then has one more,
+    partial batch of ``tail_sizes[c]`` examples (none where it is 0):
+    ``tail(clients, r)`` gives the partial batches of ``clients``, which all
+    hold ``r`` examples, on one axis (partial batches of different sizes do
+    not stack).
     """
 
     num_steps: Any
     lengths: Any
-    step: Any
+    take: Callable[[Any, Any], List[Any]]
     tail_sizes: Any = None
-    tail: Any = None
+    tail: Optional[Callable[[Any, Any], List[Any]]] = None
 
 
 @attrs.frozen
@@ -564,6 +586,7 @@ class ShuffledSequences:
     element_type: Type
     examples: Tuple[tf.Tensor, ...]
     order: tf.Tensor
+    starts: tf.Tensor
     counts: tf.Tensor
     lengths: tf.Tensor  # elements per client
     batch_size: Optional[int]
@@ -574,28 +597,39 @@ class ShuffledSequences:
 
     def dataset(self, client: tf.Tensor) -> tf.data.Dataset:
         client = tf.cast(client, self.counts.dtype)
-        rows = tf.data.Dataset.from_tensor_slices(self.order[client, : self.counts[client]])
+        start = self.starts[client]
+        rows = tf.data.Dataset.from_tensor_slices(self.order[start : start + self.counts[client]])
         if self.batch_size is not None:
             rows = rows.batch(self.batch_size)
         return rows.map(lambda r: _element_from_leaves(self._gather(r), self.element_type))
 
+    def _rows(self, clients: tf.Tensor, first: tf.Tensor, width: Any) -> List[tf.Tensor]:
+        """Rows ``first[j] .. first[j] + width`` of each client ``clients[j]``'s order: ``[len(clients), width]``."""
+        clients = tf.cast(clients, tf.int64)
+        at = tf.gather(self.starts, clients) + tf.cast(first, tf.int64)
+        rows = at[:, None] + tf.range(tf.cast(width, tf.int64))[None, :]
+        # A client past its data (the masked path steps everyone) reads some valid row; its result is dropped.
+        rows = tf.minimum(rows, tf.maximum(tf.size(self.order, out_type=tf.int64) - 1, 0))
+        return self._gather(tf.gather(self.order, rows))
+
     def stepper(self) -> Steps:
         if self.batch_size is None:
-            return Steps(tf.shape(self.order)[1], self.lengths, lambda s: self._gather(self.order[:, s]))
+            return Steps(tf.reduce_max(tf.concat([self.lengths, [0]], 0)), self.lengths,
+                         lambda s, clients: [x[:, 0] for x in self._rows(clients, s, 1)])
         b = self.batch_size
         full = self.counts // b
 
-        def step(s):
-            return self._gather(self.order[:, s * b : (s + 1) * b])
+        def take(s, clients):
+            return self._rows(clients, tf.cast(s, tf.int64) * b, b)
 
+        num_steps = tf.reduce_max(tf.concat([full, [0]], 0))
         if self.full_batches:
-            return Steps(tf.shape(self.order)[1] // b, full, step)
+            return Steps(num_steps, full, take)
 
-        def tail(c):
-            c = tf.cast(c, self.counts.dtype)
-            return self._gather(self.order[c, full[c] * b : self.counts[c]])
+        def tail(clients, r):
+            return self._rows(clients, tf.gather(full, tf.cast(clients, tf.int64)) * b, r)
 
-        return Steps(tf.reduce_max(full), full, step, self.counts - full * b, tail)
+        return Steps(num_steps, full, take, self.counts - full * b, tail)
 
 
 __all__ = [
@@ -606,6 +640,7 @@ __all__ = [
     "ShuffledData",
     "ShuffledSequences",
     "StaticData",
+    "Shared",
     "Stacked",
     "client_elements",
     "materialize",
