@@ -105,8 +105,11 @@ def _step(c: Compiler, op: Lowered, acc_type: Type, element_type: Type, acc_flat
         acc = unflatten([fixed[j] if j in fixed else Batched(next(carried)) for j in range(len(leaf_types(acc_type)))],
                         acc_type)
         new = op.batched(Struct.unnamed(acc, unflatten([Batched(x) for x in element], element_type)))
-        new_flat = cast_flat(unwrap_batched(new, clients), acc_type)
-        return [x for j, x in enumerate(new_flat) if j not in fixed]
+        leaves, types = flat(new), leaf_types(acc_type)
+        if len(leaves) != len(types):  # a leaf holds a whole struct: unwrap all of it
+            leaves = flat(unwrap_batched(new, clients))
+        return [tf.convert_to_tensor(unwrap_batched(x, clients), dtype=lt.tf_dtype)
+                for j, (x, lt) in enumerate(zip(leaves, types)) if j not in fixed]
     finally:
         c.n = whole
 

@@ -263,13 +263,19 @@ class Compiler:
             flat_types = leaf_types(t.parameter)
             arg_leaves = flatten(arg, t.parameter)
             batched_idx = [i for i, a in enumerate(arg_leaves) if isinstance(a, Batched)]
+            # A result leaf that is a parameter leaf unchanged is that argument, as it is: pfor would
+            # otherwise copy a value without a clients axis (a broadcast model) once per client.
+            same = dict(enumerate(getattr(fn, "passthrough", None) or ()))
+            same = {j: i for j, i in same.items() if i is not None}
+            computed = [j for j in range(len(leaf_types(t.result))) if j not in same]
 
             def per_client(batched_leaves):
                 full = list(arg_leaves)
                 for i, v in zip(batched_idx, batched_leaves):
                     full[i] = v
                 full = [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(full, flat_types)]
-                return fn.graph_call(full)
+                out = fn.graph_call(full)
+                return [out[j] for j in computed] if same else out
 
             # A static clients axis lets pfor read each client's slice without copying the inputs.
             inputs = [with_clients_axis(arg_leaves[i].value, self.n) for i in batched_idx]
@@ -278,8 +284,11 @@ class Compiler:
             except AttributeError as e:  # pfor cannot convert some functions imported from a GraphDef
                 # Not vectorizable: 'auto' runs the sequential loop instead, 'vectorized' reports Unsupported.
                 raise NotVectorizable(f"tf.vectorized_map cannot convert {node.name or 'a TF computation'}: {e}") from None
-            out = [Batched(o) for o in out]
-            return unflatten(out, t.result)
+            if not same:
+                return unflatten([Batched(o) for o in out], t.result)
+            out = dict(zip(computed, (Batched(o) for o in out)))
+            return unflatten([out[j] if j in out else arg_leaves[same[j]] for j in range(len(leaf_types(t.result)))],
+                             t.result)
 
         lowered = Lowered(t, call, call_batched, name=label)
         lowered.passthrough = getattr(fn, "passthrough", None)  # result leaves that are parameter leaves unchanged

@@ -437,11 +437,10 @@ class ShuffledData:
     counts: np.ndarray
     steps: np.ndarray
     batch_size: Optional[int]
-
-    @property
-    def full_batches(self) -> bool:
-        """True when every element is a full batch, so all clients' step ``s`` stack on one axis."""
-        return self.batch_size is None or bool(np.all(self.counts % self.batch_size == 0))
+    full_batches: bool = attrs.field(default=attrs.Factory(
+        lambda self: self.batch_size is None or bool(np.all(np.asarray(self.counts) % self.batch_size == 0)),
+        takes_self=True))
+    """True when every element is a full batch, so all clients' step ``s`` stack on one axis."""
 
     def signature_key(self) -> tuple:
         return ("shuffled", self.batch_size, self.full_batches,
@@ -492,6 +491,13 @@ def _shuffled(seqs: Sequence[Any], reads: List[_Read], element_type: Type, cache
     return ShuffledData(element_type, examples, order, starts, counts, steps.astype(np.int64), batch_size)
 
 
+def _on_device(data: Optional[ShuffledData]) -> Optional[ShuffledData]:
+    if data is None:
+        return None
+    return attrs.evolve(data, order=tf.constant(data.order), starts=tf.constant(data.starts),
+                        counts=tf.constant(data.counts), steps=tf.constant(data.steps))
+
+
 def materialize(client_seqs: List[Any], element_type: Type, cache: Optional[DatasetCache] = None, epoch: int = 0):
     """One call's client data: ``ShuffledData`` when every client's pipeline has a replayable shuffle
     with the same batching, else ``StaticData`` (elements read once where the pipeline allows).
@@ -504,7 +510,12 @@ def materialize(client_seqs: List[Any], element_type: Type, cache: Optional[Data
     datasets = all(isinstance(s, tf.data.Dataset) for s in client_seqs) and client_seqs
     reads = [cache.read(s, element_type) for s in client_seqs] if datasets else []
     if datasets and all(r.plan is not None and r.plan.kind in REPLAYED and r.examples is not None for r in reads):
-        data = _shuffled(client_seqs, reads, element_type, cache, epoch)
+        if all(r.plan.kind == "batched" for r in reads):
+            # No shuffle: every call yields the same order, so the whole layout is built once, on the device.
+            data = cache.cohort("batched", client_seqs, element_type,
+                                lambda: _on_device(_shuffled(client_seqs, reads, element_type, cache, epoch)))
+        else:
+            data = _shuffled(client_seqs, reads, element_type, cache, epoch)
         if data is not None:
             return data
     if datasets and all(r.plan is not None and r.plan.kind == "static" for r in reads):
