@@ -36,6 +36,7 @@ from typing import Tuple
 
 import numpy as np
 
+from fedcore._extras import require
 from fedcore.simulation.client_data import ClientData
 
 MIN_EXAMPLES_PER_CLIENT = 5
@@ -59,9 +60,8 @@ def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def emnist_like_digits() -> Tuple[np.ndarray, np.ndarray]:
     """All 1797 digits as (pixels float32 [N,28,28] with 1.0 background, labels int32 [N]); read-only."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    datasets = require("sklearn.datasets", "datasets", "the embedded handwritten digits")
+    digits = datasets.load_digits()
     ink = digits.images.astype(np.float64) / 16.0
     resize = _bilinear_matrix(ink.shape[1], DIGIT_BOX)
     big = np.einsum("ij,njk,lk->nil", resize, ink, resize)
