@@ -6,6 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 EXTRAS="${FEDCORE_EXTRAS:-cli,datasets}"
+STAMP=".venv/.fedcore-installed-${EXTRAS//,/-}"
 if [ ! -x .venv/bin/python ]; then
   echo "fedcore: creating a virtual environment in .venv" >&2
   "$PYTHON" -m venv .venv
@@ -21,7 +22,12 @@ if [ -f .venv/.fedcore-installed ] && [ "$NO_GPU" = 1 ] && [ -z "${FEDCORE_TF_EX
   echo "fedcore: replacing the CUDA build of TensorFlow in .venv by the CPU-only build (no GPU here)" >&2
   .venv/bin/python -m pip uninstall -y -q tensorflow > .venv/install.log 2>&1 || { tail -n 20 .venv/install.log >&2; exit 1; }
 fi
-rm -f .venv/.fedcore-installed
+if [ -f .venv/.fedcore-installed ]; then
+  # That set-up installed this source tree under the distribution name fedcore; it is
+  # fedcore-tf now, and the old record would stay beside the new one.
+  .venv/bin/python -m pip uninstall -y -q fedcore > /dev/null 2>&1 || true
+  rm -f .venv/.fedcore-installed
+fi
 # TensorFlow: a build already in .venv is kept (replacing one TensorFlow distribution with
 # another in place leaves a mix of both); otherwise the CUDA build where nvidia-smi sees a
 # GPU, and the CPU-only build elsewhere, which does not probe for CUDA at every start.
@@ -34,7 +40,6 @@ if ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.fi
     EXTRAS="$EXTRAS,cpu"
   fi
 fi
-STAMP=".venv/.fedcore-installed-${EXTRAS//,/-}"
 if [ ! -f "$STAMP" ] || [ setup.cfg -nt "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "fedcore: installing fedcore with the extras [$EXTRAS] into .venv (log: .venv/install.log)" >&2
   if ! { .venv/bin/python -m pip install --upgrade pip \
