@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import configparser
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +14,11 @@ from fedcore import _extras
 from fedcore._dist import DIST_NAME
 
 
-def test_the_distribution_name_is_not_the_taken_one():
-    assert DIST_NAME == "fedcore-tf"
+def test_messages_name_the_distribution_that_setup_cfg_builds():
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    assert DIST_NAME == config["metadata"]["name"] == "fedcore-tf"  # "fedcore" on the index is another project
+    assert _extras.install_hint("ray") == "pip install 'fedcore-tf[ray]'"
 
 
 def test_require_returns_the_module():
