@@ -43,7 +43,8 @@ def load_hdf5(path: Union[str, Path], group: str = "examples", layout: Optional[
     first client's arrays define the layout, in name order.
 
     Raises FileNotFoundError for a missing file and DatasetFileError, naming
-    the file, when it is not HDF5 or not laid out as described.
+    the file, when it is not HDF5 or not laid out as described; a
+    ModuleNotFoundError naming the ``datasets`` extra when h5py is not installed.
     """
     path = Path(path)
     if not path.is_file():
