@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from fedcore._extras import require_tensorflow as _require_tensorflow  # noqa: E402
+
+_require_tensorflow()  # a clear message naming the extras, before the first TensorFlow import
+
 from fedcore.types import (  # noqa: E402
     CLIENTS,
     SERVER,

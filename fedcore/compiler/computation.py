@@ -10,7 +10,7 @@ the current executor.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import tensorflow as tf
 
@@ -382,15 +382,47 @@ def _decorator(kind: str, args: Tuple[Any, ...]):
     return lambda fn: wrap(fn, args)
 
 
-def federated_computation(*args):
-    """Decorates a Python function as a federated computation.
+def federated_computation(*args: Any) -> Union["Computation", "PolymorphicComputation", Callable[[Callable], Any]]:
+    """Decorates a Python function as a federated computation, traced into typed IR.
 
-    Forms: ``@federated_computation``, ``@federated_computation(T, ...)`` with
-    types or type strings, and ``federated_computation(fn)``.
+    Forms: ``@federated_computation``, ``@federated_computation(T, ...)`` with the
+    parameter types (type values, or strings in the notation: ``"{float32}@CLIENTS"``),
+    and ``federated_computation(fn)`` or ``federated_computation(fn, T, ...)``.
+
+    Args:
+        *args: the function, its parameter types, or both (see the forms above).
+
+    Returns:
+        A ``Computation`` with a type signature when the parameter types are given (or
+        the function takes none); a ``PolymorphicComputation``, traced at the types of
+        each call, when they are not; with only types, a decorator returning one of these.
+
+    Raises:
+        TypeError: when what is decorated is not a function, or a parameter type is not a type.
+        ValueError: when a type string does not parse.
+        FederatedTypeError: when the function's body is ill-typed (traced at once when
+            the types are given, else at the first call).
     """
     return _decorator("federated", args)
 
 
-def tf_computation(*args):
-    """Decorates TensorFlow code as a computation; same forms as federated_computation."""
+def tf_computation(*args: Any) -> Union["Computation", "PolymorphicComputation", Callable[[Callable], Any]]:
+    """Decorates TensorFlow code as an unplaced computation, traced into a TensorFlow graph.
+
+    Same forms as :func:`federated_computation`: ``@tf_computation``,
+    ``@tf_computation(T, ...)``, ``tf_computation(fn)``, ``tf_computation(fn, T, ...)``.
+    The parameter types must be unplaced (tensors, structs and sequences).
+
+    Args:
+        *args: the function, its parameter types, or both.
+
+    Returns:
+        A ``Computation`` (types given, or no parameters), a ``PolymorphicComputation``
+        (types taken from each call), or, with only types, a decorator returning one.
+
+    Raises:
+        TypeError: when what is decorated is not a function, a parameter type is not a
+            type or is placed, or the body fails to trace at its parameter types.
+        ValueError: when a type string does not parse.
+    """
     return _decorator("tf", args)

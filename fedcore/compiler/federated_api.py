@@ -129,7 +129,21 @@ def _struct(*nodes: bb.BuildingBlock) -> bb.Struct:
 
 
 def federated_value(value: Any, placement: Any) -> Value:
-    """Places an unplaced value at SERVER (``T@SERVER``) or at all CLIENTS (``T@CLIENTS``)."""
+    """Places an unplaced value at the server or at all clients.
+
+    ``T -> T@SERVER`` or ``T -> T@CLIENTS`` (all clients hold the same value).
+
+    Args:
+        value: an unplaced value: a Python or NumPy value, a tensor, or a traced unplaced value.
+        placement: ``fedcore.SERVER`` or ``fedcore.CLIENTS`` (or ``"SERVER"``, ``"CLIENTS"``).
+
+    Returns:
+        The placed value, in the computation being traced.
+
+    Raises:
+        FederatedTypeError: when ``placement`` is not a placement or ``value`` is already placed.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     _require_tracing("federated_value")
     try:
         placement = to_placement(placement)
@@ -140,12 +154,35 @@ def federated_value(value: Any, placement: Any) -> Value:
 
 
 def federated_broadcast(value: Any) -> Value:
-    """``T@SERVER -> T@CLIENTS``."""
+    """Sends a server value to every client: ``T@SERVER -> T@CLIENTS`` (all equal).
+
+    Args:
+        value: a value placed at the server.
+
+    Returns:
+        The value at the clients, in the computation being traced.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not placed at the server.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     return call_intrinsic("federated_broadcast", _federated(value, "federated_broadcast", SERVER))
 
 
 def federated_eval(fn: Any, placement: Any) -> Value:
-    """Runs a no-argument function at the placement."""
+    """Runs a no-argument function at a placement: ``( -> T)`` to ``T@SERVER`` or ``{T}@CLIENTS``.
+
+    Args:
+        fn: a computation or Python function without parameters.
+        placement: ``fedcore.SERVER`` or ``fedcore.CLIENTS``.
+
+    Returns:
+        What ``fn`` returns, placed at ``placement``.
+
+    Raises:
+        FederatedTypeError: when ``placement`` is not a placement or ``fn`` takes arguments.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     _require_tracing("federated_eval")
     try:
         placement = to_placement(placement)
@@ -156,21 +193,60 @@ def federated_eval(fn: Any, placement: Any) -> Value:
 
 
 def federated_map(fn: Any, value: Any) -> Value:
-    """Applies ``fn`` to each member: ``{T}@CLIENTS -> {U}@CLIENTS`` (or at SERVER)."""
+    """Applies ``fn`` to each member: ``<(T -> U),{T}@CLIENTS> -> {U}@CLIENTS`` (or at the server).
+
+    Args:
+        fn: a computation, or a Python function (traced as a ``tf_computation`` at the
+            member type of ``value``).
+        value: a federated value, or a struct of federated values placed alike (zipped first).
+
+    Returns:
+        The results, placed where ``value`` is.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not federated or ``fn`` does not accept its member type.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     node = _federated(value, "federated_map")
     fn_node = function_node(fn, node.type_signature.member, "federated_map")
     return _map_call(map_uri(node.type_signature), fn_node, node, "federated_map")
 
 
 def federated_apply(fn: Any, value: Any) -> Value:
-    """``<(T -> U),T@SERVER> -> U@SERVER``."""
+    """Applies ``fn`` to a server value: ``<(T -> U),T@SERVER> -> U@SERVER``.
+
+    Args:
+        fn: a computation, or a Python function traced at the member type of ``value``.
+        value: a value placed at the server.
+
+    Returns:
+        The result at the server.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not at the server or ``fn`` does not accept its member type.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     node = _federated(value, "federated_apply", SERVER)
     fn_node = function_node(fn, node.type_signature.member, "federated_apply")
     return _map_call("federated_apply", fn_node, node, "federated_apply")
 
 
 def federated_zip(value: Any) -> Value:
-    """A struct of federated values -> a federated struct, at CLIENTS or SERVER."""
+    """Turns a struct of federated values into a federated struct: ``<{A}@CLIENTS,{B}@CLIENTS> -> {<A,B>}@CLIENTS``.
+
+    Works at the server too (``<A@SERVER,B@SERVER> -> <A,B>@SERVER``); names are kept.
+
+    Args:
+        value: a non-empty struct (tuple, list, dict, named tuple or traced struct) of
+            federated values with one placement.
+
+    Returns:
+        The federated struct.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not a non-empty struct of federated values placed alike.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     _require_tracing("federated_zip")
     node = to_node(value, "argument of federated_zip")
     t = node.type_signature
@@ -181,12 +257,36 @@ def federated_zip(value: Any) -> Value:
 
 
 def federated_sum(value: Any) -> Value:
-    """``{T}@CLIENTS -> T@SERVER``."""
+    """The sum of the client values at the server: ``{T}@CLIENTS -> T@SERVER``.
+
+    Args:
+        value: a value placed at the clients, of numeric tensors or structs of them.
+
+    Returns:
+        The element-wise sum, at the server.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not placed at the clients or is not numeric.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     return call_intrinsic("federated_sum", _federated(value, "federated_sum", CLIENTS))
 
 
 def federated_mean(value: Any, weight: Any = None) -> Value:
-    """The mean of client values at the server; weighted by ``weight`` if given."""
+    """The mean of the client values at the server: ``{T}@CLIENTS -> T@SERVER``.
+
+    Args:
+        value: a value placed at the clients, of floating-point tensors or structs of them.
+        weight: optional numeric client weights (``{float32}@CLIENTS``, for example);
+            without it, every client counts the same.
+
+    Returns:
+        The (weighted) mean, at the server.
+
+    Raises:
+        FederatedTypeError: when ``value`` or ``weight`` is not placed at the clients or not floating-point.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     node = _federated(value, "federated_mean", CLIENTS)
     if weight is None:
         return call_intrinsic("federated_mean", node)
@@ -195,15 +295,56 @@ def federated_mean(value: Any, weight: Any = None) -> Value:
 
 
 def federated_min(value: Any) -> Value:
+    """The element-wise minimum of the client values at the server: ``{T}@CLIENTS -> T@SERVER``.
+
+    Args:
+        value: a value placed at the clients, of numeric tensors or structs of them.
+
+    Returns:
+        The minimum, at the server.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not placed at the clients or is not numeric.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     return call_intrinsic("federated_min", _federated(value, "federated_min", CLIENTS))
 
 
 def federated_max(value: Any) -> Value:
+    """The element-wise maximum of the client values at the server: ``{T}@CLIENTS -> T@SERVER``.
+
+    Args:
+        value: a value placed at the clients, of numeric tensors or structs of them.
+
+    Returns:
+        The maximum, at the server.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not placed at the clients or is not numeric.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     return call_intrinsic("federated_max", _federated(value, "federated_max", CLIENTS))
 
 
 def federated_aggregate(value: Any, zero: Any, accumulate: Any, merge: Any, report: Any) -> Value:
-    """Folds client values into an accumulator starting at ``zero``, merges, reports."""
+    """Folds the client values into accumulators, merges them, and reports at the server.
+
+    ``<{V}@CLIENTS,A,(<A,V> -> A),(<A,A> -> A),(A -> R)> -> R@SERVER``.
+
+    Args:
+        value: a value placed at the clients (``{V}@CLIENTS``).
+        zero: the initial accumulator (unplaced, type ``A``).
+        accumulate: ``<A,V> -> A``, adding one client value to an accumulator.
+        merge: ``<A,A> -> A``, merging two accumulators.
+        report: ``A -> R``, turning the final accumulator into the result.
+
+    Returns:
+        The report, at the server.
+
+    Raises:
+        FederatedTypeError: when a function does not accept the types above.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     node = _federated(value, "federated_aggregate", CLIENTS)
     zero_node = to_node(zero, "zero of federated_aggregate")
     a, v = zero_node.type_signature, node.type_signature.member
@@ -217,7 +358,21 @@ def federated_aggregate(value: Any, zero: Any, accumulate: Any, merge: Any, repo
 
 
 def federated_secure_sum(value: Any, max_input: Any) -> Value:
-    """Sums integer client values, each at most ``max_input``."""
+    """Sums integer client values, each at most ``max_input``, without revealing any one of them.
+
+    ``<{T}@CLIENTS,T> -> T@SERVER`` for integer ``T``.
+
+    Args:
+        value: integer values placed at the clients.
+        max_input: the bound of each client's value (a scalar or one per element).
+
+    Returns:
+        The sum, at the server.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not integer values at the clients or ``max_input`` does not match it.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     node = _federated(value, "federated_secure_sum", CLIENTS)
     max_node = to_node(max_input, "max_input of federated_secure_sum")
     return call_intrinsic("federated_secure_sum", _struct(node, max_node))
@@ -232,14 +387,39 @@ def _sequence(value: Any, name: str) -> bb.BuildingBlock:
 
 
 def sequence_map(fn: Any, value: Any) -> Value:
-    """``<(T -> U),T*> -> U*``."""
+    """Applies ``fn`` to each element of a sequence: ``<(T -> U),T*> -> U*``.
+
+    Args:
+        fn: a computation, or a Python function traced at the element type.
+        value: an unplaced sequence (``T*``).
+
+    Returns:
+        The sequence of results.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not a sequence or ``fn`` does not accept its elements.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     node = _sequence(value, "sequence_map")
     fn_node = function_node(fn, node.type_signature.element, "sequence_map")
     return call_intrinsic("sequence_map", _struct(fn_node, node))
 
 
 def sequence_reduce(value: Any, zero: Any, op: Any) -> Value:
-    """``<T*,U,(<U,T> -> U)> -> U``."""
+    """Folds a sequence into one value: ``<T*,U,(<U,T> -> U)> -> U``.
+
+    Args:
+        value: an unplaced sequence (``T*``).
+        zero: the initial value (type ``U``).
+        op: ``<U,T> -> U``, adding one element to the running value.
+
+    Returns:
+        The reduced value.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not a sequence or ``op`` does not accept ``<U,T>``.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     node = _sequence(value, "sequence_reduce")
     zero_node = to_node(zero, "zero of sequence_reduce")
     op_node = function_node(
@@ -249,7 +429,18 @@ def sequence_reduce(value: Any, zero: Any, op: Any) -> Value:
 
 
 def sequence_sum(value: Any) -> Value:
-    """``T* -> T``."""
+    """The sum of a sequence's elements: ``T* -> T``.
+
+    Args:
+        value: an unplaced sequence of numeric tensors or structs of them.
+
+    Returns:
+        The sum.
+
+    Raises:
+        FederatedTypeError: when ``value`` is not a sequence of numeric values.
+        RuntimeError: when called outside a federated computation being traced.
+    """
     return call_intrinsic("sequence_sum", _sequence(value, "sequence_sum"))
 
 

@@ -10,7 +10,7 @@ stack when it is imported; ``execution_context(executor)`` pushes one for
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from fedcore.compiler import context
 from fedcore.compiler.tracing import arrange_arguments
@@ -29,8 +29,16 @@ def set_default_executor_factory(factory: Callable[[], Any]) -> None:
     _default["factory"] = factory
 
 
-def get_default_executor():
-    """The executor that runs computations called like Python functions."""
+def get_default_executor() -> Any:
+    """The executor that runs computations called like Python functions.
+
+    Returns:
+        The executor set with :func:`set_default_executor`, else the built-in default (a
+        ``FallbackExecutor``, made on first use).
+
+    Raises:
+        RuntimeError: when ``fedcore.runtime`` was never imported (``import fedcore`` imports it).
+    """
     if _default["executor"] is None:
         if _default["factory"] is None:
             raise RuntimeError("no default executor: import fedcore.runtime, which sets one")
@@ -38,9 +46,18 @@ def get_default_executor():
     return _default["executor"]
 
 
-def set_default_executor(executor) -> None:
-    """Sets the default executor; ``None`` restores the built-in default (a fresh ``FallbackExecutor``:
-    the TensorFlow executor, with the reference interpreter for what it cannot run)."""
+def set_default_executor(executor: Optional[Any]) -> None:
+    """Sets the executor that computations called like Python functions run on.
+
+    Args:
+        executor: an executor (anything with an ``execute`` method, such as
+            ``ReferenceExecutor()``), or ``None`` to restore the built-in default (a fresh
+            ``FallbackExecutor``: the TensorFlow executor, with the reference interpreter for
+            what it cannot run).
+
+    Raises:
+        TypeError: when ``executor`` has no ``execute`` method.
+    """
     if executor is not None:
         _check_executor(executor)
     _default["executor"] = executor
@@ -66,15 +83,29 @@ class ExecutionContext:
 
 
 @contextlib.contextmanager
-def execution_context(executor):
-    """Runs computations called inside the ``with`` block on ``executor``."""
+def execution_context(executor: Any) -> Iterator[Any]:
+    """Runs computations called inside the ``with`` block on ``executor``.
+
+    Args:
+        executor: an executor (anything with an ``execute`` method).
+
+    Yields:
+        ``executor``, for ``with execution_context(ReferenceExecutor()) as ex:``.
+
+    Raises:
+        TypeError: when ``executor`` has no ``execute`` method.
+    """
     _check_executor(executor)
     with context.pushed(ExecutionContext(executor)):
         yield executor
 
 
-def current_executor():
-    """The executor that a computation called now (outside tracing) runs on."""
+def current_executor() -> Any:
+    """The executor that a computation called now (outside tracing) runs on.
+
+    Returns:
+        The executor of the innermost :func:`execution_context`, else the default executor.
+    """
     for ctx in context.invoking_contexts():
         if isinstance(ctx, ExecutionContext):
             return ctx.executor

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple, Union
 
-import h5py
 import numpy as np
 import tensorflow as tf
 
+from fedcore._extras import require
 from fedcore.simulation.client_data import ClientData
 from fedcore.simulation.errors import DatasetFileError
 from fedcore.types import to_type
+
+if TYPE_CHECKING:
+    import h5py
 
 # name -> (dtype, shape of one example)
 Layout = Mapping[str, Tuple[Any, Tuple[int, ...]]]
@@ -40,11 +43,13 @@ def load_hdf5(path: Union[str, Path], group: str = "examples", layout: Optional[
     first client's arrays define the layout, in name order.
 
     Raises FileNotFoundError for a missing file and DatasetFileError, naming
-    the file, when it is not HDF5 or not laid out as described.
+    the file, when it is not HDF5 or not laid out as described; a
+    ModuleNotFoundError naming the ``datasets`` extra when h5py is not installed.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    h5py = require("h5py", "datasets", "reading client data from HDF5 files")
     try:
         handle = h5py.File(path, "r")
     except OSError as e:
@@ -88,6 +93,8 @@ def load_hdf5(path: Union[str, Path], group: str = "examples", layout: Optional[
 
 def _client_arrays(path: Path, examples: h5py.Group, client_id: str, layout: Optional[Layout]):
     """The h5py datasets of one client, checked against ``layout``; reads no array data."""
+    import h5py  # imported by load_hdf5 already, which made ``examples``
+
     where = f"{examples.name.lstrip('/')}/{client_id}"
     try:
         group = examples[client_id]

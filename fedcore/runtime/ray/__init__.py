@@ -1,4 +1,4 @@
-"""Running computations on a Ray cluster (``pip install 'fedcore[ray]'``)."""
+"""Running computations on a Ray cluster (``pip install 'fedcore-tf[ray]'``)."""
 
 from fedcore.runtime.ray.executor import RayExecutor, WorkerFailure, WorkerPool
 

@@ -19,7 +19,7 @@ def import_ray():
     try:
         import ray
     except ImportError:  # pragma: no cover - depends on the installation
-        raise ImportError("RayExecutor needs Ray: pip install 'fedcore[ray]'") from None
+        raise ImportError("RayExecutor needs Ray: pip install 'fedcore-tf[ray]'") from None
     return ray
 
 

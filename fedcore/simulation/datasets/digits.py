@@ -36,6 +36,7 @@ from typing import Tuple
 
 import numpy as np
 
+from fedcore._extras import require
 from fedcore.simulation.client_data import ClientData
 
 MIN_EXAMPLES_PER_CLIENT = 5
@@ -59,9 +60,8 @@ def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def emnist_like_digits() -> Tuple[np.ndarray, np.ndarray]:
     """All 1797 digits as (pixels float32 [N,28,28] with 1.0 background, labels int32 [N]); read-only."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    datasets = require("sklearn.datasets", "datasets", "the embedded handwritten digits")
+    digits = datasets.load_digits()
     ink = digits.images.astype(np.float64) / 16.0
     resize = _bilinear_matrix(ink.shape[1], DIGIT_BOX)
     big = np.einsum("ij,njk,lk->nil", resize, ink, resize)
@@ -109,7 +109,23 @@ def load_data(
 
     Elements are ``OrderedDict(label=int32, pixels=float32[28,28])``, as in
     Federated EMNIST.  See the module documentation for how images are made
-    EMNIST-like and how examples are assigned to clients.
+    EMNIST-like and how examples are assigned to clients.  Needs the ``datasets``
+    extra (scikit-learn, which ships the digits); nothing is downloaded.
+
+    Args:
+        num_clients: how many clients share the 1797 digits (each gets at least
+            ``MIN_EXAMPLES_PER_CLIENT``).
+        alpha: the Dirichlet concentration of the label split; small is more non-IID.
+        test_fraction: the share of each client's examples in its test set, in [0, 1).
+        seed: the seed of the one generator everything is drawn from.
+
+    Returns:
+        ``(train, test)``, two ClientData with the same client ids.
+
+    Raises:
+        TypeError: when ``num_clients`` is not an int.
+        ValueError: when ``num_clients``, ``alpha`` or ``test_fraction`` is out of range.
+        ModuleNotFoundError: when scikit-learn is not installed (the message names the extra).
     """
     pixels, labels = emnist_like_digits()
     if isinstance(num_clients, bool) or not isinstance(num_clients, (int, np.integer)):

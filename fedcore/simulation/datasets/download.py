@@ -1,20 +1,31 @@
 """Fetching, verifying and unpacking data set archives into a local cache.
 
-``fetch`` is the only function that touches the network; tests replace it
+The download and its cache are pooch's (``pooch.create(...).fetch``): the archive goes to a
+temporary file in the cache folder and is moved to its name only once its sha256 matches,
+an archive already there with the right hash is not downloaded again, a failed attempt is
+retried once, and on a terminal the download shows a progress bar (tqdm).  ``fetch`` is the
+one function that touches the network; tests replace it
 (``monkeypatch.setattr(download, "fetch", ...)``) so that nothing is downloaded.
+
+Unpacking stays here (``extract_files``): it writes only the named files, by base name,
+so an archive cannot write outside the cache folder whatever its member paths.
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import os
 import shutil
+import sys
 import tarfile
-import urllib.request
 from pathlib import Path
 from typing import Iterable, List, Optional, Union
 
+from fedcore._extras import require
 from fedcore.simulation.errors import DatasetDownloadError, DatasetFileError
+
+# Attempts after the first when a download fails or its checksum does not match.
+RETRIES = 1
 
 
 def default_cache_dir() -> Path:
@@ -27,43 +38,46 @@ def default_cache_dir() -> Path:
 
 
 def fetch(url: str, destination: Path, timeout: float = 60.0) -> None:
-    """Copies the resource at ``url`` to the file ``destination``; raises OSError on failure."""
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(destination, "wb") as out:
-        shutil.copyfileobj(response, out, length=1 << 20)
+    """Copies the resource at ``url`` to the file ``destination``, with a progress bar on a terminal.
 
-
-def sha256_of(path: Union[str, Path]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    Raises:
+        OSError: when the download fails (``requests``' errors are OSErrors).
+    """
+    pooch = require("pooch", "datasets", "downloading a data set")
+    progress = sys.stderr.isatty() and importlib.util.find_spec("tqdm") is not None
+    pooch.HTTPDownloader(progressbar=progress, timeout=timeout)(url, str(destination), None)
 
 
 def download_archive(url: str, sha256: str, directory: Path, help_text: str = "") -> Path:
     """The archive at ``url`` as a verified file in ``directory``, downloaded if not already there.
 
-    A download goes to a ``.part`` file and is renamed only once its sha256
-    matches, so an interrupted or corrupt download never looks complete.
+    Args:
+        url: where the archive is; its last path component is the file's name.
+        sha256: the archive's published SHA-256, in hex.
+        directory: the cache folder (made if missing).
+        help_text: appended to error messages (how to get the files another way).
+
+    Returns:
+        The path of the verified archive.
+
+    Raises:
+        DatasetDownloadError: when the download fails.
+        DatasetFileError: when the downloaded bytes do not have the published sha256; nothing
+            is left under the archive's name.
     """
+    pooch = require("pooch", "datasets", "downloading a data set")
     directory.mkdir(parents=True, exist_ok=True)
-    archive = directory / url.rsplit("/", 1)[-1]
-    if archive.is_file() and sha256_of(archive) == sha256:
-        return archive
-    partial = archive.with_name(archive.name + ".part")
+    base, name = url.rsplit("/", 1)
+    cache = pooch.create(path=directory, base_url=base + "/", registry={name: f"sha256:{sha256}"},
+                         retry_if_failed=RETRIES)
     try:
-        fetch(url, partial)  # looked up at call time, so tests can replace it
+        # ``fetch`` is looked up at call time, so tests can replace it.
+        path = cache.fetch(name, downloader=lambda u, output, _pooch: fetch(u, Path(output)))
     except OSError as e:
-        partial.unlink(missing_ok=True)
         raise DatasetDownloadError(f"could not download {url} ({e}). {help_text}".strip()) from None
-    actual = sha256_of(partial)
-    if actual != sha256:
-        partial.unlink(missing_ok=True)
-        raise DatasetFileError(
-            url, f"the downloaded archive is corrupt: its sha256 is {actual}, expected {sha256}. {help_text}".strip()
-        )
-    partial.replace(archive)
-    return archive
+    except ValueError as e:  # pooch: the hash of the downloaded file does not match
+        raise DatasetFileError(url, f"the downloaded archive is corrupt: {e} {help_text}".strip()) from None
+    return Path(path)
 
 
 def extract_files(archive: Path, names: Iterable[str], directory: Path) -> List[Path]:

@@ -54,7 +54,26 @@ def load_data(
     With ``path``, the two files are read from that directory and nothing is
     downloaded.  Without it, they are looked for in ``cache_dir`` (by default
     :func:`download.default_cache_dir`), and if absent the archive is
-    downloaded there, checked against its published sha256 and unpacked.
+    downloaded there, checked against its published sha256 and unpacked.  Needs
+    the ``datasets`` extra (h5py).
+
+    Args:
+        only_digits: the 10-class digits-only variant (True) or all 62 classes (False).
+        cache_dir: where downloaded files are kept; ``$FEDCORE_DATA_DIR`` or the user's
+            cache folder when None.
+        path: a directory that already holds the two HDF5 files; nothing is downloaded.
+
+    Returns:
+        ``(train, test)`` ClientData, read lazily (a writer's arrays on first use).
+
+    Raises:
+        FileNotFoundError: when ``path`` lacks one of the files.
+        NotADirectoryError: when ``path`` is a file.
+        DatasetDownloadError: when the download fails (the message says how to get the
+            files without network access).
+        DatasetFileError: when the download's checksum is wrong, or a file is not the
+            expected HDF5 layout.
+        ModuleNotFoundError: when h5py is not installed (the message names the extra).
     """
     prefix, sha256 = ARCHIVES[bool(only_digits)]
     names = file_names(only_digits)
