@@ -272,7 +272,7 @@ def cnn_vectorized_round(arrays):
 
 
 def gru_vectorized_round(arrays):
-    """Keras's GRU cell (reset_after) written with batched matmuls over the clients axis, time unrolled."""
+    """Keras's GRU cell (reset_after) written with batched matmuls over the clients axis, a scan over time."""
     model = gru_keras()
     b = GRU_BATCH
     n = len(arrays)
@@ -283,20 +283,19 @@ def gru_vectorized_round(arrays):
     def forward(ws, x):
         emb, kernel, recurrent, bias, dk, db = ws
         e = tf.gather(emb, x, batch_dims=1)  # [clients, B, T, E]
-        inputs = tf.einsum("cbte,ceg->cbtg", e, kernel) + bias[:, 0][:, None, None]
-        h = tf.zeros([n, b, UNITS])
-        outs = []
-        for t in range(SEQ):
-            x_z, x_r, x_h = tf.split(inputs[:, :, t], 3, axis=-1)
-            inner = tf.einsum("cbu,cug->cbg", h, recurrent) + bias[:, 1][:, None]
+        inputs = tf.einsum("cbte,ceg->tcbg", e, kernel) + bias[:, 0][None, :, None]  # [T, clients, B, 3U]
+
+        def cell(h, x_t):
+            x_z, x_r, x_h = tf.split(x_t, 3, axis=-1)
+            inner = tf.matmul(h, recurrent) + bias[:, 1][:, None]
             h_z, h_r, h_h = tf.split(inner, 3, axis=-1)
             z = tf.sigmoid(x_z + h_z)
             r = tf.sigmoid(x_r + h_r)
             hh = tf.tanh(x_h + r * h_h)
-            h = z * h + (1 - z) * hh
-            outs.append(h)
-        hs = tf.stack(outs, axis=2)  # [clients, B, T, U]
-        return tf.einsum("cbtu,cuv->cbtv", hs, dk) + db[:, None, None]
+            return z * h + (1 - z) * hh
+
+        hs = tf.scan(cell, inputs, initializer=tf.zeros([n, b, UNITS]))  # [T, clients, B, U]
+        return tf.einsum("tcbu,cuv->cbtv", hs, dk) + db[:, None, None]
 
     @tf.function
     def round_fn(weights, xs, ys):
