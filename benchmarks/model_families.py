@@ -23,10 +23,10 @@ sequential, against, in the same run:
   tf.function that iterates the client's tf.data dataset.
 
 Run by hand:  python benchmarks/model_families.py [--rounds 3] [--cnn 20 50] [--gru 10 20]
-It prints a markdown table (the fastest round's seconds after a warm-up round, the
-variants taking turns round by round, and
-each figure's ratio to the hand-vectorized floor and to the best per-client
-loop) and writes it to benchmarks/results/model_families.md.
+It prints a markdown table (the fastest round after a warm-up round, the
+variants taking turns round by round, in wall seconds and in CPU seconds of
+the process, with each figure's ratio to the hand-vectorized floor and to the
+best per-client loop) and writes it to benchmarks/results/model_families.md.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -322,23 +322,25 @@ def gru_vectorized_round(arrays):
 # Timing.
 
 
-def time_interleaved(runners: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, float]:
-    """Each runner's fastest of ``rounds`` rounds after a warm-up round, the runners taking turns.
+def time_interleaved(runners: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, Tuple[float, float]]:
+    """Each runner's fastest round after a warm-up round, in wall seconds and in this process's CPU seconds.
 
-    On a shared machine the load changes from minute to minute: taking turns
-    round by round exposes every runner to the same load, and the fastest
-    round is the least disturbed one.
+    On a shared machine the load changes from minute to minute: the runners
+    take turns round by round, so that each meets the same load, and the
+    fastest round is the least disturbed one.  CPU time (all threads) is what
+    the work itself cost, whatever else ran on the machine.
     """
-    best: Dict[str, float] = {}
+    best: Dict[str, List[float]] = {}
     for name, run_round in runners.items():
         run_round()  # warm-up: tracing, compilation, first materialization
-        best[name] = float("inf")
+        best[name] = [float("inf"), float("inf")]
     for _ in range(rounds):
         for name, run_round in runners.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             run_round()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            best[name][0] = min(best[name][0], time.perf_counter() - wall)
+            best[name][1] = min(best[name][1], time.process_time() - cpu)
+    return {name: (w, c) for name, (w, c) in best.items()}
 
 
 FLOOR = "hand-vectorized floor"
@@ -387,20 +389,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     command = "python benchmarks/model_families.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        "| model | clients | executor | s / round | × floor | × best per-client loop |",
-        "|---|---:|---|---:|---:|---:|",
+        "| model | clients | executor | s / round | × floor | × best per-client loop | CPU s / round | × floor (CPU) | × best loop (CPU) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for family, cohorts in (("cnn", args.cnn), ("gru", args.gru)):
         for n in cohorts:
             results, chosen = bench(family, n, args.rounds)
             floor = results[FLOOR]
-            loop = min(results[GRAPH_LOOP], results[PLAIN_LOOP])
-            for name, seconds in results.items():
-                if seconds is None:
-                    row = f"| {family.upper()} | {n} | {name} | refused | | |"
+            loop = [min(results[GRAPH_LOOP][k], results[PLAIN_LOOP][k]) for k in (0, 1)]
+            for name, times in results.items():
+                if times is None:
+                    row = f"| {family.upper()} | {n} | {name} | refused | | | | | |"
                 else:
-                    row = f"| {family.upper()} | {n} | {name} | {seconds:.4f} | {seconds / floor:.2f} | {seconds / loop:.2f} |"
+                    (w, c) = times
+                    row = (f"| {family.upper()} | {n} | {name} | {w:.4f} | {w / floor[0]:.2f} | {w / loop[0]:.2f} "
+                           f"| {c:.4f} | {c / floor[1]:.2f} | {c / loop[1]:.2f} |")
                 lines.append(row)
                 print(row, flush=True)
             notes.append(f"- {family.upper()} at {n} clients, auto: `{chosen['auto']}`")
