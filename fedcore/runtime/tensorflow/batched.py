@@ -25,7 +25,7 @@ from fedcore.runtime.tensorflow.lowering import (
     unflatten,
     unwrap_batched,
 )
-from fedcore.runtime.tensorflow.tables import BATCHED, NotVectorizable
+from fedcore.runtime.tensorflow.tables import BATCHED, NeedsAllClients, NotVectorizable
 from fedcore.runtime.tensorflow.values import Batched
 from fedcore.structure import Struct
 from fedcore.types import Type
@@ -67,7 +67,10 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
         return unflatten([Batched(a) for a in _masked(c, op, seq.steps, element_type, acc_type, acc0)], acc_type)
     fixed = _fixed_leaves(op, zero, acc_type)
     carried = [a for j, a in enumerate(acc0) if j not in fixed]
-    out = iter(_ragged(c, op, seq.steps, element_type, acc_type, carried, fixed))
+    try:
+        out = iter(_ragged(c, op, seq.steps, element_type, acc_type, carried, fixed))
+    except NeedsAllClients:
+        return unflatten([Batched(a) for a in _masked(c, op, seq.steps, element_type, acc_type, acc0)], acc_type)
     return unflatten([fixed[j] if j in fixed else Batched(next(out)) for j in range(len(acc0))], acc_type)
 
 

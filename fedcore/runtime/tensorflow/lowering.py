@@ -8,6 +8,8 @@ can (``Lowered.batched``) and in a graph loop otherwise.
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import tensorflow as tf
@@ -18,7 +20,8 @@ from fedcore.compiler import tf_bridge
 from fedcore.compiler.intrinsics import lookup
 from fedcore.runtime.datasets import to_tf_leaves
 from fedcore.runtime.executor import ExecutionError, Unsupported
-from fedcore.runtime.tensorflow.tables import BATCHED, RULES, NotVectorizable
+from fedcore.runtime.tensorflow import per_client
+from fedcore.runtime.tensorflow.tables import BATCHED, RULES, NeedsAllClients, NotVectorizable
 from fedcore.runtime.tensorflow.values import Batched, ClientSequences, Shared, ShuffledSequences, Stacked
 from fedcore.structure import Struct
 from fedcore.types import FederatedType, FunctionType, SequenceType, StructType, TensorType, Type
@@ -57,14 +60,21 @@ def flat(value: Any) -> List[Any]:
 
 
 def client_view(value: Any, i: tf.Tensor) -> Any:
-    """Client ``i``'s member of a stacked value."""
+    """Client ``i``'s member of a stacked value (its sequences: a ``per_client.ClientSequence``)."""
     if isinstance(value, Shared):
         return value.value
     if isinstance(value, Struct):
         return Struct([(n, client_view(v, i)) for n, v in value.items()])
     if isinstance(value, (ClientSequences, ShuffledSequences)):
-        return value.dataset(i)
+        return per_client.view(value, i)
     return value[i]
+
+
+def with_datasets(value: Any) -> Any:
+    """``value`` with every client sequence view as a tf.data.Dataset, for TF code that takes datasets."""
+    if isinstance(value, Struct):
+        return Struct([(n, with_datasets(v)) for n, v in value.items()])
+    return per_client.as_dataset(value)
 
 
 def batched_view(value: Any) -> Any:
@@ -160,6 +170,71 @@ def structure_to_internal(value: Any, t: Type) -> Any:
 
 
 # --------------------------------------------------------------------------
+# tf.vectorized_map, and what its conversion says.
+
+# pfor's own words when it runs an op once per client in a loop instead of on the clients axis.
+_CLIENT_LOOP = re.compile(r"^(\w+) uses a while_loop|^Using a while_loop for converting (\w+)")
+# What pfor logs, before raising, about an op it failed to convert (the error itself is raised).
+_CONVERSION_ERROR = ("Got error while pfor was converting op", "created at:")
+
+
+class _PforLog(logging.Filter):
+    """Records the ops pfor runs as loops over clients; drops its messages where fedcore decides."""
+
+    def __init__(self, decides: bool):
+        super().__init__()
+        self.decides = decides
+        self.loops: List[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        m = _CLIENT_LOOP.match(message)
+        if m:
+            self.loops.append(m.group(1) or m.group(2))
+            return not self.decides
+        if self.decides and record.levelno >= logging.ERROR and any(k in message for k in _CONVERSION_ERROR):
+            return False  # the conversion's failure becomes the strategy report's reason
+        return True
+
+
+def vectorize(fn: Callable[..., Any], inputs: List[tf.Tensor], label: str, forced: bool,
+              subset: bool = False) -> List[tf.Tensor]:
+    """``tf.vectorized_map(fn, inputs)``, or ``NotVectorizable`` saying why it does not pay or cannot run.
+
+    Any failure of pfor's conversion is ``NotVectorizable``: the sequential
+    loop runs the same client work (and raises the user's own errors there).
+    Where pfor would run an op of the client work in a loop over clients
+    inside every vectorized step (it has no batched form of the op, e.g. the
+    filter gradient of a per-client convolution), the step costs a per-client
+    loop plus the vectorized rest: unless vectorization is ``forced``, that is
+    refused too, and the sequential loop runs the whole client work.
+    """
+    log = _PforLog(decides=not forced)
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(log)
+    try:
+        out = tf.vectorized_map(fn, inputs)
+    except NotVectorizable:
+        raise
+    except Exception as e:  # noqa: BLE001 - pfor's failures are of every kind (TypeError, ValueError, ...)
+        first = str(e).strip().splitlines()
+        detail = next((line.strip() for line in first if line.strip() and "in user code" not in line), "")
+        if not detail.startswith(f"{type(e).__name__}:"):
+            detail = f"{type(e).__name__}: {detail}"
+        raise NotVectorizable(f"tf.vectorized_map cannot convert {label}: {detail}"[:400]) from None
+    finally:
+        logger.removeFilter(log)
+    if log.loops and subset:
+        # pfor's loops over clients need a static count of them: run on all clients, masked.
+        raise NeedsAllClients(f"tf.vectorized_map would run {', '.join(sorted(set(log.loops)))} of {label} "
+                              "in a loop over clients")
+    if log.loops and not forced:
+        ops = ", ".join(sorted(set(log.loops)))
+        raise NotVectorizable(f"tf.vectorized_map would run {ops} of {label} in a loop over clients")
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+# --------------------------------------------------------------------------
 # Lowered functions.
 
 
@@ -238,7 +313,7 @@ class Compiler:
         t = node.type_signature
 
         def call(arg):
-            leaves_in = [] if t.parameter is None else to_tf_leaves(arg, t.parameter)
+            leaves_in = [] if t.parameter is None else to_tf_leaves(with_datasets(arg), t.parameter)
             return unflatten(fn.graph_call(leaves_in), t.result)
 
         label = node.name or "a TF computation"
@@ -269,7 +344,7 @@ class Compiler:
             same = {j: i for j, i in same.items() if i is not None}
             computed = [j for j in range(len(leaf_types(t.result))) if j not in same]
 
-            def per_client(batched_leaves):
+            def one_client(batched_leaves):
                 full = list(arg_leaves)
                 for i, v in zip(batched_idx, batched_leaves):
                     full[i] = v
@@ -279,11 +354,8 @@ class Compiler:
 
             # A static clients axis lets pfor read each client's slice without copying the inputs.
             inputs = [with_clients_axis(arg_leaves[i].value, self.n) for i in batched_idx]
-            try:
-                out = tf.vectorized_map(per_client, inputs)
-            except AttributeError as e:  # pfor cannot convert some functions imported from a GraphDef
-                # Not vectorizable: 'auto' runs the sequential loop instead, 'vectorized' reports Unsupported.
-                raise NotVectorizable(f"tf.vectorized_map cannot convert {node.name or 'a TF computation'}: {e}") from None
+            out = (vectorize(one_client, inputs, label, self.strategy == "vectorized", not isinstance(self.n, int))
+                   if computed else [])
             if not same:
                 return unflatten([Batched(o) for o in out], t.result)
             out = dict(zip(computed, (Batched(o) for o in out)))

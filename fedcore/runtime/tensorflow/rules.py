@@ -17,6 +17,7 @@ from fedcore.compiler import algebra
 from fedcore.compiler import intrinsics as defs
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.intrinsics import Kind
+from fedcore.compiler.tf_bridge import leaf_types
 from fedcore.runtime import secure_aggregation
 from fedcore.runtime.executor import ExecutionError
 from fedcore.runtime.tensorflow.lowering import (
@@ -33,6 +34,7 @@ from fedcore.runtime.tensorflow.lowering import (
     unflatten,
     zeros,
 )
+from fedcore.runtime.tensorflow import per_client
 from fedcore.runtime.tensorflow.tables import RULES
 from fedcore.runtime.tensorflow.values import Stacked
 from fedcore.structure import Struct
@@ -218,7 +220,7 @@ def _dataset_fn(fn: Lowered, element_type: Type):
 @RULES.register(defs.SEQUENCE_MAP)
 def _sequence_map(c: Compiler, arg, t):
     fn, ds = arg
-    return ds.map(_dataset_fn(fn, t.parameter[1].element))
+    return per_client.as_dataset(ds).map(_dataset_fn(fn, t.parameter[1].element))
 
 
 def _to_nest(value: Any) -> Any:
@@ -237,6 +239,13 @@ def _from_nest(nest: Any, t: Type) -> Any:
 def _sequence_reduce(c: Compiler, arg, t):
     ds, zero, op = arg
     element_type, acc_type = t.parameter[0].element, t.parameter[1]
+    if isinstance(ds, per_client.ClientSequence):  # stepped from the cohort's tensors, no tf.data
+        def fold(acc, element):
+            new = op(Struct.unnamed(unflatten(acc, acc_type), unflatten(element, element_type)))
+            return cast_flat(new, acc_type)
+
+        invariants = [tf.TensorShape(None if lt.shape is None else list(lt.shape)) for lt in leaf_types(acc_type)]
+        return unflatten(ds.reduce(cast_flat(zero, acc_type), invariants, fold), acc_type)
 
     def step(acc, *element):
         e = element[0] if len(element) == 1 else element
@@ -256,6 +265,7 @@ def _cast_like(value: Any, t: Type) -> Any:
 def _sequence_sum(c: Compiler, ds, t):
     """The sum monoid folded over the dataset, as the reference sums: integers exactly."""
     element_type = t.parameter.element
+    ds = per_client.as_dataset(ds)
     monoid, xp = defs.FEDERATED_SUM.monoid, algebra.TENSORFLOW
     try:
         zero = monoid.zero(xp, element_type)

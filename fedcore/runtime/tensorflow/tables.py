@@ -13,3 +13,7 @@ BATCHED = RuleTable("tensorflow-vectorized")
 
 class NotVectorizable(Exception):
     """Raised while lowering client work that cannot run on a clients axis."""
+
+
+class NeedsAllClients(NotVectorizable):
+    """The work vectorizes only on the whole, static clients axis (not on a changing subset of clients)."""
