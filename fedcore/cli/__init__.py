@@ -4,7 +4,11 @@
 ``fedcore train`` trains a model with federated averaging on the embedded
 digits data set (or Federated EMNIST with ``--emnist DIR``), shows a progress
 bar and one row per round, and writes into ``--out``: ``metrics.csv``,
-TensorBoard scalars under ``tensorboard/`` and ``metrics.png``.
+TensorBoard scalars under ``tensorboard/``, ``metrics.png``, the trained model
+``model.keras``, the run's settings ``config.toml`` and its log ``train.log``.
+
+Importing this package is cheap: TensorFlow is imported only by a command that
+needs it, so that ``fedcore --help`` answers at once.
 
 The training loop calls the helpers below through this package, so that
 patching ``fedcore.cli.NAME`` (as tests and benchmarks/long_run.py do) takes effect.
@@ -36,7 +40,7 @@ from fedcore.cli.outputs import (  # noqa: E402
     plot_metrics,
     write_csv,
 )
-from fedcore.cli.parser import EXECUTORS, MAX_EVAL_CLIENTS, build_parser  # noqa: E402
+from fedcore.cli.parser import EXECUTORS, MAX_EVAL_CLIENTS, apply_config, build_parser  # noqa: E402
 from fedcore.cli.signature import resolve_target, signature_command  # noqa: E402
 from fedcore.cli.train import (  # noqa: E402
     RUN_SETTINGS,
@@ -48,7 +52,7 @@ from fedcore.cli.train import (  # noqa: E402
 )
 
 __all__ = [
-    "ACCURACY_NAMES", "CSV_COLUMNS", "EXECUTORS", "FORMS", "LOSS_NAMES", "MAX_EVAL_CLIENTS", "MODELS", "RUN_SETTINGS",
+    "ACCURACY_NAMES", "CSV_COLUMNS", "apply_config", "EXECUTORS", "FORMS", "LOSS_NAMES", "MAX_EVAL_CLIENTS", "MODELS", "RUN_SETTINGS",
     "DataModelMismatch", "RoundError", "TensorBoardLog", "build_parser", "check_data_matches_model",
     "checkpoint_extra", "compile_command", "describe", "find_metric", "input_spec", "inspect_command",
     "keras_model", "load_client_data", "main", "plot_metrics", "preprocess", "resolve_target", "resume_settings",
@@ -57,13 +61,26 @@ __all__ = [
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "signature":
-        return signature_command(args, parser)
-    if args.command == "compile":
-        return compile_command(args, parser)
-    if args.command == "inspect":
-        return inspect_command(args, parser)
-    return train_command(args, parser)
+    """Runs the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    0: done; 1: the command failed (the message says why); 2: bad usage (argparse's message, raised as
+    SystemExit); 130: interrupted with Ctrl-C.
+    """
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command == "train" and args.config is not None:
+            args = apply_config(parser, argv, args)
+        if args.command == "signature":
+            return signature_command(args, parser)
+        if args.command == "compile":
+            return compile_command(args, parser)
+        if args.command == "inspect":
+            return inspect_command(args, parser)
+        return train_command(args, parser)
+    except KeyboardInterrupt:  # outside the training loop, which stops cleanly by itself
+        print(f"{parser.prog if 'parser' in locals() else 'fedcore'}: interrupted", file=sys.stderr)
+        return 130
