@@ -30,6 +30,7 @@ from fedcore.cli.models import (  # noqa: E402
     keras_model,
     load_client_data,
     preprocess,
+    save_keras_model,
 )
 from fedcore.cli.outputs import (  # noqa: E402
     ACCURACY_NAMES,
@@ -44,8 +45,12 @@ from fedcore.cli.parser import EXECUTORS, MAX_EVAL_CLIENTS, apply_config, build_
 from fedcore.cli.signature import resolve_target, signature_command  # noqa: E402
 from fedcore.cli.train import (  # noqa: E402
     RUN_SETTINGS,
+    RUN_OUTPUTS,
+    MissingExtra,
+    Reporter,
     RoundError,
     checkpoint_extra,
+    resume_command,
     resume_settings,
     run_settings,
     train_command,
@@ -56,7 +61,8 @@ __all__ = [
     "DataModelMismatch", "RoundError", "TensorBoardLog", "build_parser", "check_data_matches_model",
     "checkpoint_extra", "compile_command", "describe", "find_metric", "input_spec", "inspect_command",
     "keras_model", "load_client_data", "main", "plot_metrics", "preprocess", "resolve_target", "resume_settings",
-    "run_settings", "signature_command", "train_command", "write_csv",
+    "run_settings", "save_keras_model", "signature_command", "RUN_OUTPUTS", "MissingExtra", "Reporter",
+    "resume_command", "train_command", "write_csv",
 ]
 
 
