@@ -88,5 +88,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return inspect_command(args, parser)
         return train_command(args, parser)
     except KeyboardInterrupt:  # outside the training loop, which stops cleanly by itself
-        print(f"{parser.prog if 'parser' in locals() else 'fedcore'}: interrupted", file=sys.stderr)
+        print("fedcore: interrupted", file=sys.stderr)
         return 130

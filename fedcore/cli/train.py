@@ -448,7 +448,8 @@ def _run(args, report: Reporter, out: Path, resume_from, started, train_data, te
     rows: List[Dict[str, Any]] = []
     state: Any = None
     first_round = 1
-    interrupted: Optional[int] = None  # the round that Ctrl-C stopped
+    interrupted = False  # by Ctrl-C
+    discarded: Optional[int] = None  # the round that Ctrl-C stopped before it was complete
     saved_round = 0  # the round of the newest checkpoint
     try:
         with fedcore.execution_context(executor):
@@ -475,6 +476,7 @@ def _run(args, report: Reporter, out: Path, resume_from, started, train_data, te
             ) as progress:
                 task = progress.add_task("training", total=args.rounds, completed=first_round - 1)
                 round_num = first_round
+                boarded = printed = 0  # the last round written to TensorBoard, and printed
                 try:
                     for round_num in range(first_round, args.rounds + 1):
                         new_state, row, result = _one_round(
@@ -483,19 +485,29 @@ def _run(args, report: Reporter, out: Path, resume_from, started, train_data, te
                         )
                         state, rows = new_state, [*rows, row]  # together: Ctrl-C cannot fall between the two
                         board.write(row)
+                        boarded = round_num
                         cli.write_csv(out / "metrics.csv", rows)  # after every round: an interrupted run keeps them
                         if checkpoints is not None:
                             if checkpoints.maybe_save(state, round_num, checkpoint_extra(args, rows),
                                                       final=round_num == args.rounds) is not None:
                                 saved_round = round_num
                         _print_round(report, progress.console, row, result)
+                        printed = round_num
                         progress.advance(task)
                 except KeyboardInterrupt:
-                    interrupted = round_num
+                    # Ctrl-C after a round was complete, during its bookkeeping: finish that instead.
+                    interrupted = True
+                    discarded = None if rows and rows[-1]["round"] == round_num else round_num
+                    if rows and rows[-1]["round"] == round_num:
+                        if boarded != round_num:
+                            board.write(rows[-1])
+                        cli.write_csv(out / "metrics.csv", rows)
+                        if printed != round_num:
+                            _print_round(report, progress.console, rows[-1], result)
     finally:
         board.close()
     completed = len(rows) and rows[-1]["round"]
-    if interrupted is not None:
+    if interrupted:
         # The interrupted round is discarded: ``state`` and ``rows`` end with the last completed one.
         # Nothing reads a state that a round left half-made (run_round returns the new state whole).
         if checkpoints is not None and completed and completed > saved_round:
@@ -508,10 +520,11 @@ def _run(args, report: Reporter, out: Path, resume_from, started, train_data, te
         cli.save_keras_model(args.model, state, out / "model.keras")
         wrote.append("model.keras")
     wrote += ["config.toml", "train.log", "tensorboard/"] + (["checkpoints/"] if saved_round else [])
-    if interrupted is not None:
+    if interrupted:
         kept = f"kept the rounds up to {completed}" if completed else "no round completed"
-        report.error(f"fedcore train: interrupted during round {interrupted} of {args.rounds} ({kept}, discarded "
-                     f"round {interrupted}); wrote {', '.join(wrote)} into {out}")
+        when = f"during round {discarded} of {args.rounds} ({kept}, discarded round {discarded})" if discarded \
+            else f"after round {completed} of {args.rounds}"
+        report.error(f"fedcore train: interrupted {when}; wrote {', '.join(wrote)} into {out}")
         if saved_round:
             report.error(f"continue the run with: {resume_command(out)}")
         elif checkpoints is None:
