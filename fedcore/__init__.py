@@ -29,6 +29,9 @@ _EXPORTS = {
     "fedcore.compiler.serialization": ("deserialize", "serialize"),
 }
 
+# ``from fedcore import *`` imports these names (and so loads them).
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+
 if TYPE_CHECKING:  # what static tools (type checkers, API reference generators) see
     from fedcore.compiler import (
         Computation,

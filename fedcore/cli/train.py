@@ -316,10 +316,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, report: Re
 
             check_reachable(args.address, RAY_CONNECT_TIMEOUT_S)  # before minutes of tracing; ConnectionError: exit 1
 
-    import tensorflow as tf
-
     from fedcore import cli  # its helpers, looked up at call time: patching fedcore.cli.NAME takes effect here
-    from fedcore import simulation
     from fedcore.simulation import DatasetFileError
 
     tf_logger = logging.getLogger("tensorflow")

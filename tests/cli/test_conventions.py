@@ -329,16 +329,36 @@ def test_ctrl_c_stops_cleanly_writes_what_it_has_and_says_how_to_resume(tmp_path
     assert child.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert "fedcore train: interrupted during round " in err or "fedcore train: interrupted after round " in err
-    assert f"continue the run with: fedcore train --resume {run}" in err
+    assert f"continue the run with: fedcore train --resume {run}" in err, (out, err)
     rows = (run / "metrics.csv").read_text().splitlines()[1:]
     done = len(rows)
-    assert done >= 2
-    assert ckpt.load_checkpoint(run / "checkpoints").round_num == done  # the last completed round, saved
-    assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG" and (run / "model.keras").is_file()
+    assert done >= 2, (out, err)
+    # The last completed round is saved.
+    assert ckpt.load_checkpoint(run / "checkpoints").round_num == done, (out, err)
+    assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG" and (run / "model.keras").is_file(), (out, err)
     # In a pipe: plain lines, no progress bar, no terminal codes.
-    assert "\x1b[" not in out and "\r" not in out
+    assert "\x1b[" not in out and "\r" not in out, (out, err)
     lines = out.splitlines()
-    assert lines[1] == "tracing the federated averaging and evaluation computations..."
-    assert lines[2].split() == ["round", "train", "loss", "train", "acc", "held-out", "acc", "seconds"]
+    assert lines[1] == "tracing the federated averaging and evaluation computations...", (out, err)
+    assert lines[2].split() == ["round", "train", "loss", "train", "acc", "held-out", "acc", "seconds"], (out, err)
     assert [line.split()[0] for line in lines[3:3 + done]] == [str(r) for r in range(1, done + 1)], (out, err)
     assert "interrupted" in (run / "train.log").read_text()
+
+
+def test_verbose_adds_the_traceback_of_a_failure(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["train", "--resume", str(tmp_path / "empty")]) == 1
+    plain = capsys.readouterr().err
+    assert plain.startswith("fedcore train: error: ") and "Traceback" not in plain
+    assert cli.main(["train", "--resume", str(tmp_path / "empty"), "--verbose"]) == 1
+    verbose = capsys.readouterr().err
+    assert verbose.startswith("Traceback") and verbose.endswith(plain)
+
+
+def test_ctrl_c_before_training_exits_130_without_a_traceback(tmp_path, monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_client_data", interrupted)
+    assert cli.main(["train", *QUICK, "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == "fedcore: interrupted\n"
