@@ -78,13 +78,23 @@ class Reporter:
     def line(self, text: str = "", console: Any = None) -> None:
         """One line on stdout (through ``console``, a progress display's, if given) and in the log."""
         self._to_log(text)
-        (console or self.console).print(text, markup=False)
+        self._print(text, console)
 
     def detail(self, text: str) -> None:
         """A line printed with --verbose only (always logged)."""
         self._to_log(text)
         if self.verbose:
-            self.console.print(text, markup=False)
+            self._print(text, None)
+
+    def _print(self, text: str, console: Any) -> None:
+        if self.quiet:
+            return
+        if self.console.is_terminal:
+            (console or self.console).print(text, markup=False)
+        else:
+            # A plain print, flushed, for pipes and files: a Ctrl-C inside rich's rendering could leave
+            # its buffer holding the lines after it.
+            print(text, flush=True)
 
     def error(self, text: str) -> None:
         """Lines on stderr, with --quiet too, and in the log."""
