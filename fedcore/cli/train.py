@@ -208,6 +208,8 @@ def resume_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
     if args.out is not None:
         parser.error("argument --out: not allowed with --resume, which goes on writing into the run's directory")
+    if getattr(args, "overwrite", False):
+        parser.error("argument --overwrite: not allowed with --resume, which continues the run in its directory")
     directory = args.resume / "checkpoints"
     path = latest_checkpoint(directory)
     if path is None:

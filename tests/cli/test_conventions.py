@@ -149,6 +149,8 @@ def test_out_that_holds_files_or_another_run_is_refused(tmp_path, capsys):
     assert f"argument --out: {run} holds another run (checkpoints, metrics.csv)" in err
     assert f"--resume {run}" in err and "Traceback" not in err
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.csv"]  # nothing written
+    err = _fail(["train", "--resume", str(run), "--overwrite"], capsys)
+    assert "argument --overwrite: not allowed with --resume" in err
 
 
 def test_overwrite_replaces_the_earlier_run_and_keeps_other_files_quietly(tmp_path, capsys):
