@@ -12,11 +12,8 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from fedcore._dist import DIST_NAME
+from fedcore._dist import install_hint
 
-def install_hint(extra: str) -> str:
-    """The command that installs ``extra``, e.g. ``pip install 'fedcore-tf[ray]'``."""
-    return f"pip install '{DIST_NAME}[{extra}]'"
 
 
 def require(module: str, extra: str, purpose: str) -> ModuleType:

@@ -79,8 +79,9 @@ def test_without_tensorflow_import_fedcore_says_how_to_install_it():
         """
         import sys
         sys.modules["tensorflow"] = None  # as if no TensorFlow were installed
+        import fedcore  # cheap: the public names load on first use
         try:
-            import fedcore
+            fedcore.federated_computation
         except ModuleNotFoundError as e:
             print("ERROR", e)
         """

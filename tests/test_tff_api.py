@@ -199,6 +199,14 @@ def test_get_and_set_model_weights(fed_avg):
     assert fresh.optimizer_state == (0,)
     for a, b in zip(trainable(fresh.model), trainable(trained.model)):
         np.testing.assert_array_equal(a, b)
+    # As TFF's process.get_model_weights(state).assign_weights_to(keras_model): a fresh copy of the model
+    # (its layers numbered after the ones built before it) takes the trained weights by name.
+    model = _keras_model()
+    weights.assign_weights_to(model)
+    assert len(model.trainable_variables) == len(trainable(weights)) > 0
+    for variable, value in zip(model.trainable_variables, trainable(weights)):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    assert any(np.any(value != 0) for value in trainable(weights))
 
 
 def test_build_fed_eval_gives_fedcores_evaluation(fed_avg):

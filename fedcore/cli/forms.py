@@ -13,9 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict
 
-from fedcore._files import write_atomically
-from fedcore.cli.signature import resolve_target
-from fedcore.compiler import building_blocks as bb
+from fedcore.cli.signature import resolve_target, round_of
 
 FORMS = ("mapreduce", "distribute-aggregate")
 
@@ -49,7 +47,7 @@ def compile_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         obj = resolve_target(args.target)
     except ValueError as e:
         parser.error(f"argument MODULE:ATTR: {e}")
-    comp = obj.next if not isinstance(obj, Computation) and isinstance(getattr(obj, "next", None), Computation) else obj
+    comp = round_of(obj)
     if not isinstance(comp, Computation):
         parser.error(
             f"argument MODULE:ATTR: {args.target} is a {type(obj).__name__}, not a computation or an "
@@ -65,6 +63,8 @@ def compile_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         parser.error(f"argument -o/--output: {args.output} is a directory; give a file name")
     if not args.output.parent.exists():
         parser.error(f"argument -o/--output: the directory {args.output.parent} does not exist")
+    from fedcore._files import write_atomically
+
     write_atomically(args.output, data, args.output.parent / f".{args.output.name}.{os.getpid()}.tmp")
     print(form.summary())
     print(f"wrote {args.output} ({len(data)} bytes)")
@@ -94,6 +94,7 @@ def _refuse(parser: argparse.ArgumentParser, message: str) -> None:
 
 def describe(loaded: Any) -> str:
     """Type signatures and formatted IR of a computation or of each piece of a form."""
+    from fedcore.compiler import building_blocks as bb
     from fedcore.compiler.computation import Computation
 
     if isinstance(loaded, Computation):

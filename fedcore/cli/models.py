@@ -75,6 +75,16 @@ def keras_model(name: str, num_classes: int = 10):
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
+def save_keras_model(name: str, state: Any, path) -> None:
+    """Saves the model ``name`` with the weights of a training state (``state.model``) as a ``.keras`` file."""
+    import tensorflow as tf
+
+    model = keras_model(name)
+    weights = getattr(state, "model", state)
+    weights.assign_weights_to(model)
+    tf.keras.models.save_model(model, str(path))
+
+
 def check_data_matches_model(data_type: Any, model_input_spec: Any) -> None:
     """Raises TypeError, showing both types in the notation, when batches of ``data_type`` can't feed the model."""
     from fedcore.types import to_type

@@ -63,7 +63,9 @@ def write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
 
 def plot_metrics(path: Path, rows: List[Dict[str, Any]], title: str = "") -> None:
     """Loss and accuracy against rounds, side by side, as a PNG."""
-    import matplotlib
+    from fedcore._extras import require
+
+    matplotlib = require("matplotlib", "cli", "fedcore train's plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -32,25 +32,56 @@ def resolve_target(target: str) -> Any:
     return obj
 
 
-def signature_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def round_of(obj: Any) -> Any:
+    """What ``compile`` compiles for ``obj``: an IterativeProcess's ``next``, or ``obj`` itself."""
+    from fedcore.compiler.computation import Computation
+
+    if not isinstance(obj, Computation) and isinstance(getattr(obj, "next", None), Computation):
+        return obj.next
+    return obj
+
+
+def _signature_of(obj: Any, target: str, parser: argparse.ArgumentParser) -> Any:
     from fedcore.types import Type
+
+    try:
+        signature = obj if isinstance(obj, Type) else getattr(obj, "type_signature", None)
+    except TypeError as e:  # a polymorphic computation has no signature until its parameter types are known
+        parser.error(f"argument MODULE:ATTR: {target} has no type signature: {e}")
+    return signature if isinstance(signature, Type) else None
+
+
+def signature_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Prints the type signature of a computation or a type, or those of an IterativeProcess's computations."""
+    from fedcore.compiler.computation import Computation
 
     try:
         obj = resolve_target(args.target)
     except ValueError as e:
         parser.error(f"argument MODULE:ATTR: {e}")
-    try:
-        signature = obj if isinstance(obj, Type) else getattr(obj, "type_signature", None)
-    except TypeError as e:  # a polymorphic computation has no signature until its parameter types are known
-        parser.error(f"argument MODULE:ATTR: {args.target} has no type signature: {e}")
-    if not isinstance(signature, Type):
-        parser.error(
-            f"argument MODULE:ATTR: {args.target} is a {type(obj).__name__}, not a computation; it has no "
-            "type signature (decorate it with @fedcore.federated_computation or @fedcore.tf_computation)"
-        )
-    print(f"{args.target}")
-    print(f"compact:   {signature.compact()}")
-    print("formatted:")
+    signature = _signature_of(obj, args.target, parser)
+    if signature is not None:
+        print(f"{args.target}")
+        _print_signature(signature, "")
+        return 0
+    if round_of(obj) is not obj:  # an IterativeProcess (or another object with a ``next`` computation)
+        print(f"{args.target}: a {type(obj).__name__}")
+        for name in ("initialize", "next", "get_model_weights", "set_model_weights"):
+            member = getattr(obj, name, None)
+            if isinstance(member, Computation):
+                member_signature = _signature_of(member, f"{args.target}.{name}", parser)
+                if member_signature is not None:
+                    print(f"{name}:")
+                    _print_signature(member_signature, "  ")
+        return 0
+    parser.error(
+        f"argument MODULE:ATTR: {args.target} is a {type(obj).__name__}, not a computation or an IterativeProcess; "
+        "it has no type signature (decorate it with @fedcore.federated_computation or @fedcore.tf_computation)"
+    )
+
+
+def _print_signature(signature: Any, indent: str) -> None:
+    print(f"{indent}compact:   {signature.compact()}")
+    print(f"{indent}formatted:")
     for line in signature.formatted().splitlines():
-        print(f"  {line}")
-    return 0
+        print(f"{indent}  {line}")

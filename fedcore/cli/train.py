@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,22 +17,95 @@ from fedcore.cli.parser import EXECUTORS, MAX_EVAL_CLIENTS
 
 
 def train_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from rich.console import Console
-
-    from fedcore.simulation import DatasetDownloadError, DatasetFileError
-
-    console = Console(highlight=False, soft_wrap=True)
-    from fedcore.learning.checkpoint import CheckpointError
-
+    """Runs ``fedcore train``: 0 when done, 1 on a failure (one message, no traceback unless --verbose),
+    130 when interrupted with Ctrl-C (after writing what the completed rounds produced)."""
+    report = Reporter(quiet=getattr(args, "quiet", False), verbose=getattr(args, "verbose", False))
     try:
-        return _train(args, parser, console)
-    except (DataModelMismatch, DatasetFileError, DatasetDownloadError, CheckpointError, RoundError) as e:
-        print(f"fedcore train: error: {e}", file=sys.stderr)
+        return _train(args, parser, report)
+    except Exception as e:  # noqa: BLE001 - a failure the user can act on gets one line; anything else propagates
+        from fedcore.learning.checkpoint import CheckpointError
+        from fedcore.simulation import DatasetDownloadError, DatasetFileError
+
+        if isinstance(e, OSError):  # a full disk, a file that cannot be written, a Ray cluster that does not answer
+            where = f" ({e.filename})" if e.filename and str(e.filename) not in str(e) else ""
+            message = f"{e}{where}"
+        elif isinstance(e, (DataModelMismatch, DatasetFileError, DatasetDownloadError, CheckpointError, RoundError,
+                            MissingExtra)):
+            message = str(e)
+        else:
+            raise
+        if report.verbose:
+            import traceback
+
+            report.error("".join(traceback.format_exception(e)).rstrip())
+        report.error(f"fedcore train: error: {message}")
         return 1
-    except OSError as e:  # a full disk, a file that cannot be written, a Ray cluster that does not answer
-        where = f" ({e.filename})" if e.filename and str(e.filename) not in str(e) else ""
-        print(f"fedcore train: error: {e}{where}", file=sys.stderr)
-        return 1
+    finally:
+        report.close()
+
+
+class MissingExtra(ImportError):
+    """An optional dependency that the command needs is not installed; the message says how to install it."""
+
+
+class Reporter:
+    """What ``fedcore train`` prints: to stdout (nothing with --quiet), to stderr, and into OUT/train.log.
+
+    Output goes through a rich Console, which writes plain lines (no colours, no progress bar) when
+    stdout is not a terminal.
+    """
+
+    def __init__(self, quiet: bool = False, verbose: bool = False):
+        from fedcore._extras import require
+
+        Console = require("rich.console", "cli", "fedcore train's output").Console
+
+        self.quiet, self.verbose = quiet, verbose
+        self.console = Console(highlight=False, soft_wrap=True, quiet=quiet)
+        self._log = None
+
+    @property
+    def interactive(self) -> bool:
+        return self.console.is_terminal and not self.quiet
+
+    def open_log(self, path: Path) -> None:
+        self._log = open(path, "a", encoding="utf-8")
+
+    def _to_log(self, text: str) -> None:
+        if self._log is not None:
+            self._log.write(text + "\n")
+            self._log.flush()
+
+    def line(self, text: str = "", console: Any = None) -> None:
+        """One line on stdout (through ``console``, a progress display's, if given) and in the log."""
+        self._to_log(text)
+        self._print(text, console)
+
+    def detail(self, text: str) -> None:
+        """A line printed with --verbose only (always logged)."""
+        self._to_log(text)
+        if self.verbose:
+            self._print(text, None)
+
+    def _print(self, text: str, console: Any) -> None:
+        if self.quiet:
+            return
+        if self.console.is_terminal:
+            (console or self.console).print(text, markup=False)
+        else:
+            # A plain print, flushed, for pipes and files: a Ctrl-C inside rich's rendering could leave
+            # its buffer holding the lines after it.
+            print(text, flush=True)
+
+    def error(self, text: str) -> None:
+        """Lines on stderr, with --quiet too, and in the log."""
+        self._to_log(text)
+        print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 class RoundError(RuntimeError):
@@ -121,6 +196,8 @@ def resume_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
     if args.out is not None:
         parser.error("argument --out: not allowed with --resume, which goes on writing into the run's directory")
+    if getattr(args, "overwrite", False):
+        parser.error("argument --overwrite: not allowed with --resume, which continues the run in its directory")
     directory = args.resume / "checkpoints"
     path = latest_checkpoint(directory)
     if path is None:
@@ -172,22 +249,78 @@ def _check_out(out: Optional[Path], parser: argparse.ArgumentParser) -> None:
             return
 
 
-def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -> int:
-    import tensorflow as tf
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+# What fedcore train writes into --out; --overwrite deletes these (and nothing else) first.
+RUN_OUTPUTS = ("checkpoints", "tensorboard", "metrics.csv", "metrics.png", "model.keras", "config.toml", "train.log")
 
-    import fedcore
-    from fedcore import cli  # its helpers, looked up at call time: patching fedcore.cli.NAME takes effect here
-    from fedcore import simulation
-    from fedcore.simulation import DatasetFileError
 
+def _choose_out(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    """The run's directory: --out (new, empty, or with --overwrite), the --resume directory, or a new one."""
+    if args.resume is not None:
+        return args.out  # resume_settings made it the run's own directory
+    if args.out is None:
+        base = Path("fedcore-runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out, n = base, 1
+        while out.exists():
+            out, n = base.with_name(f"{base.name}-{n}"), n + 1
+        return out
+    out = args.out
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        earlier = [name for name in RUN_OUTPUTS if (out / name).exists()]
+        if earlier:
+            parser.error(
+                f"argument --out: {out} holds another run ({', '.join(earlier)}); give a new or empty directory, "
+                f"add --overwrite to replace that run, or continue it with --resume {out}"
+            )
+        held = sorted(p.name for p in out.iterdir())
+        parser.error(
+            f"argument --out: {out} is not empty (it holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); "
+            "give a new or empty directory, or add --overwrite to write the run there anyway"
+        )
+    return out
+
+
+def _clear_outputs(out: Path) -> None:
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError as e:
+        from fedcore._dist import install_hint
+
+        raise MissingExtra(
+            f"--executor ray needs Ray, which is not installed ({e}); install the ray extra: {install_hint('ray')}"
+        ) from None
+
+
+def resume_command(out: Path) -> str:
+    """The command that continues the run in ``out``."""
+    return f"fedcore train --resume {shlex.quote(str(out))}"
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, report: Reporter) -> int:
     started = time.perf_counter()
     resume_from = resume_settings(args, parser)
     _check_out(args.out, parser)
-    if args.executor == "ray" and args.address is not None:
-        from fedcore.runtime.ray.executor import check_reachable
+    out = _choose_out(args, parser)
+    if args.executor == "ray":
+        _require_ray()
+        if args.address is not None:
+            from fedcore.runtime.ray.executor import check_reachable
 
-        check_reachable(args.address, RAY_CONNECT_TIMEOUT_S)  # before minutes of tracing; ConnectionError: exit 1
+            check_reachable(args.address, RAY_CONNECT_TIMEOUT_S)  # before minutes of tracing; ConnectionError: exit 1
+
+    from fedcore import cli  # its helpers, looked up at call time: patching fedcore.cli.NAME takes effect here
+    from fedcore.simulation import DatasetFileError
+
+    # (TensorFlow's notes on how it vectorizes client work, e.g. "Conv2DBackpropFilter uses a while_loop",
+    # are dropped by the TF executor itself where it decides how the clients run.)
     try:
         train_data, test_data, data_name = cli.load_client_data(args)
     except ValueError as e:
@@ -209,7 +342,43 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
     data_type = train_data.preprocess(to_batches).element_type_structure
     cli.check_data_matches_model(data_type, cli.input_spec())
 
-    from fedcore import learning
+    # Everything is checked: the run's directory gets its settings and its log.
+    if args.resume is None and args.overwrite and out.is_dir():
+        _clear_outputs(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report.open_log(out / "train.log")
+    report.detail(f"# fedcore train, {datetime.datetime.now().isoformat(timespec='seconds')}: "
+                  f"{shlex.join(['fedcore', 'train', *_argv_of(args, parser)])}")
+    from fedcore.cli.parser import config_toml
+
+    (out / "config.toml").write_text(config_toml(args, parser), encoding="utf-8")
+    return _run(args, report, out, resume_from, started, train_data, test_data, data_name, to_batches,
+                to_eval_batches)
+
+
+def _argv_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[str]:
+    """The options of ``args`` that differ from their defaults, as a command line (for the log)."""
+    from fedcore.cli.parser import _train_options
+
+    argv: List[str] = []
+    for dest, action in _train_options(parser.train_parser).items():
+        value = getattr(args, dest, None)
+        if value == action.default or dest == "config":
+            continue
+        if isinstance(value, bool):
+            argv.append(action.option_strings[-1])
+        else:
+            argv += [action.option_strings[-1], str(value)]
+    return argv
+
+
+def _run(args, report: Reporter, out: Path, resume_from, started, train_data, test_data, data_name, to_batches,
+         to_eval_batches) -> int:
+    import tensorflow as tf
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    import fedcore
+    from fedcore import cli, learning, simulation
 
     tf.keras.utils.set_random_seed(args.seed)
 
@@ -222,7 +391,16 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
         )
 
     client_lr, server_lr = args.client_lr, args.server_lr
-    with console.status("tracing the federated averaging and evaluation computations"):
+    report.line(
+        f"fedcore train: {args.model} model on {data_name}; {args.rounds} rounds of {args.clients_per_round} "
+        f"clients, {args.epochs} epoch(s), batch {args.batch_size}, client lr {client_lr}, server lr {server_lr}, "
+        f"{args.executor} executor; writing into {out}"
+    )
+    tracing_started = time.perf_counter()
+    tracing = "tracing the federated averaging and evaluation computations"
+    if not report.interactive:
+        report.line(f"{tracing}...")
+    with report.console.status(tracing):
         process = learning.build_federated_averaging_process(
             model_fn,
             client_optimizer_fn=lambda: tf.keras.optimizers.SGD(learning_rate=client_lr),
@@ -230,6 +408,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
             report_nonfinite=True,
         )
         evaluation = learning.build_federated_evaluation(model_fn)
+    report.detail(f"traced in {time.perf_counter() - tracing_started:.1f}s")
 
     if args.executor == "tensorflow":
         from fedcore.runtime.tensorflow import TensorFlowExecutor
@@ -251,8 +430,6 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
         eval_ids = sorted(simulation.sample_clients(eval_ids, limit, round_num=0, seed=args.seed + 1))
     eval_data = simulation.make_federated_data(test_data, eval_ids, preprocess=to_eval_batches) if eval_ids else []
 
-    out = args.out or Path("fedcore-runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
     board = cli.TensorBoardLog(out / "tensorboard")
     checkpoints = (
         learning.CheckpointManager(out / "checkpoints", every=args.checkpoint_every, keep=args.keep_checkpoints)
@@ -260,102 +437,159 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, console) -
     )
     policy = learning.DropoutPolicy(min_clients=args.min_clients, max_dropped_fraction=args.max_dropped_fraction)
 
-    console.print(
-        f"fedcore train: {args.model} model on {data_name}; {args.rounds} rounds of {args.clients_per_round} "
-        f"clients, {args.epochs} epoch(s), batch {args.batch_size}, client lr {client_lr}, server lr {server_lr}, "
-        f"{args.executor} executor",
-        markup=False,
-    )
-    header = f"{'round':>5}  {'train loss':>10}  {'train acc':>9}  {'held-out acc':>12}  {'seconds':>7}"
-    console.print(header, markup=False)
-
     rows: List[Dict[str, Any]] = []
+    state: Any = None
+    first_round = 1
+    interrupted = False  # by Ctrl-C
+    discarded: Optional[int] = None  # the round that Ctrl-C stopped before it was complete
+    saved_round = 0  # the round of the newest checkpoint
     try:
         with fedcore.execution_context(executor):
             state = process.initialize()
-            first_round = 1
             if resume_from is not None:
                 restored = learning.load_checkpoint(resume_from, template=state)
                 state, first_round = restored.state, restored.round_num + 1
+                saved_round = restored.round_num
                 rows = [dict(r) for r in restored.extra["rows"]][: restored.round_num]
                 cli.write_csv(out / "metrics.csv", rows)  # drops rows of rounds after the checkpoint: they run again
-                console.print(
-                    f"resuming from {resume_from} (after round {restored.round_num} of {args.rounds})", markup=False
-                )
+                report.line(f"resuming from {resume_from} (after round {restored.round_num} of {args.rounds})")
                 if first_round > args.rounds:
-                    console.print(f"the run has trained all {args.rounds} rounds; --rounds N trains it further",
-                                  markup=False)
+                    report.line(f"the run has trained all {args.rounds} rounds; --rounds N trains it further")
+            report.line(f"{'round':>5}  {'train loss':>10}  {'train acc':>9}  {'held-out acc':>12}  {'seconds':>7}")
             with Progress(
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                console=console,
+                console=report.console,
                 transient=True,
-                disable=not console.is_terminal,
+                disable=not report.interactive,
             ) as progress:
                 task = progress.add_task("training", total=args.rounds, completed=first_round - 1)
-                for round_num in range(first_round, args.rounds + 1):
-                    round_start = time.perf_counter()
-                    clients = sampler(round_num)
-                    federated_data = simulation.make_federated_data(train_data, clients, preprocess=to_batches)
-                    try:
-                        result = learning.run_round(process, state, federated_data, policy, client_ids=clients)
-                    except learning.RoundFailedError as e:
-                        raise RoundError(_round_failure(e, round_num, state, rows, args, checkpoints, out)) from e
-                    state, metrics = result
-                    row: Dict[str, Any] = {
-                        "round": round_num,
-                        "train_loss": find_metric(metrics, LOSS_NAMES, prefer=("train",)),
-                        "train_accuracy": find_metric(metrics, ACCURACY_NAMES, prefer=("train",)),
-                        "heldout_loss": None,
-                        "heldout_accuracy": None,
-                        "clients_dropped": result.clients_dropped,
-                        "nonfinite_updates": int(find_metric(metrics, ("num_nonfinite_updates",)) or 0),
-                    }
-                    if eval_data:
-                        held_out = evaluation(_model_weights(state), eval_data)
-                        row["heldout_loss"] = find_metric(held_out, LOSS_NAMES, prefer=("eval",))
-                        row["heldout_accuracy"] = find_metric(held_out, ACCURACY_NAMES, prefer=("eval",))
-                    row["seconds"] = round(time.perf_counter() - round_start, 3)
-                    rows.append(row)
-                    board.write(row)
-                    cli.write_csv(out / "metrics.csv", rows)  # after every round, so an interrupted run keeps its rows
-                    if checkpoints is not None:
-                        checkpoints.maybe_save(state, round_num, checkpoint_extra(args, rows),
-                                               final=round_num == args.rounds)
-                    progress.console.print(
-                        f"{round_num:>5}  {_fmt(row['train_loss']):>10}  {_fmt(row['train_accuracy']):>9}  "
-                        f"{_fmt(row['heldout_accuracy']):>12}  {row['seconds']:>7.2f}",
-                        markup=False,
-                    )
-                    for dropped in result.dropped:
-                        progress.console.print(
-                            f"       round {round_num}: dropped client {dropped.client_id} ({dropped.error})",
-                            markup=False,
+                round_num = first_round
+                boarded = printed = 0  # the last round written to TensorBoard, and printed
+                try:
+                    for round_num in range(first_round, args.rounds + 1):
+                        new_state, row, result = _one_round(
+                            args, process, evaluation, state, round_num, sampler, train_data, to_batches, policy,
+                            eval_data, rows, checkpoints, out,
                         )
-                    if row["nonfinite_updates"]:
-                        progress.console.print(
-                            f"       round {round_num}: left out {row['nonfinite_updates']} non-finite client "
-                            "update(s)",
-                            markup=False,
-                        )
-                    progress.advance(task)
+                        state, rows = new_state, [*rows, row]  # together: Ctrl-C cannot fall between the two
+                        board.write(row)
+                        boarded = round_num
+                        cli.write_csv(out / "metrics.csv", rows)  # after every round: an interrupted run keeps them
+                        if checkpoints is not None:
+                            if checkpoints.maybe_save(state, round_num, checkpoint_extra(args, rows),
+                                                      final=round_num == args.rounds) is not None:
+                                saved_round = round_num
+                        _print_round(report, progress.console, row, result)
+                        printed = round_num
+                        progress.advance(task)
+                except KeyboardInterrupt:
+                    # Ctrl-C after a round was complete, during its bookkeeping: finish that instead.
+                    interrupted = True
+                    discarded = None if rows and rows[-1]["round"] == round_num else round_num
+                    if rows and rows[-1]["round"] == round_num:
+                        if boarded != round_num:
+                            board.write(rows[-1])
+                        cli.write_csv(out / "metrics.csv", rows)
+                        if printed != round_num:
+                            _print_round(report, progress.console, rows[-1], result)
     finally:
         board.close()
-    cli.plot_metrics(
-        out / "metrics.png",
-        rows,
-        title=f"Federated averaging: {args.model} model, {data_name}, {args.clients_per_round} clients/round",
-    )
-    total = time.perf_counter() - started
-    console.print(
-        f"done in {total:.1f}s; wrote {out / 'metrics.csv'}, {out / 'metrics.png'} and TensorBoard scalars "
-        f"in {out / 'tensorboard'}",
-        markup=False,
-    )
+    completed = len(rows) and rows[-1]["round"]
+    if interrupted:
+        # The interrupted round is discarded: ``state`` and ``rows`` end with the last completed one.
+        # Nothing reads a state that a round left half-made (run_round returns the new state whole).
+        if checkpoints is not None and completed and completed > saved_round:
+            checkpoints.maybe_save(state, completed, checkpoint_extra(args, rows), final=True)
+            saved_round = completed
+    title = f"Federated averaging: {args.model} model, {data_name}, {args.clients_per_round} clients/round"
+    cli.plot_metrics(out / "metrics.png", rows, title=title)
+    wrote = ["metrics.csv", "metrics.png"]
+    if completed:
+        cli.save_keras_model(args.model, state, out / "model.keras")
+        wrote.append("model.keras")
+    wrote += ["config.toml", "train.log", "tensorboard/"] + (["checkpoints/"] if saved_round else [])
+    if interrupted:
+        kept = f"kept the rounds up to {completed}" if completed else "no round completed"
+        when = f"during round {discarded} of {args.rounds} ({kept}, discarded round {discarded})" if discarded \
+            else f"after round {completed} of {args.rounds}"
+        report.error(f"fedcore train: interrupted {when}; wrote {', '.join(wrote)} into {out}")
+        if saved_round:
+            report.error(f"continue the run with: {resume_command(out)}")
+        elif checkpoints is None:
+            report.error("this run saved no checkpoints (--checkpoint-every 0), so it cannot be resumed")
+        else:
+            report.error("no round completed, so there is nothing to resume")
+        return 130
+    _print_summary(report, rows, first_round, started, out, wrote)
     return 0
+
+
+def _one_round(args, process, evaluation, state, round_num, sampler, train_data, to_batches, policy, eval_data,
+               rows, checkpoints, out):
+    """Runs one round and evaluates its model; returns (new state, metrics row, the round's result)."""
+    from fedcore import learning, simulation
+
+    round_start = time.perf_counter()
+    clients = sampler(round_num)
+    federated_data = simulation.make_federated_data(train_data, clients, preprocess=to_batches)
+    try:
+        result = learning.run_round(process, state, federated_data, policy, client_ids=clients)
+    except learning.RoundFailedError as e:
+        raise RoundError(_round_failure(e, round_num, state, rows, args, checkpoints, out)) from e
+    new_state, metrics = result
+    row: Dict[str, Any] = {
+        "round": round_num,
+        "train_loss": find_metric(metrics, LOSS_NAMES, prefer=("train",)),
+        "train_accuracy": find_metric(metrics, ACCURACY_NAMES, prefer=("train",)),
+        "heldout_loss": None,
+        "heldout_accuracy": None,
+        "clients_dropped": result.clients_dropped,
+        "nonfinite_updates": int(find_metric(metrics, ("num_nonfinite_updates",)) or 0),
+    }
+    if eval_data:
+        held_out = evaluation(_model_weights(new_state), eval_data)
+        row["heldout_loss"] = find_metric(held_out, LOSS_NAMES, prefer=("eval",))
+        row["heldout_accuracy"] = find_metric(held_out, ACCURACY_NAMES, prefer=("eval",))
+    row["seconds"] = round(time.perf_counter() - round_start, 3)
+    return new_state, row, result
+
+
+def _print_round(report: Reporter, console: Any, row: Dict[str, Any], result: Any) -> None:
+    round_num = row["round"]
+    report.line(
+        f"{round_num:>5}  {_fmt(row['train_loss']):>10}  {_fmt(row['train_accuracy']):>9}  "
+        f"{_fmt(row['heldout_accuracy']):>12}  {row['seconds']:>7.2f}",
+        console,
+    )
+    for dropped in result.dropped:
+        report.line(f"       round {round_num}: dropped client {dropped.client_id} ({dropped.error})", console)
+    if row["nonfinite_updates"]:
+        report.line(f"       round {round_num}: left out {row['nonfinite_updates']} non-finite client update(s)",
+                    console)
+
+
+def _print_summary(report: Reporter, rows: List[Dict[str, Any]], first_round: int, started: float, out: Path,
+                   wrote: List[str]) -> None:
+    """The end of a run, as Keras' history and Flower's summary give it: the final and best numbers, the time."""
+    total = time.perf_counter() - started
+    trained = [r for r in rows if r["round"] >= first_round]
+    per_round = sum(r["seconds"] for r in trained) / len(trained) if trained else 0.0
+    report.line(f"done in {total:.1f}s: {len(trained)} round(s), {per_round:.2f}s per round")
+    if rows:
+        last = rows[-1]
+        final = f"after round {last['round']}: train loss {_fmt(last['train_loss'])}, " \
+                f"train accuracy {_fmt(last['train_accuracy'])}"
+        held_out = [r for r in rows if r.get("heldout_accuracy") is not None]
+        if held_out:
+            best = max(held_out, key=lambda r: r["heldout_accuracy"])
+            final += (f", held-out accuracy {_fmt(last['heldout_accuracy'])} "
+                      f"(best {_fmt(best['heldout_accuracy'])}, round {best['round']})")
+        report.line(final)
+    report.line(f"wrote {', '.join(wrote)} into {out}")
 
 
 def _round_failure(error: Exception, round_num: int, state: Any, rows: List[Dict[str, Any]],

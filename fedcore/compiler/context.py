@@ -161,7 +161,8 @@ def invoking_context() -> InvokingContext:
     ctx = _default["context"]
     if ctx is None:
         raise RuntimeError(
-            "no execution context is installed, so computations cannot run; import fedcore, which installs one"
+            "no execution context is installed, so computations cannot run; use fedcore's top-level API "
+            "(fedcore.federated_computation, ...) or import fedcore.runtime, which installs one"
         )
     return ctx
 

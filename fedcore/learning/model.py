@@ -38,6 +38,85 @@ class ModelWeights:
     trainable: Any
     non_trainable: Any
 
+    def assign_weights_to(self, model: Any) -> None:
+        """Assigns these weights to the variables of ``model``, as TFF's ``ModelWeights.assign_weights_to``.
+
+        ``model`` is a Keras model (such as a fresh copy of the one that ``model_fn``
+        wraps), a model made by ``fedcore.learning.from_keras_model``, or another
+        ``fedcore.learning.Model``.  A Keras model's weights are matched by name
+        (``dense/kernel``, the names in the weights' type); another Model's
+        variables are taken in order.  Raises ValueError, naming the weight,
+        when a name is missing or unexpected or a shape or dtype differs; then
+        no variable has been changed.
+        """
+        import numpy as np
+
+        keras_model = getattr(model, "keras_model", None) if isinstance(model, Model) else model
+        groups = (("trainable", self.trainable), ("non_trainable", self.non_trainable))
+        if keras_model is not None:
+            if not hasattr(keras_model, "trainable_variables") or not hasattr(keras_model, "non_trainable_variables"):
+                raise TypeError(f"expected a Keras model or a fedcore.learning.Model, got {model!r}")
+            from fedcore.learning.keras_utils import keras_weight_names
+
+            names = keras_weight_names(keras_model)
+            targets = [
+                (kind, [(names[id(v)], v) for v in getattr(keras_model, f"{kind}_variables")]) for kind, _ in groups
+            ]
+        else:
+            targets = [
+                (kind, [(None, v) for v in getattr(model, f"{kind}_variables")]) for kind, _ in groups
+            ]
+        plan = []
+        for (kind, values), (_, variables) in zip(groups, targets):
+            items = list(_named_items(values))
+            if keras_model is not None and all(name is not None for name, _ in items):
+                given = dict(items)
+                wanted = [n for n, _ in variables]
+                missing = [n for n in wanted if n not in given]
+                unexpected = [n for n in given if n not in wanted]
+                if missing or unexpected:
+                    raise ValueError(
+                        f"the {kind} weights do not fit the model: "
+                        + "; ".join(
+                            part for part in (
+                                f"the model has {', '.join(missing)}, which the weights lack" if missing else "",
+                                f"the weights have {', '.join(unexpected)}, which the model lacks"
+                                if unexpected else "",
+                            ) if part
+                        )
+                    )
+                pairs = [(n, v, given[n]) for n, v in variables]
+            else:
+                if len(items) != len(variables):
+                    raise ValueError(
+                        f"the model has {len(variables)} {kind} variables, the weights {len(items)}"
+                    )
+                pairs = [(name or target or f"#{i}", v, value)
+                         for i, ((name, value), (target, v)) in enumerate(zip(items, variables))]
+            for name, variable, value in pairs:
+                array = np.asarray(value)
+                shape = tuple(variable.shape)
+                dtype = np.dtype(getattr(variable.dtype, "as_numpy_dtype", variable.dtype))
+                if tuple(array.shape) != shape or array.dtype != dtype:
+                    raise ValueError(
+                        f"the {kind} weight {name} is {array.dtype.name}{list(array.shape)}, but the model's "
+                        f"variable is {dtype.name}{list(shape)}"
+                    )
+                plan.append((variable, array))
+        for variable, array in plan:
+            variable.assign(array)
+
+
+def _named_items(values: Any):
+    """(name, value) pairs of a mapping, a named structure or a sequence (names None)."""
+    if hasattr(values, "items") and callable(values.items):
+        return list(values.items())
+    if hasattr(values, "_asdict"):
+        return list(values._asdict().items())
+    if isinstance(values, (list, tuple)):
+        return [(None, v) for v in values]
+    raise TypeError(f"expected the weights by name (a mapping) or a list of them, got {type(values).__name__}")
+
 
 class Model(abc.ABC):
     """A model that the federated learning algorithms can train and evaluate.
