@@ -200,3 +200,24 @@ def test_sequential_path_on_ragged_clients_matches_the_reference():
 )
 def test_sequential_path_matches_the_reference_on_any_sizes(sizes, batch, shuffle, seed):
     _check_sequential(_ragged(sizes, batch, shuffle, seed), against_reference=not shuffle)
+
+
+@pytest.mark.parametrize("quiet", ["level", "filter"])
+def test_auto_chooses_the_same_when_the_user_silences_tensorflows_logger(quiet):
+    # TFF's tutorials often call tf.get_logger().setLevel("ERROR"); pfor's notes (warnings) must still reach
+    # the executor, which reads them to choose, or the CNN would run vectorized where it cannot.
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    level, drop_all = logger.level, logging.Filter("no such logger")  # a filter that drops every record
+    if quiet == "level":
+        logger.setLevel(logging.ERROR)
+    else:
+        logger.addFilter(drop_all)
+    try:
+        outcome = _train_everywhere(_cnn_model_fn, _images([4, 3, 2]), ["auto"])
+    finally:
+        logger.setLevel(level)
+        logger.removeFilter(drop_all)
+    assert outcome["auto"].strategy == "sequential"
+    assert "Conv2DBackpropFilter" in outcome["auto"].reason

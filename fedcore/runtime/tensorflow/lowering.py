@@ -181,9 +181,10 @@ _CONVERSION_ERROR = ("Got error while pfor was converting op", "created at:")
 class _PforLog(logging.Filter):
     """Records the ops pfor runs as loops over clients; drops its messages where fedcore decides."""
 
-    def __init__(self, decides: bool):
+    def __init__(self, decides: bool, floor: int):
         super().__init__()
         self.decides = decides
+        self.floor = floor  # the level the user set: what is below it is not shown
         self.loops: List[str] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -191,10 +192,10 @@ class _PforLog(logging.Filter):
         m = _CLIENT_LOOP.match(message)
         if m:
             self.loops.append(m.group(1) or m.group(2))
-            return not self.decides
+            return not self.decides and record.levelno >= self.floor
         if self.decides and record.levelno >= logging.ERROR and any(k in message for k in _CONVERSION_ERROR):
             return False  # the conversion's failure becomes the strategy report's reason
-        return True
+        return record.levelno >= self.floor
 
 
 def vectorize(fn: Callable[..., Any], inputs: List[tf.Tensor], label: str, forced: bool,
@@ -209,9 +210,15 @@ def vectorize(fn: Callable[..., Any], inputs: List[tf.Tensor], label: str, force
     loop plus the vectorized rest: unless vectorization is ``forced``, that is
     refused too, and the sequential loop runs the whole client work.
     """
-    log = _PforLog(decides=not forced)
     logger = logging.getLogger("tensorflow")
-    logger.addFilter(log)
+    level = logger.level
+    log = _PforLog(decides=not forced, floor=logger.getEffectiveLevel())
+    # pfor's notes are warnings: they must reach the filter even where the user raised the logger's
+    # level (tf.get_logger().setLevel("ERROR")), and before any filter of theirs; what the user's level
+    # hides stays hidden.
+    logger.filters.insert(0, log)
+    if log.floor > logging.WARNING:
+        logger.setLevel(logging.WARNING)
     try:
         out = tf.vectorized_map(fn, inputs)
     except NotVectorizable:
@@ -224,6 +231,7 @@ def vectorize(fn: Callable[..., Any], inputs: List[tf.Tensor], label: str, force
         raise NotVectorizable(f"tf.vectorized_map cannot convert {label}: {detail}"[:400]) from None
     finally:
         logger.removeFilter(log)
+        logger.setLevel(level)
     if log.loops and subset:
         # pfor's loops over clients need a static count of them: run on all clients, masked.
         raise NeedsAllClients(f"tf.vectorized_map would run {', '.join(sorted(set(log.loops)))} of {label} "
