@@ -227,7 +227,9 @@ def _install_autograph_rules() -> None:
 
 _install_autograph_rules()
 
-_USER_CODE_OPTIONS = autograph_converter.ConversionOptions(recursive=True, user_requested=False)
+# tf.function's defaults: recursive, and no optional features (``optional_features=None``; the
+# class's own default, all features, would turn the user's Python lists into TensorLists).
+_USER_CODE_OPTIONS = autograph_converter.ConversionOptions(recursive=True, user_requested=False, optional_features=None)
 
 
 def call_user_code(fn: Callable, *args, **kwargs) -> Any:

@@ -230,6 +230,11 @@ class _Program:
                                jit_compile=True).get_concrete_function()
         self.choice = JitChoice(name, True, f"jit_compile={jit_compile!r}")
 
+    @property
+    def graph(self) -> Any:
+        """The program's graph (the plain concrete function's; XLA compiles the same one)."""
+        return self.plain.graph
+
     def __call__(self, *inputs):
         if self.xla is None:
             return self.plain(*inputs)
