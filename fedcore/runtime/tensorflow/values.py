@@ -586,7 +586,7 @@ class ShuffledSequences:
         full = self.counts // b
 
         def step(s):
-            return self._gather(self.order[:, s * b : (s + 1) * b])
+            return self._gather(tf.gather(self.order, tf.cast(s * b + tf.range(b), tf.int32), axis=1))
 
         if self.full_batches:
             return Steps(tf.shape(self.order)[1] // b, full, step)
