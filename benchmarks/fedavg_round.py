@@ -5,7 +5,7 @@ float32[28,28], label int32), 92 per client, preprocessed with repeat(10),
 flatten to 784, shuffle(500), batch(20); a Dense(10, softmax) layer with zero
 initial weights; client SGD at 0.02 and server SGD at 1.0.
 
-Run by hand:  python benchmarks/fedavg_round.py [--cohorts 3 10 100 1000] [--rounds 5]
+Run by hand:  python benchmarks/fedavg_round.py [--cohorts 3 10 100 1000] [--rounds 5] [--xla]
 It prints a table of steady-state seconds per round (median over rounds after
 a warm-up round), milliseconds per client, and each figure's ratio to the
 hand-vectorized floor measured in the same run, and writes docs/benchmarks.md.
@@ -189,7 +189,10 @@ def zero_model():
     return collections.OrderedDict(kernel=np.zeros((784, 10), np.float32), bias=np.zeros(10, np.float32))
 
 
-def bench_cohort(n: int, rounds: int, include_reference: bool) -> Dict[str, float]:
+_vectorized_round_xla = tf.function(_vectorized_round.python_function, jit_compile=True)
+
+
+def bench_cohort(n: int, rounds: int, include_reference: bool, xla: bool = False) -> Dict[str, float]:
     arrays = make_client_arrays(n)
     datasets = [preprocess(a) for a in arrays]
     results: Dict[str, float] = {}
@@ -200,6 +203,13 @@ def bench_cohort(n: int, rounds: int, include_reference: bool) -> Dict[str, floa
     for strategy in ("auto", "vectorized", "sequential"):
         executor = TensorFlowExecutor(strategy=strategy)
         results[f"fedcore TF executor, {strategy}"] = time_rounds(
+            lambda: execute(fedavg_round, (z, datasets), {}, executor=executor), rounds
+        )
+    if xla:  # XLA-compiled rows: the floor and the executor with jit_compile=True
+        results["hand-vectorized floor, XLA"] = time_rounds(
+            lambda: _vectorized_round_xla(z["kernel"], z["bias"], xs, ys), rounds)
+        executor = TensorFlowExecutor(jit_compile=True)
+        results["fedcore TF executor, auto, jit_compile=True"] = time_rounds(
             lambda: execute(fedavg_round, (z, datasets), {}, executor=executor), rounds
         )
     if include_reference:
@@ -258,6 +268,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cohorts", type=int, nargs="*", default=[3, 10, 100, 1000],
                         help="clients per round to time; none keeps this machine's last table and redoes the memory check")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--xla", action="store_true", help="also time the floor and the executor compiled with XLA")
     parser.add_argument("--reference-max", type=int, default=100, help="largest cohort to time the reference executor on")
     parser.add_argument("--rss-rounds", type=int, default=200, help="rounds of the memory check (0 skips it)")
     parser.add_argument("--rss-clients", type=int, default=100)
@@ -279,7 +290,7 @@ def main(argv=None) -> int:
         "|---:|---|---:|---:|---:|",
     ]
     for n in args.cohorts:
-        results = bench_cohort(n, args.rounds, n <= args.reference_max)
+        results = bench_cohort(n, args.rounds, n <= args.reference_max, args.xla)
         floor = results["hand-vectorized floor"]
         for name, seconds in results.items():
             row = f"| {n} | {name} | {seconds:.4f} | {1000 * seconds / n:.3f} | {seconds / floor:.2f} |"

@@ -19,6 +19,11 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Tuple
 
 import tensorflow as tf
+from tensorflow.python.autograph.core import ag_ctx
+from tensorflow.python.autograph.core import config as autograph_config
+from tensorflow.python.autograph.core import converter as autograph_converter
+from tensorflow.python.autograph.impl import api as autograph_api
+from tensorflow.python.autograph.core import config_lib as autograph_rules
 from tensorflow.python.eager import lift_to_graph
 from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import gen_resource_variable_ops, resource_variable_ops
@@ -137,7 +142,8 @@ class TFFunction(TFCalls):
         self._local_variables: List[Any] = []  # created by the traced code: local to each call
         self._variable_errors: List[VariableCreationError] = []
         self._tf_function = tf.function(
-            self._flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=True
+            # Only the user's code goes through AutoGraph (``call_user_code``), not fedcore's own.
+            self._flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=False
         )
         location = context.user_location()
         self._too_deep: Optional[TypeNestingError] = None
@@ -200,10 +206,11 @@ class TFFunction(TFCalls):
         user_value = None if value is None else tf_bridge.to_user_structure(value, self.parameter_type)
         with context.pushed(context.TFTracingContext(self.name)):
             if self.parameter_type is None:
-                return self.python_fn()
+                return call_user_code(self.python_fn)
             if self.unpack:
-                return self.python_fn(*[v for v in user_value] if not isinstance(user_value, dict) else user_value.values())
-            return self.python_fn(user_value)
+                args = [v for v in user_value] if not isinstance(user_value, dict) else user_value.values()
+                return call_user_code(self.python_fn, *args)
+            return call_user_code(self.python_fn, user_value)
 
     def _flat_call(self, *leaves):
         value = tf_bridge.unflatten(list(leaves), self.parameter_type)
@@ -221,6 +228,55 @@ class TFFunction(TFCalls):
         result_type, result_leaves = tf_bridge.infer_tf_result(result)
         self.result_type = result_type
         return result_leaves
+
+
+# --------------------------------------------------------------------------
+# AutoGraph: the user's code only.
+#
+# A tf_computation's body may use Python control flow over tensors (``for batch
+# in dataset``, ``if`` on a tensor), so it is traced as ``tf.function`` with
+# AutoGraph would trace it, and so is every function it calls, recursively.
+# fedcore's own modules need no conversion: they are written for graph mode.
+# Converting them (and the ``attr`` and structure helpers they call) cost a
+# source transformation of every library function a model's training step
+# passes through, seconds for one FedAvg process.  So AutoGraph leaves the
+# fedcore package alone, except ``fedcore.testing``, which holds user-style
+# computations; user code that fedcore's library calls back (a custom Model's
+# forward_pass, a loss function) goes through ``call_user_code``.
+
+_LIBRARY_RULES = (autograph_rules.Convert("fedcore.testing"), autograph_rules.DoNotConvert("fedcore"))
+
+
+def _install_autograph_rules() -> None:
+    rules = tuple(autograph_config.CONVERSION_RULES)
+    if rules[: len(_LIBRARY_RULES)] != _LIBRARY_RULES:
+        autograph_config.CONVERSION_RULES = _LIBRARY_RULES + rules
+
+
+_install_autograph_rules()
+
+# tf.function's defaults: recursive, and no optional features (``optional_features=None``; the
+# class's own default, all features, would turn the user's Python lists into TensorLists).
+_USER_CODE_OPTIONS = autograph_converter.ConversionOptions(recursive=True, user_requested=False, optional_features=None)
+
+
+def call_user_code(fn: Callable, *args, **kwargs) -> Any:
+    """``fn(*args, **kwargs)`` as ``tf.function`` with AutoGraph runs it while tracing.
+
+    User code is converted (and what it calls, recursively); library code
+    (TensorFlow, Keras, fedcore) runs as written.  Errors come out as
+    AutoGraph reports them, pointing at the user's source line.
+    """
+    if tf.executing_eagerly():  # nothing to convert outside a trace
+        return fn(*args, **kwargs)
+    try:
+        with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.ENABLED):
+            return autograph_api.converted_call(fn, args, kwargs, options=_USER_CODE_OPTIONS)
+    except Exception as e:  # noqa: BLE001 -- re-raised, as AutoGraph's own tf.function wrapper does
+        metadata = getattr(e, "ag_error_metadata", None)
+        if metadata is not None:
+            raise metadata.to_exception(e)
+        raise
 
 
 _WRITE_OP_PREFIXES = (

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from fedcore.compiler.computation import federated_computation, tf_computation
 from fedcore.compiler.federated_api import federated_map, federated_sum
+from fedcore.compiler.tf_function import call_user_code
 from fedcore.learning import _nest
 from fedcore.learning import optimizers as optimizers_lib
 from fedcore.learning.model import BatchOutput, Model, TrainableModel, batch_size
@@ -145,7 +146,7 @@ def _resolve_metrics(metrics: Optional[Sequence[Any]], label_spec: Any, output_s
 
 
 def _batch_loss(loss_fn: Any, y: Any, predictions: Any) -> tf.Tensor:
-    loss = tf.convert_to_tensor(loss_fn(y, predictions))
+    loss = tf.convert_to_tensor(call_user_code(loss_fn, y, predictions))  # a user's loss function may branch on tensors
     if loss.shape.rank != 0:
         loss = tf.reduce_mean(loss)
     return tf.cast(loss, tf.float32)

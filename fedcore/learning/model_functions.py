@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from fedcore.compiler.tf_function import call_user_code
 from fedcore.learning import _nest
 from fedcore.learning.model import BatchOutput, Model, ModelWeights, TrainableModel, batch_size
 from fedcore.types import StructType, TensorType, to_type
@@ -201,7 +202,10 @@ def as_batch_output(output: Any, batch: Any, where: str) -> BatchOutput:
 
 
 class VariableFunctions(ModelFunctions):
-    """Any Model: assign the values to its variables, run its code, read them back."""
+    """Any Model: assign the values to its variables, run its code, read them back.
+
+    The model's methods are user code: AutoGraph converts them, as it would in a ``tf.function``.
+    """
 
     stateful = True
 
@@ -234,14 +238,14 @@ class VariableFunctions(ModelFunctions):
 
     def forward(self, weights, local, batch, training):
         self._assign(weights, local)
-        output = as_batch_output(self.model.forward_pass(batch, training=training), batch, "forward_pass")
+        output = as_batch_output(call_user_code(self.model.forward_pass, batch, training=training), batch, "forward_pass")
         weights, local = self._read()
         return output, weights, local
 
     def gradients(self, weights, local, batch):
         self._assign(weights, local)
         with tf.GradientTape() as tape:
-            output = as_batch_output(self.model.forward_pass(batch, training=True), batch, "forward_pass")
+            output = as_batch_output(call_user_code(self.model.forward_pass, batch, training=True), batch, "forward_pass")
         grads = tape.gradient(output.loss, self._trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         weights, local = self._read()
         return output, collections.OrderedDict(zip(self._trainable_names, grads)), weights, local
@@ -250,13 +254,13 @@ class VariableFunctions(ModelFunctions):
         if not self.has_train_on_batch:
             return super().train_on_batch(weights, local, batch)
         self._assign(weights, local)
-        output = as_batch_output(self.model.train_on_batch(batch), batch, "train_on_batch")
+        output = as_batch_output(call_user_code(self.model.train_on_batch, batch), batch, "train_on_batch")
         weights, local = self._read()
         return output, weights, local
 
     def report(self, local):
         self._assign_local(local)
-        return self.model.report_local_outputs()
+        return call_user_code(self.model.report_local_outputs)
 
     def _assign_local(self, local) -> None:
         for v, value in zip(self._local, _nest.flatten(local)):

@@ -17,6 +17,13 @@ where the client work does not allow it.  After each call,
 ``executor.strategy_report`` lists the choice made for each piece of client
 work and why (``StrategyChoice``); it is also logged at INFO level to the
 ``fedcore.runtime.tensorflow`` logger.
+
+``jit_compile`` compiles each program with XLA: ``True`` requires it (an
+``ExecutionError`` says why a program cannot be compiled), ``'auto'`` uses it
+where it is expected to pay and falls back to the plain program where XLA
+cannot compile it, and ``False`` (the default) never does.  The decision is
+made once per program; ``executor.jit_report`` holds the last call's
+(``JitChoice``).
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ import collections
 import hashlib
 import itertools
 import logging
+import re
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -141,6 +149,111 @@ def _encode_clients(values: List[Any], t: Type, n: int, layout: _Layout, cache: 
 
 
 # --------------------------------------------------------------------------
+# XLA.
+
+JIT_MODES = (False, True, "auto")
+
+# Ops XLA compiles into no-ops: a program that checks something with them (an integer
+# sum's overflow) would lose the check, so it never runs under XLA.
+_XLA_DROPPED_OPS = frozenset({"Assert"})
+
+
+class JitChoice(NamedTuple):
+    """Whether one program runs compiled by XLA, and why."""
+
+    computation: str
+    xla: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.computation}: {'XLA' if self.xla else 'no XLA'}: {self.reason}"
+
+
+def _xla_pays_here() -> bool:
+    """Whether ``jit_compile='auto'`` chooses XLA: only with a GPU.
+
+    On CPU, XLA made the seed FedAvg round slower than TensorFlow's own
+    kernels at every cohort size measured (docs/performance.md), so 'auto'
+    leaves it off there.
+    """
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def _dropped_ops(graph_def: Any) -> List[str]:
+    nodes = list(graph_def.node)
+    for fn in graph_def.library.function:
+        nodes.extend(fn.node_def)
+    return sorted({n.op for n in nodes if n.op in _XLA_DROPPED_OPS})
+
+
+def _xla_error(message: str) -> str:
+    """XLA's refusal in a line: the operations it has no kernel for, or its first line without graph attributes."""
+    ops = sorted(set(re.findall(r"(\w+) \(No registered '", message)) - {"_Arg", "_Retval"})
+    if ops:
+        return f"it uses operations XLA cannot compile: {', '.join(ops)}"
+    if "No registered '_Arg'" in message or "No registered '_Retval'" in message:
+        return "it takes or returns values XLA cannot hold (strings or datasets)"
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return re.sub(r"\[_XlaMustCompile[^\]]*\]", "", lines[0] if lines else message)
+
+
+class _Program:
+    """A compiled program: the plain concrete function and, where chosen, its XLA-compiled form.
+
+    XLA compiles on the first call; if it cannot, the program falls back to
+    the plain function for good (``jit_compile='auto'``) or raises an
+    ``ExecutionError`` (``jit_compile=True``).
+    """
+
+    def __init__(self, name: str, plain: Any, compiler: Any, specs: List[Any], jit_compile: Union[bool, str]):
+        self.name = name
+        self.plain = plain
+        self.fedcore_compiler = compiler
+        self.required = jit_compile is True
+        self.xla = None
+        self._xla_ran = False
+        if jit_compile is False:
+            self.choice = JitChoice(name, False, "jit_compile=False")
+            return
+        if jit_compile == "auto" and not _xla_pays_here():
+            self.choice = JitChoice(name, False, "jit_compile='auto' uses XLA only on a GPU; none is visible")
+            return
+        dropped = _dropped_ops(plain.graph.as_graph_def())
+        if dropped:
+            reason = (f"the program checks its values with {', '.join(dropped)} ops (e.g. an integer sum's "
+                      "overflow check), which XLA compiles into no-ops")
+            if self.required:
+                raise ExecutionError(f"{name} cannot run with jit_compile=True: {reason}")
+            self.choice = JitChoice(name, False, reason)
+            return
+        self.xla = tf.function(lambda *inputs: plain(*inputs), input_signature=specs, autograph=False,
+                               jit_compile=True).get_concrete_function()
+        self.choice = JitChoice(name, True, f"jit_compile={jit_compile!r}")
+
+    @property
+    def graph(self) -> Any:
+        """The program's graph (the plain concrete function's; XLA compiles the same one)."""
+        return self.plain.graph
+
+    def __call__(self, *inputs):
+        if self.xla is None:
+            return self.plain(*inputs)
+        if self._xla_ran:
+            return self.xla(*inputs)
+        try:
+            out = self.xla(*inputs)
+        except tf.errors.OpError as e:  # XLA compiles on the first call
+            reason = f"XLA cannot compile it: {_xla_error(e.message)}"
+            if self.required:
+                raise ExecutionError(f"{self.name} cannot run with jit_compile=True: {reason}") from None
+            self.xla = None
+            self.choice = JitChoice(self.name, False, reason)
+            return self.plain(*inputs)
+        self._xla_ran = True
+        return out
+
+
+# --------------------------------------------------------------------------
 # The executor.
 
 _log = logging.getLogger("fedcore.runtime.tensorflow")
@@ -152,14 +265,19 @@ class TensorFlowExecutor:
     ``strategy`` is 'auto' (vectorized where the client work allows it,
     sequential elsewhere), 'sequential' or 'vectorized' (an error where it
     can't apply).  ``num_clients`` is used when no argument is placed at CLIENTS.
+    ``jit_compile`` is False, True or 'auto' (see the module's documentation).
     """
 
     name = NAME
     max_programs = 64  # compiled programs kept per executor
 
-    def __init__(self, num_clients: Optional[int] = None, strategy: str = "auto"):
+    def __init__(self, num_clients: Optional[int] = None, strategy: str = "auto",
+                 jit_compile: Union[bool, str] = False):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if not any(jit_compile is m if isinstance(m, bool) else jit_compile == m for m in JIT_MODES):
+            raise ValueError(f"jit_compile must be False, True or 'auto', got {jit_compile!r}")
+        self.jit_compile = jit_compile
         if num_clients is not None and (not isinstance(num_clients, int) or num_clients < 0):
             raise ValueError(f"num_clients must be a non-negative int, got {num_clients!r}")
         self.num_clients = num_clients
@@ -170,9 +288,11 @@ class TensorFlowExecutor:
         # Client datasets read once and kept, keyed by their tf.data graph's content.
         self._datasets = DatasetCache()
         self.strategy_report: List[StrategyChoice] = []
+        self.jit_report: Optional[JitChoice] = None
 
     def __repr__(self) -> str:
-        return f"TensorFlowExecutor(num_clients={self.num_clients}, strategy={self.strategy!r})"
+        jit = f", jit_compile={self.jit_compile!r}" if self.jit_compile is not False else ""
+        return f"TensorFlowExecutor(num_clients={self.num_clients}, strategy={self.strategy!r}{jit})"
 
     def execute(self, comp, argument, num_clients: Optional[int] = None):
         return self.prepare(comp, argument, num_clients)()
@@ -216,8 +336,11 @@ class TensorFlowExecutor:
             except tf.errors.InvalidArgumentError as e:
                 raise ExecutionError(f"{comp.name} failed in the TensorFlow executor: {_op_message(e.message)}") from None
             self.strategy_report = list(compiler.choices)
+            self.jit_report = program.choice
             if compiler.choices and _log.isEnabledFor(logging.INFO):
                 _log.info("%s: %s", comp.name, "; ".join(str(c) for c in compiler.choices))
+            if self.jit_compile is not False and _log.isEnabledFor(logging.INFO):
+                _log.info("%s", program.choice)
             out = list(out) if isinstance(out, (list, tuple)) else [out]
             return _decode(out, t.result, n)
 
@@ -242,8 +365,7 @@ class TensorFlowExecutor:
         # called for its first time counts as a retracing of ``program``'s code, which every
         # compiled program shares; TF would warn about "retracing" after a few distinct programs.
         compiled = tf.function(program, input_signature=specs, autograph=False).get_concrete_function()
-        compiled.fedcore_compiler = compiler  # its ``choices`` are the strategy report
-        return compiled
+        return _Program(comp.name, compiled, compiler, specs, self.jit_compile)  # its compiler's ``choices``: the strategy report
 
 
 def _op_message(message: str) -> str:
