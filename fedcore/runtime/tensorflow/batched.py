@@ -62,8 +62,9 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
         raise NotVectorizable("sequence_reduce over a dataset that is not client data")
     element_type, acc_type = t.parameter[0].element, t.parameter[1]
     acc0 = cast_flat(unwrap_batched(zero, c.n), acc_type)
-    if op.captures_batched:
-        # The step reads other clients-axis values: it must see all clients, in their order.
+    if op.captures_batched or c.static_shapes:
+        # The step reads other clients-axis values (it must see all clients, in their order), or the
+        # program is for XLA (static shapes only).
         return unflatten([Batched(a) for a in _masked(c, op, seq.steps, element_type, acc_type, acc0)], acc_type)
     fixed = _fixed_leaves(op, zero, acc_type)
     carried = [a for j, a in enumerate(acc0) if j not in fixed]

@@ -349,6 +349,8 @@ class TensorFlowExecutor:
     def _compile(self, comp, builder, specs, n: int):
         ir = run_pipeline(comp.ir, pipeline("execution"))
         compiler = Compiler(n, self.strategy, ir)
+        # XLA compiles only static shapes: client work then steps all clients, masked, not a shrinking subset.
+        compiler.static_shapes = self.jit_compile is True or (self.jit_compile == "auto" and _xla_pays_here())
         result_type = comp.type_signature.result
 
         def program(*inputs):

@@ -311,6 +311,8 @@ class Compiler:
             isinstance(node, bb.TensorFlowComputation) and node.function.writes_variables
             for node in bb.walk(ir)
         )
+        # Whether the program must keep static shapes (for XLA): no work on a changing subset of clients.
+        self.static_shapes = False
         # How each piece of client work runs, in lowering order (see ``StrategyChoice``).
         self.choices: List[StrategyChoice] = []
 

@@ -618,6 +618,9 @@ class ShuffledSequences:
         """Rows ``first[j] .. first[j] + width`` of each client ``clients[j]``'s order: ``[len(clients), width]``."""
         clients = tf.cast(clients, tf.int64)
         at = tf.gather(self.starts, clients) + tf.cast(first, tf.int64)
+        if not isinstance(width, int) and clients.shape.as_list() == [1]:
+            # One client's rows of a size known only at run time: a slice, which XLA can bound.
+            return self._gather(self.order[at[0] : at[0] + tf.cast(width, tf.int64)][None, :])
         rows = at[:, None] + tf.range(tf.cast(width, tf.int64))[None, :]
         # A client past its data (the masked path steps everyone) reads some valid row; its result is dropped.
         rows = tf.minimum(rows, tf.maximum(tf.size(self.order, out_type=tf.int64) - 1, 0))
