@@ -192,14 +192,15 @@ def zero_model():
 _vectorized_round_xla = tf.function(_vectorized_round.python_function, jit_compile=True)
 
 
-def bench_cohort(n: int, rounds: int, include_reference: bool, xla: bool = False) -> Dict[str, float]:
+def bench_cohort(n: int, rounds: int, include_reference: bool, xla: bool = False, plain: bool = True) -> Dict[str, float]:
     arrays = make_client_arrays(n)
     datasets = [preprocess(a) for a in arrays]
     results: Dict[str, float] = {}
     xs, ys = materialize_for_floor(datasets)
     z = zero_model()
     results["hand-vectorized floor"] = time_rounds(lambda: _vectorized_round(z["kernel"], z["bias"], xs, ys), rounds)
-    results["plain TF loop (per-client tf.function)"] = time_rounds(lambda: plain_tf_round(z, datasets), rounds)
+    if plain:
+        results["plain TF loop (per-client tf.function)"] = time_rounds(lambda: plain_tf_round(z, datasets), rounds)
     for strategy in ("auto", "vectorized", "sequential"):
         executor = TensorFlowExecutor(strategy=strategy)
         results[f"fedcore TF executor, {strategy}"] = time_rounds(
@@ -270,6 +271,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--xla", action="store_true", help="also time the floor and the executor compiled with XLA")
     parser.add_argument("--reference-max", type=int, default=100, help="largest cohort to time the reference executor on")
+    parser.add_argument("--plain-max", type=int, default=1000, help="largest cohort to time the plain per-client loop on")
     parser.add_argument("--rss-rounds", type=int, default=200, help="rounds of the memory check (0 skips it)")
     parser.add_argument("--rss-clients", type=int, default=100)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"))
@@ -290,7 +292,7 @@ def main(argv=None) -> int:
         "|---:|---|---:|---:|---:|",
     ]
     for n in args.cohorts:
-        results = bench_cohort(n, args.rounds, n <= args.reference_max, args.xla)
+        results = bench_cohort(n, args.rounds, n <= args.reference_max, args.xla, n <= args.plain_max)
         floor = results["hand-vectorized floor"]
         for name, seconds in results.items():
             row = f"| {n} | {name} | {seconds:.4f} | {1000 * seconds / n:.3f} | {seconds / floor:.2f} |"

@@ -207,7 +207,7 @@ def check_equal_to_floor(n: int) -> float:
     return float(max(np.max(np.abs(got["kernel"] - fk.numpy())), np.max(np.abs(got["bias"] - fb.numpy()))))
 
 
-def bench_training(n: int, rounds: int, sequential_max: int) -> Dict[str, float]:
+def bench_training(n: int, rounds: int, sequential_max: int, plain_max: int) -> Dict[str, float]:
     arrays = client_arrays(n)
     datasets = [seed.preprocess(a) for a in arrays]
     z = seed.zero_model()
@@ -215,7 +215,9 @@ def bench_training(n: int, rounds: int, sequential_max: int) -> Dict[str, float]
     results: Dict[str, float] = {}
     results["hand-written floor (sorted, retire finished, masked last batch)"] = seed.time_rounds(
         lambda: floor_round(z["kernel"], z["bias"], x, y, starts, counts), rounds)
-    results["plain TF loop (per-client tf.function)"] = seed.time_rounds(lambda: seed.plain_tf_round(z, datasets), rounds)
+    if n <= plain_max:
+        results["plain TF loop (per-client tf.function)"] = seed.time_rounds(
+            lambda: seed.plain_tf_round(z, datasets), rounds)
     for strategy in ("auto", "vectorized", "sequential"):
         if strategy == "sequential" and n > sequential_max:
             continue
@@ -283,7 +285,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-cohorts", type=int, nargs="*", default=[100])
     parser.add_argument("--rss-cohorts", type=int, nargs="*", default=[100, 500, 1000])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--sequential-max", type=int, default=100, help="largest cohort to time the sequential strategy on")
+    parser.add_argument("--sequential-max", type=int, default=500, help="largest cohort to time the sequential strategy on")
+    parser.add_argument("--plain-max", type=int, default=500, help="largest cohort to time the plain per-client loop on")
     parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -297,7 +300,7 @@ def main(argv=None) -> int:
           flush=True)
     training = {}
     for n in args.cohorts:
-        training[n] = bench_training(n, args.rounds, args.sequential_max)
+        training[n] = bench_training(n, args.rounds, args.sequential_max, args.plain_max)
         print("\n".join(table({n: training[n]}, next(iter(training[n])), "round")), flush=True)
     evaluation = {}
     for n in args.eval_cohorts:

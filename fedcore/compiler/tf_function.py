@@ -116,6 +116,8 @@ class TFCalls:
                     node = nodes.get(name.split(":")[0])
                     if node is None or node.op != "Identity" or not node.input:
                         return None
+                    if any(i.startswith("^") for i in node.input):  # waits for other ops (an assert, say)
+                        return None
                     tensor = node.input[0]
                 return None
 

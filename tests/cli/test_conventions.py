@@ -281,7 +281,9 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch, 
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("fedcore train: error: --executor ray needs Ray, which is not installed")
     assert err.rstrip().endswith(f"install the ray extra: {install_hint('ray')}")
-    assert install_hint("ray") == "pip install 'fedcore[ray]'" or "fedcore" not in install_hint("ray")
+    from fedcore._dist import DIST_NAME
+
+    assert install_hint("ray") == f"pip install '{DIST_NAME}[ray]'"
     assert not (tmp_path / "run").exists()
 
 

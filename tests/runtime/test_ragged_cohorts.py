@@ -234,3 +234,28 @@ def test_passthrough_names_only_leaves_returned_unchanged():
     assert eval_step.ir.function.passthrough == (0, 1, None, None)
     assert swapping_step.ir.function.passthrough[1:] == (1, None, None)  # bias stays; the kernel is new
     assert sgd_step.ir.function.passthrough == (None, None)
+
+
+@fedcore.tf_computation(STATE, ELEMENT)
+def checked_step(state, batch):
+    # Returns its state unchanged, but only after checking the batch: the check must run.
+    with tf.control_dependencies([tf.debugging.assert_non_negative(batch, message="a negative example")]):
+        return tf.identity(state)
+
+
+@pytest.mark.parametrize("strategy", ["vectorized", "auto", "sequential"])
+def test_a_step_that_returns_its_state_unchanged_still_runs_its_checks(strategy):
+    @fedcore.federated_computation(fedcore.SequenceType(ELEMENT))
+    def client(batches):
+        return fedcore.sequence_reduce(batches, np.zeros(3, np.float32), checked_step)
+
+    @fedcore.federated_computation(fedcore.type_at_clients(fedcore.SequenceType(ELEMENT)))
+    def check(data):
+        return fedcore.federated_map(client, data)
+
+    good = datasets([3, 5], batch=2)
+    bad = [tf.data.Dataset.from_tensor_slices(np.array([1.0, -1.0], np.float32)).batch(2)] + datasets([4], batch=2)
+    executor = TensorFlowExecutor(strategy=strategy)
+    np.testing.assert_array_equal(np.asarray(run(executor, check, good)), np.zeros((2, 3), np.float32))
+    with pytest.raises(fedcore.ExecutionError, match="a negative example"):
+        run(executor, check, bad)

@@ -353,6 +353,8 @@ class Compiler:
             same = dict(enumerate(getattr(fn, "passthrough", None) or ()))
             same = {j: i for j, i in same.items() if i is not None}
             computed = [j for j in range(len(leaf_types(t.result))) if j not in same]
+            if not computed:  # still run the function: its ops (asserts, say) must run
+                same, computed = {}, list(range(len(leaf_types(t.result))))
 
             def one_client(batched_leaves):
                 full = list(arg_leaves)
@@ -364,8 +366,7 @@ class Compiler:
 
             # A static clients axis lets pfor read each client's slice without copying the inputs.
             inputs = [with_clients_axis(arg_leaves[i].value, self.n) for i in batched_idx]
-            out = (vectorize(one_client, inputs, label, self.strategy == "vectorized", not isinstance(self.n, int))
-                   if computed else [])
+            out = vectorize(one_client, inputs, label, self.strategy == "vectorized", not isinstance(self.n, int))
             if not same:
                 return unflatten([Batched(o) for o in out], t.result)
             out = dict(zip(computed, (Batched(o) for o in out)))
