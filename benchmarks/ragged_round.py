@@ -256,7 +256,17 @@ def rss_child(n: int) -> str:
     sizes = client_sizes(n)
     real = sizes.sum() * 785 * 4 / 2**20
     padded = len(sizes) * sizes.max() * 785 * 4 / 2**20
-    return f"| {n} | {real:.0f} | {padded:.0f} | {before:.0f} | {seed.peak_rss_mib():.0f} |"
+    return f"| {n} | {real:.0f} | {padded:.0f} | {before:.0f} | {peak_mib():.0f} |"
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory since it started (VmHWM: unlike ru_maxrss, not inherited
+    from the parent that spawned it)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return seed.peak_rss_mib()
 
 
 def rss_table(cohorts: List[int]) -> List[str]:
