@@ -250,9 +250,9 @@ def rss_child(n: int) -> str:
     arrays = client_arrays(n)
     datasets = [seed.preprocess(a) for a in arrays]
     before = seed.rss_mib()
-    model = seed.zero_model()
+    model, executor = seed.zero_model(), TensorFlowExecutor()
     for _ in range(2):
-        model = execute(seed.fedavg_round, (model, datasets), {}, executor=TensorFlowExecutor())
+        model = execute(seed.fedavg_round, (model, datasets), {}, executor=executor)
     sizes = client_sizes(n)
     real = sizes.sum() * 785 * 4 / 2**20
     padded = len(sizes) * sizes.max() * 785 * 4 / 2**20

@@ -63,6 +63,18 @@ def test_the_main_job_prints_no_tensorflow_noise(tmp_path):
     assert not _noise(proc.stderr), f"{HINT}\n" + "\n".join(_noise(proc.stderr))
 
 
+def test_fedcore_train_with_no_logging_settings_writes_nothing_to_stderr(tmp_path):
+    # The command sets TensorFlow's C++ log level itself (where the user set none): not even the
+    # oneDNN notice is printed, and stderr stays for errors.
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedcore", "train", "--rounds", "1", "--num-clients", "4",
+         "--clients-per-round", "2", "--epochs", "1", "--checkpoint-every", "0", "--out", str(tmp_path / "run")],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "", proc.stderr[-3000:]
+
+
 def test_import_fedcore_and_a_first_computation_print_no_cuda_probing():
     # No logging settings at all, as in a user's own script.
     code = (

@@ -72,8 +72,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     0: done; 1: the command failed (the message says why); 2: bad usage (argparse's message, raised as
     SystemExit); 130: interrupted with Ctrl-C.
     """
+    import os
     import sys
 
+    # TensorFlow's C++ notices at start-up (oneDNN, CPU features) are not for a command's user; its
+    # errors still print. Set before TensorFlow is first imported, and only where the user set nothing.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
