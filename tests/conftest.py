@@ -2,6 +2,10 @@
 
 import pytest
 
+from fedcore._quiet import import_tensorflow
+
+import_tensorflow()  # before any test module imports it: its load-time notices are not the suite's output
+
 
 @pytest.fixture(autouse=True)
 def _no_global_tensorflow_seed_left_behind():

@@ -63,45 +63,6 @@ __all__ = [
 ]
 
 
-# What TensorFlow's C++ side prints while it loads, and that a command's user cannot act on. It is
-# printed before TensorFlow reads TF_CPP_MIN_LOG_LEVEL from a process's environment set at run time.
-_LOAD_NOTICES = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on",
-                 "This TensorFlow binary is optimized to use available CPU instructions",
-                 "To enable the following instructions:")
-
-
-def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with its load-time notices held back; every other line it prints is kept.
-
-    Only where the user set no ``TF_CPP_MIN_LOG_LEVEL``: a user who asked for TensorFlow's logs gets them.
-    """
-    import os
-    import sys
-    import tempfile
-
-    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no file descriptor 2 to redirect (an embedded interpreter)
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError:
-            pass  # the command that needs it says how to install it
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept = [line for line in held.read().decode("utf-8", "replace").splitlines()
-                    if not any(notice in line for notice in _LOAD_NOTICES)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
 
@@ -114,7 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        _import_tensorflow_quietly()
+        from fedcore._quiet import import_tensorflow
+
+        import_tensorflow()
         if args.command == "train" and args.config is not None:
             args = apply_config(parser, argv, args)
         if args.command == "signature":
