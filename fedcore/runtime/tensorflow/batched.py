@@ -90,15 +90,18 @@ def _uniform_cohort(data: Any) -> Any:
     return tf.logical_and(same, tf.equal(tf.reduce_max(tf.cast(data.tail_sizes, tf.int32)), 0))
 
 
+def _everyones(c: Compiler, data: Any, s: Any) -> List[Any]:
+    """Element ``s`` of every client, on the static clients axis."""
+    return [tf.ensure_shape(x, [c.n] + x.shape.as_list()[1:]) for x in data.take(s, tf.range(c.n))]
+
+
 def _uniform(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc0: List[Any],
              fixed: dict) -> List[Any]:
     """Clients with equal data: every step on all clients at once, with the static clients axis."""
-    everyone = tf.range(c.n)
     steps = tf.reduce_max(tf.cast(data.lengths, tf.int32))
 
     def body(s, *acc):
-        element = [tf.ensure_shape(x, [c.n] + x.shape.as_list()[1:]) for x in data.take(s, everyone)]
-        new = _step(c, op, acc_type, element_type, list(acc), element, c.n, fixed)
+        new = _step(c, op, acc_type, element_type, list(acc), _everyones(c, data, s), c.n, fixed)
         return [s + 1] + [tf.ensure_shape(x, a.shape) for x, a in zip(new, acc)]
 
     return list(tf.while_loop(lambda s, *_: s < steps, body, [tf.constant(0)] + list(acc0))[1:])
@@ -219,11 +222,9 @@ def _tails(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Ty
 def _masked(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc0: List[Any]) -> List[Any]:
     """All clients step together, padded to the longest; a client whose data has ended keeps its state."""
     steps, lengths = tf.cast(data.num_steps, tf.int32), data.lengths
-    everyone = tf.range(c.n)
 
     def body(s, *acc_flat):
-        new_flat = _step(c, op, acc_type, element_type, list(acc_flat),
-                         [tf.ensure_shape(x, [c.n] + x.shape.as_list()[1:]) for x in data.take(s, everyone)], c.n)
+        new_flat = _step(c, op, acc_type, element_type, list(acc_flat), _everyones(c, data, s), c.n)
         active = tf.cast(s, lengths.dtype) < lengths
 
         def masked():
