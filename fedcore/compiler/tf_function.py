@@ -28,7 +28,7 @@ from tensorflow.python.eager import lift_to_graph
 from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import gen_resource_variable_ops, resource_variable_ops
 
-from fedcore.compiler import context
+from fedcore.compiler import additive, context
 from fedcore.compiler import tf_bridge
 from fedcore.structure import items_by_names, nests_deeper_than
 from fedcore.types import MAX_DEPTH, SequenceType, StructType, TensorType, Type, TypeNestingError
@@ -123,6 +123,17 @@ class TFCalls:
 
             self._passthrough = tuple(source(name) for name in outputs)
         return self._passthrough
+
+    _increments: Optional[tuple] = None
+
+    @property
+    def increments(self) -> tuple:
+        """For each result leaf: ``(i, deps)`` when it is parameter leaf ``i`` plus a value computed from
+        parameter leaves ``deps`` only (see ``fedcore.compiler.additive``), else None."""
+        if self._increments is None:
+            graph_def, inputs, outputs = self._graph_parts()
+            self._increments = additive.increments(graph_def, inputs, outputs)
+        return self._increments
 
     def _graph_parts(self) -> Tuple[Any, List[str], List[str]]:
         """(GraphDef, names of the input tensors, names of the output tensors)."""

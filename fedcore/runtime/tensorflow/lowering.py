@@ -259,6 +259,7 @@ class Lowered:
         # then it must be called on all clients, in their order, not on a subset of them.
         self.captures_batched = captures_batched
         self.passthrough: Optional[tuple] = None  # see TensorFlowFunction.passthrough
+        self.increments: Optional[tuple] = None  # see TensorFlowFunction.increments
 
     def __call__(self, arg: Any = None) -> Any:
         return self._call(arg)
@@ -375,6 +376,7 @@ class Compiler:
 
         lowered = Lowered(t, call, call_batched, name=label)
         lowered.passthrough = getattr(fn, "passthrough", None)  # result leaves that are parameter leaves unchanged
+        lowered.increments = getattr(fn, "increments", None)  # result leaves that are a parameter leaf plus more
         return lowered
 
     def lambda_(self, node: bb.Lambda, env: Dict[str, Any]) -> Lowered:

@@ -563,7 +563,7 @@ class ClientSequences:
         dense = self.dense
 
         def take(s, clients):
-            at = tf.stack([tf.cast(clients, tf.int64), tf.fill(tf.shape(clients), tf.cast(s, tf.int64))], axis=1)
+            at = tf.stack([tf.cast(clients, tf.int64), tf.broadcast_to(tf.cast(s, tf.int64), tf.shape(clients))], axis=1)
             return [tf.gather_nd(d, at) for d in dense]
 
         return Steps(tf.shape(dense[0], out_type=tf.int64)[1], self.lengths, take)
@@ -574,7 +574,8 @@ class Steps:
     """Every client's data as steps on a clients axis, for the vectorized strategy.
 
     ``take(s, clients)`` gives element ``s`` of each client in ``clients`` (an
-    int vector), as leaves with a leading axis over ``clients``; client c's
+    int vector; ``s`` is a scalar, or a vector with one step per client), as
+    leaves with a leading axis over ``clients``; client c's
     data has ``lengths[c]`` such elements, and ``num_steps`` is the most any
     client has.  When ``tail_sizes`` is set, client c then has one more,
     partial batch of ``tail_sizes[c]`` examples (none where it is 0):
