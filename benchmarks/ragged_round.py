@@ -243,7 +243,31 @@ def bench_evaluation(n: int, rounds: int) -> Dict[str, float]:
         np.testing.assert_allclose([got["loss"], got["correct"], got["count"]], expected, rtol=1e-4)
         results[f"fedcore TF executor, {strategy}"] = seed.time_rounds(
             lambda: execute(federated_eval, (model, datasets), {}, executor=executor), rounds)
+    evaluation, weights = keras_evaluation(model, datasets[0].element_spec)
+    executor = TensorFlowExecutor()
+    got = execute(evaluation, (weights, datasets), {}, executor=executor)
+    np.testing.assert_allclose([got["loss"] * got["num_examples"], got["sparse_categorical_accuracy"] * got["num_examples"],
+                                got["num_examples"]], expected, rtol=1e-4)
+    results["fedcore build_federated_evaluation (Keras model, metrics), auto"] = seed.time_rounds(
+        lambda: execute(evaluation, (weights, datasets), {}, executor=executor), rounds)
     return results
+
+
+def keras_evaluation(model, element_spec):
+    """The same model as a Keras model, evaluated by the TFF-style API (loss and accuracy as Keras metrics)."""
+    def model_fn():
+        keras_model = tf.keras.Sequential([tf.keras.Input((784,)), tf.keras.layers.Dense(10, activation="softmax")])
+        return fedcore.learning.from_keras_model(keras_model, input_spec=element_spec,
+                                                 loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+                                                 metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
+
+    process = fedcore.learning.build_federated_averaging_process(model_fn, client_optimizer_fn=lambda: tf.keras.optimizers.SGD(0.02))
+    weights = process.initialize().model
+    kernel_name, bias_name = weights.trainable
+    weights = fedcore.learning.ModelWeights(
+        trainable=collections.OrderedDict([(kernel_name, model["kernel"]), (bias_name, model["bias"])]),
+        non_trainable=weights.non_trainable)
+    return fedcore.learning.build_federated_evaluation(model_fn), weights
 
 
 def rss_child(n: int) -> str:
