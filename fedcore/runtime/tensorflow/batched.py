@@ -214,8 +214,10 @@ def _sums_only(op: Lowered, fixed: dict, num_leaves: int) -> bool:
                for j in carried)
 
 
-# Elements whose increments one vectorized call computes (a bound on the memory of one call's inputs).
-MAP_SUM_CHUNK = 1024
+# The sizes of the chunks of elements whose increments one vectorized call computes: as many of the
+# largest as fit, then of the next, and so on.  Each size is static, so that pfor reads every element by
+# its own index without copying the inputs; the largest bounds the memory of one call's inputs.
+MAP_SUM_CHUNKS = (1024, 256, 64, 16, 4, 1)
 
 
 def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc0: List[Any],
@@ -235,23 +237,27 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
     owner = tf.repeat(tf.range(n), lengths)  # element e belongs to client owner[e] ...
     position = tf.range(total) - tf.repeat(tf.cumsum(lengths, exclusive=True), lengths)  # ... as its step position[e]
 
-    def zeros_like_for(k):
-        return [tf.zeros(tf.concat([[k], tf.shape(a)[1:]], 0), a.dtype) for a in acc0]
-
     def increments(element, k):
-        return _step(c, op, acc_type, element_type, zeros_like_for(k), element, k, fixed)
+        zeros = [tf.zeros(tf.concat([[k], tf.shape(a)[1:]], 0), a.dtype) for a in acc0]
+        return _step(c, op, acc_type, element_type, zeros, element, k, fixed)
 
-    def body(i, sums):
-        at = tf.range(i * MAP_SUM_CHUNK, tf.minimum(total, (i + 1) * MAP_SUM_CHUNK))
-        k = tf.size(at)
-        own = tf.gather(owner, at)
-        new = increments(data.take(tf.gather(position, at), own), k)
-        return i + 1, [s + tf.math.unsorted_segment_sum(x, own, n) for s, x in zip(sums, new)]
+    def chunks(start, size, sums):
+        count = (total - start) // size
 
-    sums0 = [tf.zeros_like(a) for a in acc0]
-    chunks = (total + MAP_SUM_CHUNK - 1) // MAP_SUM_CHUNK
-    _, sums = tf.while_loop(lambda i, _: i < chunks, body, (tf.constant(0), sums0))
-    sums = list(sums)
+        def body(i, sums):
+            at = start + i * size + tf.range(size)
+            own = tf.gather(owner, at)
+            element = [tf.ensure_shape(x, [size] + x.shape.as_list()[1:])
+                       for x in data.take(tf.gather(position, at), own)]
+            new = increments(element, size)
+            return i + 1, [s + tf.math.unsorted_segment_sum(x, own, n) for s, x in zip(sums, new)]
+
+        _, sums = tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), sums))
+        return start + count * size, list(sums)
+
+    start, sums = tf.constant(0), [tf.zeros_like(a) for a in acc0]
+    for size in MAP_SUM_CHUNKS:
+        start, sums = chunks(start, size, sums)
     if data.tail_sizes is not None:
         sizes = tf.cast(data.tail_sizes, tf.int32)
         distinct = tf.unique(tf.boolean_mask(sizes, sizes > 0))[0]
