@@ -26,7 +26,7 @@ from fedcore.runtime.tensorflow.lowering import (
     unwrap_batched,
 )
 from fedcore.runtime.tensorflow.tables import BATCHED, NeedsAllClients, NotVectorizable
-from fedcore.runtime.tensorflow.values import Batched
+from fedcore.runtime.tensorflow.values import Batched, tensors
 from fedcore.structure import Struct
 from fedcore.types import Type
 
@@ -94,7 +94,7 @@ def _uniform_cohort(data: Any) -> Any:
 
 def _everyones(c: Compiler, data: Any, s: Any) -> List[Any]:
     """Element ``s`` of every client, on the static clients axis."""
-    return [tf.ensure_shape(x, [c.n] + x.shape.as_list()[1:]) for x in data.take(s, tf.range(c.n))]
+    return [tf.ensure_shape(x, [c.n] + x.shape.as_list()[1:]) for x in tensors(data.take(s, tf.range(c.n)))]
 
 
 def _uniform(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc0: List[Any],
@@ -142,7 +142,8 @@ def _step(c: Compiler, op: Lowered, acc_type: Type, element_type: Type, acc_flat
     try:
         acc = unflatten([fixed[j] if j in fixed else Batched(next(carried)) for j in range(len(leaf_types(acc_type)))],
                         acc_type)
-        new = op.batched(Struct.unnamed(acc, unflatten([Batched(x) for x in element], element_type)))
+        element = [x if isinstance(x, Batched) else Batched(x) for x in element]
+        new = op.batched(Struct.unnamed(acc, unflatten(element, element_type)))
         leaves, types = flat(new), leaf_types(acc_type)
         if len(leaves) != len(types):  # a leaf holds a whole struct: unwrap all of it
             leaves = flat(unwrap_batched(new, clients))
@@ -184,7 +185,10 @@ def _ragged(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: T
     def body(s, k, active, retired):
         new = _step(c, op, acc_type, element_type, list(active), data.take(s, perm[:k]), k, fixed)
         k_next = running(s + 1)
-        retired = tuple(ta.write(last - 1 - s, x[k_next:]) for ta, x in zip(retired, new))
+        # Gathered, not sliced: a slice would share the step's whole buffer (all k clients' states) and
+        # keep it alive until the loop ends, one buffer per step.
+        leaving = tf.range(k_next, k)
+        retired = tuple(ta.write(last - 1 - s, tf.gather(x, leaving)) for ta, x in zip(retired, new))
         return s + 1, k_next, tuple(x[:k_next] for x in new), retired
 
     _, _, _, retired = tf.while_loop(
@@ -248,7 +252,7 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
             at = start + i * size + tf.range(size)
             own = tf.gather(owner, at)
             element = [tf.ensure_shape(x, [size] + x.shape.as_list()[1:])
-                       for x in data.take(tf.gather(position, at), own)]
+                       for x in tensors(data.take(tf.gather(position, at), own))]
             new = increments(element, size)
             return i + 1, [s + tf.math.unsorted_segment_sum(x, own, n) for s, x in zip(sums, new)]
 
@@ -331,7 +335,7 @@ def _partial_batches(c: Compiler, op: Lowered, data: Any, element_type: Type, ac
     def body(i, *acc):
         def run():
             own = unflatten([a[i] for a in acc], acc_type)
-            element = unflatten([x[0] for x in data.tail(tf.reshape(i, [1]), sizes[i])], element_type)
+            element = unflatten([x[0] for x in tensors(data.tail(tf.reshape(i, [1]), sizes[i]))], element_type)
             new = cast_flat(op(Struct.unnamed(own, element)), acc_type)
             return [tf.tensor_scatter_nd_update(a, [[i]], tf.expand_dims(v, 0)) for a, v in zip(acc, new)]
 

@@ -22,6 +22,7 @@ it: an executor passes its own, or the functions here use ``DEFAULT_CACHE``.
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import uuid
 import weakref
@@ -61,9 +62,23 @@ class Shared:
 
 @attrs.frozen
 class Batched:
-    """Inside a vectorized client function: a value with a leading clients axis."""
+    """Inside a vectorized client function: a value with a leading clients axis.
+
+    When ``source`` is set, ``value`` is ``tf.gather(source, rows)``: a
+    vectorized call then reads each client's rows from ``source`` itself, so
+    that the batch is gathered once (pfor would copy ``value`` again when the
+    number of clients is known only at run time), and ``value``, unused, is
+    pruned from the graph.
+    """
 
     value: Any
+    rows: Any = None
+    source: Any = None
+
+
+def gathered(source: Any, rows: Any) -> Batched:
+    """``source``'s ``rows`` (a clients axis first), to be read where they are used."""
+    return Batched(tf.gather(source, rows), rows, source)
 
 
 def _np_dtype(t: TensorType):
@@ -331,6 +346,35 @@ def _to_device(arrays: Sequence[np.ndarray]) -> List[Any]:
     return [a if a.dtype == object else tf.constant(a) for a in arrays]
 
 
+# TensorFlow's CPU kernels need their buffers aligned to Eigen's widest vectors (64 bytes with AVX-512).
+_ALIGNMENT = 128
+
+
+@functools.lru_cache(maxsize=None)
+def _host_only() -> bool:
+    return not tf.config.list_logical_devices("GPU")
+
+
+def _concatenated(pieces: Sequence[np.ndarray]) -> Any:
+    """``np.concatenate(pieces)`` as a device tensor, holding the data once.
+
+    On a machine without a GPU the tensor is the concatenated array itself
+    (shared through DLPack, in a buffer aligned for TensorFlow): a copy into
+    TensorFlow's allocator would keep a second copy of a cohort's examples
+    resident, as that allocator keeps what it once held.
+    """
+    dtype = pieces[0].dtype
+    shape = (sum(len(p) for p in pieces),) + pieces[0].shape[1:]
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if dtype.kind not in "fiu" or nbytes == 0 or not _host_only():
+        return _to_device([np.concatenate(pieces)])[0]
+    buffer = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    offset = -buffer.ctypes.data % _ALIGNMENT
+    out = buffer[offset : offset + nbytes].view(dtype).reshape(shape)
+    np.concatenate(pieces, out=out)
+    return tf.experimental.dlpack.from_dlpack(out.__dlpack__())
+
+
 @attrs.frozen
 class StaticData:
     """Every client's elements, concatenated: the general layout.
@@ -465,7 +509,7 @@ def _examples_on_device(seqs: Sequence[Any], reads: List[_Read], element_type: T
     def build():
         sizes = np.asarray([len(r.examples[0]) for r in reads], np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        examples = tuple(_to_device([np.concatenate(leaf) for leaf in zip(*[r.examples for r in reads])]))
+        examples = tuple(_concatenated(leaf) for leaf in zip(*[r.examples for r in reads]))
         return examples, offsets
 
     return cache.cohort("shuffled", seqs, element_type, build)
@@ -575,7 +619,8 @@ class Steps:
 
     ``take(s, clients)`` gives element ``s`` of each client in ``clients`` (an
     int vector; ``s`` is a scalar, or a vector with one step per client), as
-    leaves with a leading axis over ``clients``; client c's
+    leaves with a leading axis over ``clients`` (tensors, or ``Batched`` values
+    gathered where they are used: ``tensors`` makes them tensors); client c's
     data has ``lengths[c]`` such elements, and ``num_steps`` is the most any
     client has.  When ``tail_sizes`` is set, client c then has one more,
     partial batch of ``tail_sizes[c]`` examples (none where it is 0):
@@ -589,6 +634,11 @@ class Steps:
     take: Callable[[Any, Any], List[Any]]
     tail_sizes: Any = None
     tail: Optional[Callable[[Any, Any], List[Any]]] = None
+
+
+def tensors(leaves: List[Any]) -> List[Any]:
+    """A ``Steps.take`` or ``Steps.tail`` result as tensors."""
+    return [x.value if isinstance(x, Batched) else x for x in leaves]
 
 
 @attrs.frozen
@@ -607,6 +657,9 @@ class ShuffledSequences:
     def _gather(self, rows: tf.Tensor) -> List[tf.Tensor]:
         return [tf.gather(x, rows) for x in self.examples]
 
+    def _gather_lazily(self, rows: tf.Tensor) -> List[Batched]:
+        return [gathered(x, rows) for x in self.examples]
+
     def dataset(self, client: tf.Tensor) -> tf.data.Dataset:
         client = tf.cast(client, self.counts.dtype)
         start = self.starts[client]
@@ -615,8 +668,11 @@ class ShuffledSequences:
             rows = rows.batch(self.batch_size)
         return rows.map(lambda r: _element_from_leaves(self._gather(r), self.element_type))
 
-    def _rows(self, clients: tf.Tensor, first: tf.Tensor, width: Any) -> List[tf.Tensor]:
-        """Rows ``first[j] .. first[j] + width`` of each client ``clients[j]``'s order: ``[len(clients), width]``."""
+    def _rows(self, clients: tf.Tensor, first: tf.Tensor, width: Any, lazy: bool = True) -> List[Any]:
+        """Rows ``first[j] .. first[j] + width`` of each client ``clients[j]``'s order: ``[len(clients), width]``.
+
+        Leaves are ``Batched`` values read where they are used (see ``gathered``) when ``lazy``.
+        """
         clients = tf.cast(clients, tf.int64)
         at = tf.gather(self.starts, clients) + tf.cast(first, tf.int64)
         if not isinstance(width, int) and clients.shape.as_list() == [1]:
@@ -625,12 +681,13 @@ class ShuffledSequences:
         rows = at[:, None] + tf.range(tf.cast(width, tf.int64))[None, :]
         # A client past its data (the masked path steps everyone) reads some valid row; its result is dropped.
         rows = tf.minimum(rows, tf.maximum(tf.size(self.order, out_type=tf.int64) - 1, 0))
-        return self._gather(tf.gather(self.order, rows))
+        rows = tf.gather(self.order, rows)
+        return self._gather_lazily(rows) if lazy else self._gather(rows)
 
     def stepper(self) -> Steps:
         if self.batch_size is None:
             return Steps(tf.reduce_max(tf.concat([self.lengths, [0]], 0)), self.lengths,
-                         lambda s, clients: [x[:, 0] for x in self._rows(clients, s, 1)])
+                         lambda s, clients: [x[:, 0] for x in self._rows(clients, s, 1, lazy=False)])
         b = self.batch_size
         full = self.counts // b
 
@@ -658,6 +715,8 @@ __all__ = [
     "Shared",
     "Stacked",
     "client_elements",
+    "gathered",
     "materialize",
     "read",
+    "tensors",
 ]

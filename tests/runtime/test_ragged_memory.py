@@ -1,0 +1,102 @@
+"""Memory of the vectorized ragged loop: a round holds about one step's buffers, not one per step.
+
+The ragged loop retires clients as their data ends and keeps their states
+aside until the loop is over.  A retired state that shared the buffer of the
+step it left (a slice of all k clients' states) kept that whole buffer alive:
+one buffer per step, so a round's peak grew with clients times steps.  The
+peak is read here from TensorFlow's own allocation records (the profiler's
+trace of the round), which do not depend on what else the process holds.
+"""
+
+import glob
+import os
+
+import numpy as np
+import tensorflow as tf
+
+import fedcore
+from fedcore.runtime.tensorflow import TensorFlowExecutor, batched
+
+WIDTH = 16384  # floats of state per client: 64 KiB
+CLIENTS = 48
+ELEMENT = fedcore.to_type((tf.float32, [None]))
+STATE = fedcore.to_type((tf.float32, [WIDTH]))
+
+
+@fedcore.tf_computation(STATE, ELEMENT)
+def decay(state, batch):
+    # Reads its own state: not a sum of increments, so the ragged loop runs it.
+    return state * 0.5 + tf.reduce_sum(batch)
+
+
+@fedcore.federated_computation(fedcore.SequenceType(ELEMENT))
+def client(batches):
+    return fedcore.sequence_reduce(batches, np.zeros([WIDTH], np.float32), decay)
+
+
+@fedcore.federated_computation(fedcore.type_at_clients(fedcore.SequenceType(ELEMENT)))
+def everyone(data):
+    return fedcore.federated_map(client, data)
+
+
+def cohort():
+    # Client c has c + 1 full batches of 2: every step retires one client.
+    return [tf.data.Dataset.range(2 * (c + 1)).map(lambda x: tf.cast(x, tf.float32)).batch(2) for c in range(CLIENTS)]
+
+
+def expected(c):
+    s = np.float32(0)
+    for step in range(c + 1):
+        s = s * np.float32(0.5) + np.float32(4 * step + 1)
+    return s
+
+
+def peak_live_bytes(logdir):
+    """The most bytes TensorFlow's allocators held at once, of those allocated during the trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    events = []
+    for plane in space.planes:
+        names, stats = plane.event_metadata, plane.stat_metadata
+        for line in plane.lines:
+            for e in line.events:
+                kind = names[e.metadata_id].name
+                if kind in ("MemoryAllocation", "MemoryDeallocation"):
+                    fields = {stats[s.metadata_id].name: s.int64_value or s.uint64_value for s in e.stats}
+                    events.append((line.timestamp_ns * 1000 + e.offset_ps, kind, fields["addr"],
+                                   fields.get("allocation_bytes", 0)))
+    assert events, "the profiler recorded no allocations: this test cannot measure"
+    live, now, peak = {}, 0, 0
+    for _, kind, addr, size in sorted(events):
+        if kind == "MemoryAllocation":
+            live[addr] = size
+            now += size
+            peak = max(peak, now)
+        else:
+            now -= live.pop(addr, 0)
+    return peak
+
+
+def test_ragged_round_holds_about_one_step_of_states(tmp_path, monkeypatch):
+    calls = []
+    original = batched._ragged
+    monkeypatch.setattr(batched, "_ragged", lambda *a, **k: calls.append(1) or original(*a, **k))
+    executor, data = TensorFlowExecutor(strategy="vectorized"), cohort()
+    with fedcore.execution_context(executor):
+        first = everyone(data)  # traced and compiled outside the measured call
+        tf.profiler.experimental.start(str(tmp_path))
+        try:
+            again = everyone(data)
+        finally:
+            tf.profiler.experimental.stop()
+    assert calls, "the ragged loop did not run"
+    for c in (0, 1, CLIENTS // 2, CLIENTS - 1):
+        np.testing.assert_allclose(again[c], np.full([WIDTH], expected(c)), rtol=1e-6)
+        np.testing.assert_array_equal(first[c], again[c])
+    states = CLIENTS * WIDTH * 4  # every client's state once: 3 MiB
+    # A handful of state-sized buffers (inputs, results, the retired states); one per step would be 48.
+    assert peak_live_bytes(str(tmp_path)) < 12 * states
