@@ -280,7 +280,8 @@ def rss_child(n: int) -> str:
     sizes = client_sizes(n)
     real = sizes.sum() * 785 * 4 / 2**20
     padded = len(sizes) * sizes.max() * 785 * 4 / 2**20
-    return f"| {n} | {real:.0f} | {padded:.0f} | {before:.0f} | {peak_mib():.0f} |"
+    peak = peak_mib()
+    return f"| {n} | {real:.0f} | {padded:.0f} | {before:.0f} | {peak:.0f} | {peak - before:.0f} | {(peak - before) / real:.1f} |"
 
 
 def peak_mib() -> float:
@@ -300,8 +301,9 @@ def rss_table(cohorts: List[int]) -> List[str]:
                              capture_output=True, text=True, timeout=1800).stdout
         rows.append(out.strip().splitlines()[-1])
         print(rows[-1], flush=True)
-    return ["| clients | examples held (MiB) | padded to the longest (MiB) | RSS before the rounds (MiB) | peak RSS (MiB) |",
-            "|---:|---:|---:|---:|---:|", *rows]
+    return ["| clients | examples held (MiB) | padded to the longest (MiB) | RSS before the rounds (MiB) | peak RSS (MiB) "
+            "| peak - before (MiB) | × examples held |",
+            "|---:|---:|---:|---:|---:|---:|---:|", *rows]
 
 
 def table(rows: Dict[int, Dict[str, float]], floor_name: str, unit: str) -> List[str]:
@@ -347,9 +349,14 @@ def main(argv=None) -> int:
         f"[{LOW}, {HIGH}], seeded (at 100 clients: min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}); "
         "the seed pipeline and model. See the docstring of `benchmarks/ragged_round.py` for the floors.", "",
         "FedAvg rounds:", "", *(table(training, next(iter(next(iter(training.values())))), "round") if training else []), "",
-        "Federated evaluation (loss, accuracy and count summed over clients; batches of 20, no shuffle):", "",
+        "Federated evaluation (loss, accuracy and count summed over clients; batches of 20, no shuffle; its "
+        "reductions only add, so they run as one pass over all clients' batches: docs/performance.md):", "",
         *(table(evaluation, next(iter(next(iter(evaluation.values())))), "evaluation") if evaluation else []), "",
-        "Peak resident memory of a process that runs two rounds on the TF executor (auto):", "", *memory, "",
+        "Peak resident memory (VmHWM) of a fresh process that builds the cohort's datasets and runs two rounds on "
+        "one TF executor (auto), measured by `python benchmarks/ragged_round.py --rss-child N`. \"Before\" already "
+        "holds the datasets the caller built; what a round adds is one host copy of each client's examples (read "
+        "once from tf.data), the cohort's examples concatenated for the device (one more copy, which TensorFlow "
+        "uses in place on CPU through DLPack), and about one step's buffers:", "", *memory, "",
     ]
     text = "\n".join(lines)
     print(text)

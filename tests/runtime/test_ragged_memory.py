@@ -1,4 +1,5 @@
-"""Memory of the vectorized ragged loop: a round holds about one step's buffers, not one per step.
+"""Memory of the vectorized ragged loop: a round holds about one step's buffers, not one per step;
+and a cohort's examples, shared with TensorFlow in place, keep their values.
 
 The ragged loop retires clients as their data ends and keeps their states
 aside until the loop is over.  A retired state that shared the buffer of the
@@ -13,9 +14,10 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from hypothesis import given, settings, strategies as st
 
 import fedcore
-from fedcore.runtime.tensorflow import TensorFlowExecutor, batched
+from fedcore.runtime.tensorflow import TensorFlowExecutor, batched, values
 
 WIDTH = 16384  # floats of state per client: 64 KiB
 CLIENTS = 48
@@ -100,3 +102,23 @@ def test_ragged_round_holds_about_one_step_of_states(tmp_path, monkeypatch):
     states = CLIENTS * WIDTH * 4  # every client's state once: 3 MiB
     # A handful of state-sized buffers (inputs, results, the retired states); one per step would be 48.
     assert peak_live_bytes(str(tmp_path)) < 12 * states
+
+
+@given(dtype=st.sampled_from(["float32", "float64", "float16", "int8", "uint8", "int32", "int64", "bool", "object"]),
+       sizes=st.lists(st.integers(0, 7), min_size=1, max_size=5), inner=st.sampled_from([(), (3,), (2, 5)]))
+@settings(max_examples=40, deadline=None)
+def test_a_cohorts_examples_concatenate_to_the_same_values(dtype, sizes, inner):
+    # On CPU the cohort's examples are shared with TensorFlow (an aligned buffer through DLPack).
+    rng = np.random.default_rng(len(sizes))
+    pieces = [(rng.random((n,) + inner) * 100).astype(dtype) if dtype != "object"
+              else np.array([str(x) for x in rng.integers(0, 9, (n,) + inner).ravel()], object).reshape((n,) + inner)
+              for n in sizes]
+    got = values._concatenated(pieces)
+    expected = np.concatenate(pieces)
+    if dtype == "object":
+        np.testing.assert_array_equal(np.asarray(got, object), expected)
+        return
+    assert got.dtype.as_numpy_dtype == expected.dtype and tuple(got.shape) == expected.shape
+    np.testing.assert_array_equal(got.numpy(), expected)
+    # TensorFlow computes on it as on any tensor (an unaligned buffer would abort the process here).
+    np.testing.assert_array_equal(tf.reshape(got, [-1]).numpy(), expected.reshape(-1))
