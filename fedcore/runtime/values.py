@@ -15,6 +15,7 @@ re-exported here.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, List, Optional
 
 import numpy as np
@@ -178,6 +179,9 @@ def _check_shape(shape, t: TensorType, where: str, value: Any) -> None:
 
 
 _DATASET_CHECKS: dict = {}
+# The element types each live dataset object was found to stand for (datasets are immutable), so that
+# passing the same datasets again, round after round, skips even the spec's text.
+_DATASETS_PASSED: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()
 
 
 def _dataset_problem(spec_key: str, spec: Any, element_type: Type) -> Optional[str]:
@@ -232,9 +236,13 @@ def to_internal(value: Any, t: Type, where: str = "argument") -> Any:
             return Struct(result)
         case SequenceType(element=element_type):
             if _is_dataset(value):
+                passed = _DATASETS_PASSED.get(value)
+                if passed is not None and element_type in passed:
+                    return value
                 problem = _dataset_problem(repr(value.element_spec), value.element_spec, element_type)
                 if problem is not None:
                     raise ArgumentError(f"{where}: expected a dataset of {t}, got a dataset {problem}")
+                _DATASETS_PASSED.setdefault(value, set()).add(element_type)
                 return value
             if isinstance(value, (list, tuple)):
                 return [to_internal(v, element_type, f"{where}[{i}]") for i, v in enumerate(value)]

@@ -139,6 +139,16 @@ def test_dataset_of_the_wrong_element_type():
         to_internal(ds, T("float32*"))
 
 
+def test_a_dataset_that_passed_for_one_type_is_still_checked_against_another():
+    # Datasets that passed are remembered per object and element type: passing the same object again is
+    # free, and a different type is checked anew.
+    ds = tf.data.Dataset.from_tensor_slices([1, 2])
+    for _ in range(2):
+        assert to_internal(ds, T("int32*")) is ds
+        with pytest.raises(ArgumentError, match=r"expected a dataset of float32\*, got a dataset of int32\*"):
+            to_internal(ds, T("float32*"))
+
+
 def test_dataset_for_a_struct():
     with pytest.raises(ArgumentError, match=r"expected <a=int32>, got a dataset"):
         to_internal(tf.data.Dataset.range(2), T("<a=int32>"))

@@ -228,6 +228,12 @@ def _read_size(r: _Read) -> int:
     return _nbytes(list(r.examples or ())) + _nbytes(r.elements or [])
 
 
+@functools.lru_cache(maxsize=256)
+def _type_text(t: Type) -> str:
+    """``str(t)``, remembered: a cohort's datasets all ask for it."""
+    return str(t)
+
+
 class DatasetCache:
     """What the TF backend read from client datasets, keyed by their content.
 
@@ -270,7 +276,7 @@ class DatasetCache:
 
     def read(self, ds: tf.data.Dataset, element_type: Type) -> _Read:
         """Reads ``ds`` once: its elements, or its base examples and plan (cached by content)."""
-        key = (self.fingerprint(ds), str(element_type))
+        key = (self.fingerprint(ds), _type_text(element_type))
         with self._lock:
             cached = self._reads.get(key)
         if cached is not None:
@@ -283,7 +289,7 @@ class DatasetCache:
 
     def cohort(self, kind: str, seqs: Sequence[tf.data.Dataset], element_type: Type, build) -> Any:
         """The device tensors of a cohort (``build()`` on a miss), keyed by its datasets' content."""
-        key = (kind, str(element_type), tuple(self.fingerprint(s) for s in seqs))
+        key = (kind, _type_text(element_type), tuple(self.fingerprint(s) for s in seqs))
         with self._lock:
             cached = self._cohorts.get(key)
         if cached is None:
