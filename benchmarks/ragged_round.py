@@ -24,7 +24,8 @@ import collections
 import os
 import subprocess
 import sys
-from typing import Dict, List
+import time
+from typing import Callable, Dict, List
 
 import numpy as np
 import tensorflow as tf
@@ -39,6 +40,7 @@ from fedcore.runtime.tensorflow import TensorFlowExecutor  # noqa: E402
 
 MEDIAN, SIGMA, LOW, HIGH = 90, 0.8, 5, 450
 EVAL_BATCH = 20
+EVAL_REPEATS = 40  # an evaluation takes milliseconds: its figures are medians over this many turns
 
 
 def client_sizes(num_clients: int, seed_value: int = 0) -> np.ndarray:
@@ -234,23 +236,39 @@ def bench_evaluation(n: int, rounds: int) -> Dict[str, float]:
     x = tf.constant(np.concatenate([a["pixels"].reshape(-1, 784) for a in arrays]))
     y = tf.constant(np.concatenate([a["label"] for a in arrays]))
     expected = [float(v) for v in eval_floor(model["kernel"], model["bias"], x, y)]
-    results: Dict[str, float] = {"floor (one matmul over all examples)": seed.time_rounds(
-        lambda: eval_floor(model["kernel"], model["bias"], x, y), rounds)}
-    results["plain TF loop (per-client tf.function)"] = seed.time_rounds(lambda: plain_eval(model, datasets), rounds)
+    fast: Dict[str, Callable[[], object]] = {
+        "floor (one matmul over all examples)": lambda: eval_floor(model["kernel"], model["bias"], x, y)}
     for strategy in ("auto", "sequential"):
         executor = TensorFlowExecutor(strategy=strategy)
         got = execute(federated_eval, (model, datasets), {}, executor=executor)
         np.testing.assert_allclose([got["loss"], got["correct"], got["count"]], expected, rtol=1e-4)
-        results[f"fedcore TF executor, {strategy}"] = seed.time_rounds(
-            lambda: execute(federated_eval, (model, datasets), {}, executor=executor), rounds)
+        fast[f"fedcore TF executor, {strategy}"] = (
+            lambda executor=executor: execute(federated_eval, (model, datasets), {}, executor=executor))
     evaluation, weights = keras_evaluation(model, datasets[0].element_spec)
-    executor = TensorFlowExecutor()
-    got = execute(evaluation, (weights, datasets), {}, executor=executor)
+    keras_executor = TensorFlowExecutor()
+    got = execute(evaluation, (weights, datasets), {}, executor=keras_executor)
     np.testing.assert_allclose([got["loss"] * got["num_examples"], got["sparse_categorical_accuracy"] * got["num_examples"],
                                 got["num_examples"]], expected, rtol=1e-4)
-    results["fedcore build_federated_evaluation (Keras model, metrics), auto"] = seed.time_rounds(
-        lambda: execute(evaluation, (weights, datasets), {}, executor=executor), rounds)
+    fast["fedcore build_federated_evaluation (Keras model, metrics), auto"] = (
+        lambda: execute(evaluation, (weights, datasets), {}, executor=keras_executor))
+    # Calls of a few milliseconds: many repetitions, the variants taking turns, so that a slower stretch of the
+    # machine falls on all of them alike.
+    results = interleaved_medians(fast, max(EVAL_REPEATS, rounds))
+    results["plain TF loop (per-client tf.function)"] = seed.time_rounds(lambda: plain_eval(model, datasets), rounds)
     return results
+
+
+def interleaved_medians(runners: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+    """The median seconds of each runner over ``repeats`` turns, the runners taking turns (after a warm-up each)."""
+    for run in runners.values():
+        run()
+    times: Dict[str, List[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def keras_evaluation(model, element_spec):
@@ -350,7 +368,8 @@ def main(argv=None) -> int:
         "the seed pipeline and model. See the docstring of `benchmarks/ragged_round.py` for the floors.", "",
         "FedAvg rounds:", "", *(table(training, next(iter(next(iter(training.values())))), "round") if training else []), "",
         "Federated evaluation (loss, accuracy and count summed over clients; batches of 20, no shuffle; its "
-        "reductions only add, so they run as one pass over all clients' batches: docs/performance.md):", "",
+        "reductions only add, so they run as one pass over all clients' batches: docs/performance.md; medians of "
+        f"{EVAL_REPEATS} turns with the variants taking turns, the plain loop's of the rounds):", "",
         *(table(evaluation, next(iter(next(iter(evaluation.values())))), "evaluation") if evaluation else []), "",
         "Peak resident memory (VmHWM) of a fresh process that builds the cohort's datasets and runs two rounds on "
         "one TF executor (auto), measured by `python benchmarks/ragged_round.py --rss-child N`. \"Before\" already "
