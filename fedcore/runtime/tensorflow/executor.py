@@ -49,7 +49,7 @@ from fedcore.runtime.executor import ExecutionError, Unsupported
 from fedcore.runtime.tensorflow import batched as _batched_rules  # noqa: F401  (registers the vectorized rules)
 from fedcore.runtime.tensorflow import rules as _rules  # noqa: F401  (registers the rules)
 from fedcore.runtime.tensorflow.lowering import STRATEGIES, Compiler, StrategyChoice, unshare
-from fedcore.runtime.tensorflow.values import DatasetCache, Stacked, materialize
+from fedcore.runtime.tensorflow.values import DatasetCache, Stacked, has_gpu, materialize
 from fedcore.structure import Struct
 from fedcore.types import (
     CLIENTS,
@@ -176,7 +176,7 @@ def _xla_pays_here() -> bool:
     kernels at every cohort size measured (docs/performance.md), so 'auto'
     leaves it off there.
     """
-    return bool(tf.config.list_logical_devices("GPU"))
+    return has_gpu()
 
 
 def _dropped_ops(graph_def: Any) -> List[str]:

@@ -360,15 +360,13 @@ class Compiler:
             def one_client(batched_leaves):
                 full = list(arg_leaves)
                 for i, v in zip(batched_idx, batched_leaves):
-                    # A leaf gathered from a source is read here, so that pfor gathers it once.
-                    full[i] = v if arg_leaves[i].source is None else tf.gather(arg_leaves[i].source, v)
+                    full[i] = arg_leaves[i].read(v)  # a gathered leaf is read here: pfor gathers it once
                 full = [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(full, flat_types)]
                 out = fn.graph_call(full)
                 return [out[j] for j in computed] if same else out
 
             # A static clients axis lets pfor read each client's slice without copying the inputs.
-            inputs = [with_clients_axis(arg_leaves[i].value if arg_leaves[i].source is None else arg_leaves[i].rows,
-                                        self.n) for i in batched_idx]
+            inputs = [with_clients_axis(arg_leaves[i].vectorized_input(), self.n) for i in batched_idx]
             out = vectorize(one_client, inputs, label, self.strategy == "vectorized", not isinstance(self.n, int))
             if not same:
                 return unflatten([Batched(o) for o in out], t.result)

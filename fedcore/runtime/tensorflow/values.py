@@ -75,6 +75,14 @@ class Batched:
     rows: Any = None
     source: Any = None
 
+    def vectorized_input(self) -> Any:
+        """What a vectorized call takes for this value: its rows when it is gathered, else the value."""
+        return self.value if self.source is None else self.rows
+
+    def read(self, one: Any) -> Any:
+        """Inside the vectorized call, one client's value from its ``vectorized_input()``."""
+        return one if self.source is None else tf.gather(self.source, one)
+
 
 def gathered(source: Any, rows: Any) -> Batched:
     """``source``'s ``rows`` (a clients axis first), to be read where they are used."""
@@ -357,8 +365,9 @@ _ALIGNMENT = 128
 
 
 @functools.lru_cache(maxsize=None)
-def _host_only() -> bool:
-    return not tf.config.list_logical_devices("GPU")
+def has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU in this process (asked once)."""
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def _concatenated(pieces: Sequence[np.ndarray]) -> Any:
@@ -372,7 +381,7 @@ def _concatenated(pieces: Sequence[np.ndarray]) -> Any:
     dtype = pieces[0].dtype
     shape = (sum(len(p) for p in pieces),) + pieces[0].shape[1:]
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    if dtype.kind not in "fiu" or nbytes == 0 or not _host_only():
+    if dtype.kind not in "fiu" or nbytes == 0 or has_gpu():
         return _to_device([np.concatenate(pieces)])[0]
     buffer = np.empty(nbytes + _ALIGNMENT, np.uint8)
     offset = -buffer.ctypes.data % _ALIGNMENT
@@ -663,9 +672,6 @@ class ShuffledSequences:
     def _gather(self, rows: tf.Tensor) -> List[tf.Tensor]:
         return [tf.gather(x, rows) for x in self.examples]
 
-    def _gather_lazily(self, rows: tf.Tensor) -> List[Batched]:
-        return [gathered(x, rows) for x in self.examples]
-
     def dataset(self, client: tf.Tensor) -> tf.data.Dataset:
         client = tf.cast(client, self.counts.dtype)
         start = self.starts[client]
@@ -688,7 +694,7 @@ class ShuffledSequences:
         # A client past its data (the masked path steps everyone) reads some valid row; its result is dropped.
         rows = tf.minimum(rows, tf.maximum(tf.size(self.order, out_type=tf.int64) - 1, 0))
         rows = tf.gather(self.order, rows)
-        return self._gather_lazily(rows) if lazy else self._gather(rows)
+        return [gathered(x, rows) for x in self.examples] if lazy else self._gather(rows)
 
     def stepper(self) -> Steps:
         if self.batch_size is None:
@@ -722,6 +728,7 @@ __all__ = [
     "Stacked",
     "client_elements",
     "gathered",
+    "has_gpu",
     "materialize",
     "read",
     "tensors",
