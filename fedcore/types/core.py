@@ -219,7 +219,7 @@ class Type:
             raise TypeError(f"type {self} is not equivalent to type {other}")
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, cache_hash=True)
 class TensorType(Type):
     """A tensor: ``float32[?,784]``; a scalar prints as its dtype; ``[*]`` is unknown rank."""
 
@@ -307,7 +307,7 @@ def _convert_elements(elements: Any) -> Tuple[Tuple[Optional[str], Type], ...]:
     return tuple(result)
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, cache_hash=True)
 class StructType(Type):
     """An ordered struct of named or unnamed elements: ``<a=int32,bool>``.
 
@@ -384,7 +384,7 @@ def _to_type_if_needed(value: Any) -> Type:
     return to_type(value)
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, cache_hash=True)
 class SequenceType(Type):
     """A sequence (dataset) of elements: ``int32*``."""
 
@@ -407,7 +407,7 @@ def _to_optional_type(value: Any) -> Optional[Type]:
     return None if value is None else _to_type_if_needed(value)
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, cache_hash=True)
 class FunctionType(Type):
     """A function: ``(int32 -> float32)``; no parameter prints ``( -> T)``."""
 
@@ -425,7 +425,7 @@ class FunctionType(Type):
         return f"FunctionType({self.parameter!r}, {self.result!r})"
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, cache_hash=True)
 class Placement:
     """A placement literal: ``SERVER`` or ``CLIENTS``."""
 
@@ -476,7 +476,7 @@ def _check_member(_, __, value: Type) -> None:
         raise TypeError(f"a federated member cannot hold a {kind} type, got {bad} in member {value}")
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, cache_hash=True)
 class FederatedType(Type):
     """A federated value: ``int32@SERVER`` (all-equal) or ``{float32}@CLIENTS``.
 
@@ -504,7 +504,7 @@ class FederatedType(Type):
         return f"FederatedType({self.member!r}, {self.placement.name}, all_equal={self.all_equal})"
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, cache_hash=True)
 class PlacementType(Type):
     """The type of placement literals: ``placement``."""
 
@@ -523,7 +523,7 @@ def _check_label(_, __, value: str) -> None:
         )
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, cache_hash=True)
 class AbstractType(Type):
     """A type variable in generic signatures: ``T``."""
 

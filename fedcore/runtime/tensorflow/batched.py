@@ -251,8 +251,11 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
         def body(i, sums):
             at = start + i * size + tf.range(size)
             own = tf.gather(owner, at)
-            element = [tf.ensure_shape(x, [size] + x.shape.as_list()[1:])
-                       for x in tensors(data.take(tf.gather(position, at), own))]
+            if data.elements is not None:
+                element = data.elements(start + i * size, size)
+            else:
+                element = [tf.ensure_shape(x, [size] + x.shape.as_list()[1:])
+                           for x in tensors(data.take(tf.gather(position, at), own))]
             new = increments(element, size)
             return i + 1, [s + tf.math.unsorted_segment_sum(x, own, n) for s, x in zip(sums, new)]
 
@@ -270,7 +273,7 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
             r = distinct[j]
             where = tf.cast(tf.where(tf.equal(sizes, r))[:, 0], tf.int32)
             k = tf.size(where)
-            new = increments(data.tail(where, r), k)
+            new = increments(data.tail(where, r) if data.tails_of is None else data.tails_of(r, k), k)
             return j + 1, [tf.tensor_scatter_nd_add(s, where[:, None], x) for s, x in zip(sums, new)]
 
         try:

@@ -378,12 +378,23 @@ def _op_message(message: str) -> str:
     return message[start:].split("\n\t [[")[0].strip()
 
 
+_program_keys: "weakref.WeakKeyDictionary[bb.BuildingBlock, str]" = weakref.WeakKeyDictionary()
+
+
 def program_key(ir: bb.BuildingBlock) -> str:
     """A fingerprint of a program's content: its text with types, and each intrinsic's type.
 
     TF computations appear by their own content fingerprint; one that captures
     variables is also keyed by those variables, since its meaning depends on them.
+    Remembered per IR object (IR is immutable), since every call asks for it.
     """
+    key = _program_keys.get(ir)
+    if key is None:
+        key = _program_keys[ir] = _program_key(ir)
+    return key
+
+
+def _program_key(ir: bb.BuildingBlock) -> str:
     h = hashlib.sha256(bb.to_string(ir, annotated=True).encode())
     for node in bb.walk(ir):
         if isinstance(node, bb.Intrinsic):

@@ -306,6 +306,17 @@ class DatasetCache:
                 self._cohorts.put(key, cached)
         return cached
 
+    def cached_cohort(self, kinds: Sequence[str], seqs: Sequence[tf.data.Dataset], element_type: Type) -> Any:
+        """The first of ``kinds`` whose cohort of ``seqs`` is cached and not None, else None; builds nothing."""
+        fingerprints = tuple(self.fingerprint(s) for s in seqs)
+        text = _type_text(element_type)
+        with self._lock:
+            for kind in kinds:
+                cached = self._cohorts.get((kind, text, fingerprints))
+                if cached is not None:
+                    return cached
+        return None
+
     def clear(self) -> None:
         with self._lock:
             self._reads.clear()
@@ -500,9 +511,12 @@ class ShuffledData:
         lambda self: self.batch_size is None or bool(np.all(np.asarray(self.counts) % self.batch_size == 0)),
         takes_self=True))
     """True when every element is a full batch, so all clients' step ``s`` stack on one axis."""
+    contiguous: bool = False
+    """True when ``examples`` are laid out as ``_in_order`` lays them out: every client's full batches
+    in order, client after client, then the partial last batches by size, then the rest."""
 
     def signature_key(self) -> tuple:
-        return ("shuffled", self.batch_size, self.full_batches,
+        return ("shuffled", self.batch_size, self.full_batches, self.contiguous,
                 tuple((_spec(x, 1).dtype.name, tuple(x.shape[1:])) for x in self.examples))
 
     def tensors(self) -> List[Any]:
@@ -514,7 +528,7 @@ class ShuffledData:
     def in_graph(self, tensors: List[tf.Tensor]) -> "ShuffledSequences":
         k = len(self.examples)
         return ShuffledSequences(self.element_type, tuple(tensors[:k]), *tensors[k : k + 4],
-                                 self.batch_size, self.full_batches)
+                                 self.batch_size, self.full_batches, self.contiguous)
 
 
 def _examples_on_device(seqs: Sequence[Any], reads: List[_Read], element_type: Type,
@@ -530,6 +544,36 @@ def _examples_on_device(seqs: Sequence[Any], reads: List[_Read], element_type: T
     return cache.cohort("shuffled", seqs, element_type, build)
 
 
+def _in_order(reads: List[_Read], element_type: Type, batch_size: int) -> ShuffledData:
+    """Unshuffled, unrepeated clients' batches, laid out so that runs of them are slices of the examples.
+
+    First every client's full batches, client after client (a run of full
+    batches is then a slice: ``Steps.elements``); then the partial last
+    batches, by size and then client (those of one size are then a slice:
+    ``Steps.tails_of``); then what a dropped remainder leaves out.  Slices cost
+    no copy.
+    """
+    lengths = np.asarray([len(r.examples[0]) for r in reads], np.int64)
+    counts = np.asarray([_usable(r.plan, n) for r, n in zip(reads, lengths)], np.int64)
+    head = counts // batch_size * batch_size
+    tails = counts - head
+    by_size = np.argsort(tails, kind="stable")
+    head_at = np.concatenate([[0], np.cumsum(head)[:-1]]).astype(np.int64)
+    tail_at = np.empty(len(reads), np.int64)
+    tail_at[by_size] = head.sum() + np.concatenate([[0], np.cumsum(tails[by_size])[:-1]]).astype(np.int64)
+    examples = tuple(_concatenated([x[:h] for x, h in zip(leaf, head)]
+                                   + [leaf[c][head[c] : counts[c]] for c in by_size]
+                                   + [x[n:] for x, n in zip(leaf, counts)])
+                     for leaf in zip(*[r.examples for r in reads]))
+    pieces = [np.concatenate([head_at[c] + np.arange(head[c]), tail_at[c] + np.arange(tails[c])])
+              for c in range(len(reads))]
+    order = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros((0,), np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    steps = -(-counts // batch_size)
+    return ShuffledData(element_type, examples, order, starts, counts, steps.astype(np.int64), batch_size,
+                        contiguous=True)
+
+
 def _shuffled(seqs: Sequence[Any], reads: List[_Read], element_type: Type, cache: DatasetCache,
               epoch: int) -> Optional[ShuffledData]:
     batching = {r.plan.batching for r in reads}
@@ -538,6 +582,8 @@ def _shuffled(seqs: Sequence[Any], reads: List[_Read], element_type: Type, cache
     batch_size, _ = batching.pop()
     if any(len({x.shape[1:] for x in leaf}) > 1 for leaf in zip(*[r.examples for r in reads])):
         return None  # clients' examples differ in shape
+    if batch_size is not None and all(r.plan.kind == "batched" and r.plan.repeat == 1 for r in reads):
+        return _in_order(reads, element_type, batch_size)
     examples, offsets = _examples_on_device(seqs, reads, element_type, cache)
     unseeded = np.random.default_rng()  # fresh entropy for this call's unseeded shuffles
     orders = [_order(r, epoch, unseeded) for r in reads]
@@ -567,6 +613,11 @@ def materialize(client_seqs: List[Any], element_type: Type, cache: Optional[Data
     """
     cache = cache if cache is not None else DEFAULT_CACHE
     datasets = all(isinstance(s, tf.data.Dataset) for s in client_seqs) and client_seqs
+    if datasets:
+        # A cohort read before whose every pass is the same (no shuffle): its layout as it was built.
+        cached = cache.cached_cohort(("batched", "static"), client_seqs, element_type)
+        if cached is not None:
+            return cached
     reads = [cache.read(s, element_type) for s in client_seqs] if datasets else []
     if datasets and all(r.plan is not None and r.plan.kind in REPLAYED and r.examples is not None for r in reads):
         if all(r.plan.kind == "batched" for r in reads):
@@ -649,6 +700,13 @@ class Steps:
     take: Callable[[Any, Any], List[Any]]
     tail_sizes: Any = None
     tail: Optional[Callable[[Any, Any], List[Any]]] = None
+    elements: Optional[Callable[[Any, int], List[Any]]] = None
+    """When set, ``elements(start, size)`` gives full elements ``start .. start + size`` (``size`` a
+    static int) of all clients' full elements in order, client after client, step after step, as
+    tensors with a leading axis of ``size``, sliced from the data without a copy."""
+    tails_of: Optional[Callable[[Any, Any], List[Any]]] = None
+    """When set, ``tails_of(r, k)`` gives the partial batches of size ``r``, of the ``k`` clients that
+    have one, in client order, as tensors with a leading axis of ``k``, sliced without a copy."""
 
 
 def tensors(leaves: List[Any]) -> List[Any]:
@@ -668,6 +726,7 @@ class ShuffledSequences:
     lengths: tf.Tensor  # elements per client
     batch_size: Optional[int]
     full_batches: bool
+    contiguous: bool = False  # see ShuffledData.contiguous
 
     def _gather(self, rows: tf.Tensor) -> List[tf.Tensor]:
         return [tf.gather(x, rows) for x in self.examples]
@@ -707,13 +766,31 @@ class ShuffledSequences:
             return self._rows(clients, tf.cast(s, tf.int64) * b, b)
 
         num_steps = tf.reduce_max(tf.concat([full, [0]], 0))
+        tail_sizes = self.counts - full * b
+        elements = tails_of = None
+        if self.contiguous:
+            def run(first, count, width):
+                first = tf.cast(first, tf.int64)
+                rows = tf.cast(count, tf.int64) * tf.cast(width, tf.int64)
+                shape = [count if isinstance(count, int) else tf.cast(count, tf.int32),
+                         width if isinstance(width, int) else tf.cast(width, tf.int32)]
+                return [tf.reshape(x[first : first + rows], shape + x.shape.as_list()[1:]) for x in self.examples]
+
+            def elements(start, size):
+                return [tf.ensure_shape(x, [size, b] + x.shape.as_list()[2:]) for x in run(tf.cast(start, tf.int64) * b, size, b)]
+
+            def tails_of(r, k):
+                r = tf.cast(r, tf.int64)
+                before = tf.reduce_sum(tf.where(tail_sizes < r, tail_sizes, tf.zeros_like(tail_sizes)))
+                return run(tf.reduce_sum(full) * b + before, k, r)
+
         if self.full_batches:
-            return Steps(num_steps, full, take)
+            return Steps(num_steps, full, take, elements=elements)
 
         def tail(clients, r):
             return self._rows(clients, tf.gather(full, tf.cast(clients, tf.int64)) * b, r)
 
-        return Steps(num_steps, full, take, self.counts - full * b, tail)
+        return Steps(num_steps, full, take, tail_sizes, tail, elements, tails_of)
 
 
 __all__ = [
