@@ -204,6 +204,15 @@ def _dataset_problem(spec_key: str, spec: Any, element_type: Type) -> Optional[s
     return _DATASET_CHECKS[key]
 
 
+def _passed(value: Any, element_type: Type) -> bool:
+    """Whether ``value`` is a dataset already checked against sequences of ``element_type``."""
+    try:
+        passed = _DATASETS_PASSED.get(value)
+    except TypeError:  # not weakly referable: not a dataset
+        return False
+    return passed is not None and element_type in passed
+
+
 def to_internal(value: Any, t: Type, where: str = "argument") -> Any:
     """Checks ``value`` against ``t`` and converts it to the canonical form."""
     if isinstance(value, np.ma.MaskedArray):
@@ -251,6 +260,8 @@ def to_internal(value: Any, t: Type, where: str = "argument") -> Any:
             if placement is CLIENTS and not all_equal:
                 if not isinstance(value, (list, tuple)) or (value and isinstance(value, tuple) and hasattr(value, "_fields")):
                     raise ArgumentError(f"{where}: expected {t}, a list with one value per client, got {value!r}")
+                if isinstance(member, SequenceType) and all(_passed(v, member.element) for v in value):
+                    return list(value)  # every client's dataset was checked for this type before
                 return [to_internal(v, member, f"{where}[client {i}]") for i, v in enumerate(value)]
             return to_internal(value, member, where)
         case FunctionType():
