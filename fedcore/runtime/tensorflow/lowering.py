@@ -21,6 +21,7 @@ from fedcore.compiler.intrinsics import lookup
 from fedcore.runtime.datasets import to_tf_leaves
 from fedcore.runtime.executor import ExecutionError, Unsupported
 from fedcore.runtime.tensorflow import per_client
+from fedcore.runtime.tensorflow import pfor_rules  # noqa: F401  (registers what pfor lacks)
 from fedcore.runtime.tensorflow.tables import BATCHED, RULES, NeedsAllClients, NotVectorizable
 from fedcore.runtime.tensorflow.values import Batched, ClientSequences, Shared, ShuffledSequences, Stacked
 from fedcore.structure import Struct
@@ -213,12 +214,13 @@ def vectorize(fn: Callable[..., Any], inputs: List[tf.Tensor], label: str, force
     logger = logging.getLogger("tensorflow")
     level = logger.level
     log = _PforLog(decides=not forced, floor=logger.getEffectiveLevel())
-    # pfor's notes are warnings: they must reach the filter even where the user raised the logger's
-    # level (tf.get_logger().setLevel("ERROR")), and before any filter of theirs; what the user's level
-    # hides stays hidden.
+    # pfor's notes must reach the filter even where the user raised the logger's level
+    # (tf.get_logger().setLevel("ERROR")), and before any filter of theirs; what the user's level hides
+    # stays hidden.  Inside a function call (a tf_computation, Keras code) pfor notes its loops over
+    # clients only at debug level.
     logger.filters.insert(0, log)
-    if log.floor > logging.WARNING:
-        logger.setLevel(logging.WARNING)
+    if log.floor > logging.DEBUG:
+        logger.setLevel(logging.DEBUG)
     try:
         out = tf.vectorized_map(fn, inputs)
     except NotVectorizable:
