@@ -16,6 +16,8 @@ meaning: they persist, and a function that assigns them is stateful
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any, Callable, List, Optional, Tuple
 
 import tensorflow as tf
@@ -65,9 +67,20 @@ class TFCalls:
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
     def graph_call(self, leaves: List[Any]) -> List[Any]:
-        """Calls the function from inside another graph being traced, on flat leaves."""
-        out = self._tf_function(*leaves)
+        """Calls the function from inside another graph being traced, on flat leaves.
+
+        Inside ``static_shapes()``, leaves whose shapes are more static than the
+        parameter type's call a trace at those shapes where the function can
+        be traced again (``_at_shapes``).
+        """
+        fn = self._tf_function
+        if _STATIC.active:
+            fn = self._at_shapes(leaves) or fn
+        out = fn(*leaves)
         return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def _at_shapes(self, leaves: List[Any]) -> Optional[Callable[..., Any]]:
+        return None
 
     def call_structured(self, value: Any) -> Any:
         """Calls from inside other TF code being traced: takes and returns user structures."""
@@ -144,6 +157,23 @@ class TFCalls:
         return []
 
 
+class _Static(threading.local):
+    active = False
+
+
+_STATIC = _Static()
+
+
+@contextlib.contextmanager
+def static_shapes():
+    """Within it, ``graph_call`` uses traces at the leaves' static shapes (see ``TFFunction._at_shapes``)."""
+    before, _STATIC.active = _STATIC.active, True
+    try:
+        yield
+    finally:
+        _STATIC.active = before
+
+
 class TFFunction(TFCalls):
     def __init__(self, python_fn: Callable, parameter_type: Optional[Type], unpack: bool, name: str):
         self.python_fn = python_fn
@@ -154,6 +184,7 @@ class TFFunction(TFCalls):
         self._writes_variables: Optional[bool] = None
         self._local_variables: List[Any] = []  # created by the traced code: local to each call
         self._variable_errors: List[VariableCreationError] = []
+        self._traces_at: dict = {}  # traces at static leaf shapes (``_at_shapes``)
         self._tf_function = tf.function(
             # Only the user's code goes through AutoGraph (``call_user_code``), not fedcore's own.
             self._flat_call, input_signature=tf_bridge.flat_specs(parameter_type), autograph=False
@@ -203,6 +234,58 @@ class TFFunction(TFCalls):
                 self.concrete_function.graph.as_graph_def()
             )
         return self._writes_variables
+
+    def _at_shapes(self, leaves: List[Any]) -> Optional[Callable[..., Any]]:
+        """The function traced again at the leaves' static shapes, or None where that does not apply.
+
+        TensorFlow code traced with a dimension unknown (a batch of any size)
+        computes at run time what a static shape gives at trace time: the
+        gradient of a recurrent layer's loop over time, for one, reduces its
+        broadcasts in every step.  The trace is kept per shapes; it must give
+        a result of the declared result type, else (or if it fails) the
+        declared trace runs.  Functions that assign captured variables keep
+        their one trace.
+        """
+        specs = tf_bridge.flat_specs(self.parameter_type)
+        if self.result_type is None or len(specs) != len(leaves) or self.writes_variables:
+            return None
+        refined, changed = [], False
+        for leaf, spec in zip(leaves, specs):
+            shape = getattr(leaf, "shape", None)
+            if (isinstance(spec, tf.TensorSpec) and isinstance(leaf, tf.Tensor) and shape.is_fully_defined()
+                    and not spec.shape.is_fully_defined() and spec.shape.is_compatible_with(shape)):
+                refined.append(tf.TensorSpec(shape, spec.dtype, spec.name))
+                changed = True
+            else:
+                refined.append(spec)
+        if not changed:
+            return None
+        key = tuple(tuple(r.shape.as_list()) if isinstance(r, tf.TensorSpec) else None for r in refined)
+        if key not in self._traces_at:
+            self._traces_at[key] = self._trace_at(refined)
+        return self._traces_at[key]
+
+    def _trace_at(self, specs: List[Any]) -> Optional[Callable[..., Any]]:
+        declared = self.result_type
+
+        def flat_call(*leaves):
+            try:
+                out = self._flat_call(*leaves)
+                traced = self.result_type
+            finally:
+                self.result_type = declared
+            if not declared.is_assignable_from(traced):
+                raise TypeError(f"result {traced} at static shapes, not assignable to {declared}")
+            return out
+
+        fn = tf.function(flat_call, input_signature=specs, autograph=False)
+        errors = list(self._variable_errors)
+        try:
+            concrete = fn.get_concrete_function()
+        except Exception:  # noqa: BLE001 - any failure: the declared trace serves, as it always did
+            self._variable_errors[:] = errors
+            return None
+        return None if _foreign_captures(concrete) else fn
 
     def _graph_parts(self) -> Tuple[Any, List[str], List[str]]:
         cf = self.concrete_function

@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 import fedcore
 from fedcore.runtime.tensorflow import TensorFlowExecutor, values
+from tests.runtime.folds import per_client_reduction
 
 ELEMENT = fedcore.to_type((tf.float32, [None]))
 SUMS = fedcore.to_type(collections.OrderedDict(weighted=tf.float32, squares=tf.float32, batches=tf.int32))
@@ -44,24 +45,8 @@ def folding_step(acc, batch):
 ZERO = collections.OrderedDict(weighted=np.float32(0), squares=np.float32(0), batches=np.int32(0))
 
 
-@fedcore.federated_computation(fedcore.SequenceType(ELEMENT))
-def client_sums(batches):
-    return fedcore.sequence_reduce(batches, ZERO, sums_step)
-
-
-@fedcore.federated_computation(fedcore.type_at_clients(fedcore.SequenceType(ELEMENT)))
-def all_sums(data):
-    return fedcore.federated_map(client_sums, data)
-
-
-@fedcore.federated_computation(fedcore.SequenceType(ELEMENT))
-def client_fold(batches):
-    return fedcore.sequence_reduce(batches, np.float32(0), folding_step)
-
-
-@fedcore.federated_computation(fedcore.type_at_clients(fedcore.SequenceType(ELEMENT)))
-def all_folds(data):
-    return fedcore.federated_map(client_fold, data)
+all_sums = per_client_reduction(sums_step, ZERO, ELEMENT)
+all_folds = per_client_reduction(folding_step, np.float32(0), ELEMENT)
 
 
 def run(executor, comp, *args):

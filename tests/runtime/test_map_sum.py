@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 
 import fedcore
 from fedcore.runtime.tensorflow import TensorFlowExecutor, batched
+from tests.runtime.folds import per_client_reduction
 
 ELEMENT = fedcore.to_type((tf.float32, [None]))
 STATE = fedcore.to_type(collections.OrderedDict(total=tf.float32, count=tf.int32, squares=tf.float32))
@@ -51,15 +52,7 @@ def map_sum_calls(monkeypatch):
 
 
 def _reduction(step, zero):
-    @fedcore.federated_computation(fedcore.SequenceType(ELEMENT))
-    def client(batches):
-        return fedcore.sequence_reduce(batches, zero, step)
-
-    @fedcore.federated_computation(fedcore.type_at_clients(fedcore.SequenceType(ELEMENT)))
-    def everyone(data):
-        return fedcore.federated_map(client, data)
-
-    return everyone
+    return per_client_reduction(step, zero, ELEMENT)
 
 
 ZERO = collections.OrderedDict(total=np.float32(0), count=np.int32(0), squares=np.float32(0))

@@ -19,7 +19,7 @@ from typing import Any, Callable, List
 
 import tensorflow as tf
 
-from fedcore.compiler import tf_bridge
+from fedcore.compiler import tf_bridge, tf_function
 from fedcore.compiler.tf_bridge import leaf_types
 from fedcore.runtime.tensorflow.values import ClientSequences, ShuffledSequences
 from fedcore.types import Type
@@ -63,12 +63,27 @@ class ClientSequence:
                step: Callable[[List[tf.Tensor], List[tf.Tensor]], List[tf.Tensor]]) -> List[tf.Tensor]:
         """Folds ``step(acc_leaves, element_leaves)`` over the client's elements in order."""
         count = self.num_elements()
+        invariants = [tf.TensorShape([])] + list(invariants)
+        start = [tf.constant(0)] + list(zero_flat)
+        src = self.source
+        if isinstance(src, ShuffledSequences) and src.batch_size is not None:
+            # Full batches first, their size static, so that client work is traced at it (``static_shapes``);
+            # then the partial last batch, if any, at the declared type.
+            b = src.batch_size
+            full = tf.cast(src.counts[tf.cast(self.client, src.counts.dtype)] // b, tf.int32)
+
+            def full_body(s, *acc):
+                leaves = [tf.ensure_shape(x, [b] + x.shape.as_list()[1:]) for x in self.element_leaves(s)]
+                with tf_function.static_shapes():
+                    return [s + 1] + list(step(list(acc), leaves))
+
+            start = list(tf.while_loop(lambda s, *_: s < full, full_body, start, shape_invariants=invariants,
+                                       parallel_iterations=1))
 
         def body(s, *acc):
             return [s + 1] + list(step(list(acc), self.element_leaves(s)))
 
-        out = tf.while_loop(lambda s, *_: s < count, body, [tf.constant(0)] + list(zero_flat),
-                            shape_invariants=[tf.TensorShape([])] + list(invariants), parallel_iterations=1)
+        out = tf.while_loop(lambda s, *_: s < count, body, start, shape_invariants=invariants, parallel_iterations=1)
         return list(out[1:])
 
     # -- as a tf.data.Dataset ---------------------------------------------
