@@ -245,8 +245,7 @@ def to_internal(value: Any, t: Type, where: str = "argument") -> Any:
             return Struct(result)
         case SequenceType(element=element_type):
             if _is_dataset(value):
-                passed = _DATASETS_PASSED.get(value)
-                if passed is not None and element_type in passed:
+                if _passed(value, element_type):
                     return value
                 problem = _dataset_problem(repr(value.element_spec), value.element_spec, element_type)
                 if problem is not None:

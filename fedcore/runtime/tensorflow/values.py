@@ -297,7 +297,7 @@ class DatasetCache:
 
     def cohort(self, kind: str, seqs: Sequence[tf.data.Dataset], element_type: Type, build) -> Any:
         """The device tensors of a cohort (``build()`` on a miss), keyed by its datasets' content."""
-        key = (kind, _type_text(element_type), tuple(self.fingerprint(s) for s in seqs))
+        key = self._cohort_key(kind, seqs, element_type)
         with self._lock:
             cached = self._cohorts.get(key)
         if cached is None:
@@ -308,14 +308,16 @@ class DatasetCache:
 
     def cached_cohort(self, kinds: Sequence[str], seqs: Sequence[tf.data.Dataset], element_type: Type) -> Any:
         """The first of ``kinds`` whose cohort of ``seqs`` is cached and not None, else None; builds nothing."""
-        fingerprints = tuple(self.fingerprint(s) for s in seqs)
-        text = _type_text(element_type)
+        _, text, fingerprints = self._cohort_key("", seqs, element_type)
         with self._lock:
             for kind in kinds:
                 cached = self._cohorts.get((kind, text, fingerprints))
                 if cached is not None:
                     return cached
         return None
+
+    def _cohort_key(self, kind: str, seqs: Sequence[tf.data.Dataset], element_type: Type) -> tuple:
+        return kind, _type_text(element_type), tuple(self.fingerprint(s) for s in seqs)
 
     def clear(self) -> None:
         with self._lock:
@@ -531,13 +533,19 @@ class ShuffledData:
                                  self.batch_size, self.full_batches, self.contiguous)
 
 
+def _starts(sizes: np.ndarray) -> np.ndarray:
+    """Where each of consecutive runs of ``sizes`` begins: the exclusive cumulative sum."""
+    sizes = np.asarray(sizes, np.int64)
+    return np.cumsum(sizes) - sizes
+
+
 def _examples_on_device(seqs: Sequence[Any], reads: List[_Read], element_type: Type,
                         cache: DatasetCache) -> Tuple[Tuple[Any, ...], np.ndarray]:
     """All clients' base examples concatenated (cached per cohort), and each client's first row."""
 
     def build():
         sizes = np.asarray([len(r.examples[0]) for r in reads], np.int64)
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        offsets = _starts(sizes)
         examples = tuple(_concatenated(leaf) for leaf in zip(*[r.examples for r in reads]))
         return examples, offsets
 
@@ -558,9 +566,9 @@ def _in_order(reads: List[_Read], element_type: Type, batch_size: int) -> Shuffl
     head = counts // batch_size * batch_size
     tails = counts - head
     by_size = np.argsort(tails, kind="stable")
-    head_at = np.concatenate([[0], np.cumsum(head)[:-1]]).astype(np.int64)
+    head_at = _starts(head)
     tail_at = np.empty(len(reads), np.int64)
-    tail_at[by_size] = head.sum() + np.concatenate([[0], np.cumsum(tails[by_size])[:-1]]).astype(np.int64)
+    tail_at[by_size] = head.sum() + _starts(tails[by_size])
     examples = tuple(_concatenated([x[:h] for x, h in zip(leaf, head)]
                                    + [leaf[c][head[c] : counts[c]] for c in by_size]
                                    + [x[n:] for x, n in zip(leaf, counts)])
@@ -568,7 +576,7 @@ def _in_order(reads: List[_Read], element_type: Type, batch_size: int) -> Shuffl
     pieces = [np.concatenate([head_at[c] + np.arange(head[c]), tail_at[c] + np.arange(tails[c])])
               for c in range(len(reads))]
     order = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros((0,), np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    starts = _starts(counts)
     steps = -(-counts // batch_size)
     return ShuffledData(element_type, examples, order, starts, counts, steps.astype(np.int64), batch_size,
                         contiguous=True)
@@ -590,7 +598,7 @@ def _shuffled(seqs: Sequence[Any], reads: List[_Read], element_type: Type, cache
     counts = np.asarray([_usable(r.plan, len(o)) for r, o in zip(reads, orders)], np.int64)
     b = batch_size or 1
     steps = -(-counts // b)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    starts = _starts(counts)
     pieces = [o[:n] + offsets[c] for c, (o, n) in enumerate(zip(orders, counts))]
     order = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros((0,), np.int64)
     return ShuffledData(element_type, examples, order, starts, counts, steps.astype(np.int64), batch_size)
@@ -777,7 +785,7 @@ class ShuffledSequences:
                 return [tf.reshape(x[first : first + rows], shape + x.shape.as_list()[1:]) for x in self.examples]
 
             def elements(start, size):
-                return [tf.ensure_shape(x, [size, b] + x.shape.as_list()[2:]) for x in run(tf.cast(start, tf.int64) * b, size, b)]
+                return run(tf.cast(start, tf.int64) * b, size, b)
 
             def tails_of(r, k):
                 r = tf.cast(r, tf.int64)
