@@ -58,6 +58,17 @@ def test_a_vectorized_bitcast_equals_one_per_client(pair, shape, clients, seed):
     assert not [m for m in loops if "while_loop for converting Bitcast" in m]
 
 
+def test_a_widening_bitcast_of_values_of_unknown_rank_is_not_applied_to_the_clients_axis():
+    # Four int8 scalars would bitcast to one int32 if the rule consumed the clients axis.
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.int8)])
+    def widen(v):
+        return tf.vectorized_map(lambda e: tf.bitcast(tf.reshape(e, tf.shape(e)), tf.int32), v)
+
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        widen(tf.constant([1, 2, 3, 4], tf.int8))
+    np.testing.assert_array_equal(widen(tf.constant([[1, 0, 0, 0], [2, 0, 0, 0]], tf.int8)).numpy(), [1, 2])
+
+
 @fedcore.tf_computation(V)
 def sign_bits(x):
     return tf.reduce_sum(tf.cast(tf.bitcast(x, tf.int32) < 0, tf.int32))

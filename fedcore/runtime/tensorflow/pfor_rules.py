@@ -18,7 +18,12 @@ from tensorflow.python.ops.parallel_for import pfor as _pfor
 
 
 def _bitcast(pfor_input):
-    return _pfor.wrap(tf.bitcast(pfor_input.stacked_input(0), pfor_input.get_attr("type")), True)
+    x, target = pfor_input.stacked_input(0), pfor_input.get_attr("type")
+    if target.size > x.dtype.size and (x.shape.rank is None or x.shape.rank < 2):
+        # Widening consumes each client's trailing axis; without one (or not knowing) the clients
+        # axis would be consumed instead: pfor's loop runs it, and fails as one client would.
+        raise _pfor.ConversionNotImplementedError("a widening Bitcast of values that may have no axis")
+    return _pfor.wrap(tf.bitcast(x, target), True)
 
 
 _RULES = {"Bitcast": _bitcast}
