@@ -27,6 +27,7 @@ from tensorflow.python.autograph.core import converter as autograph_converter
 from tensorflow.python.autograph.impl import api as autograph_api
 from tensorflow.python.autograph.core import config_lib as autograph_rules
 from tensorflow.python.eager import lift_to_graph
+from tensorflow.python.framework import op_def_registry
 from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import gen_resource_variable_ops, resource_variable_ops
 
@@ -47,6 +48,7 @@ class TFCalls:
 
     _fingerprint: Optional[str] = None
     _creates_variables: Optional[bool] = None
+    _stateful_ops: Optional[frozenset] = None
     # The tf.Variables the function captured; they enter the fingerprint only by position.
     variables: Tuple[Any, ...] = ()
 
@@ -60,6 +62,13 @@ class TFCalls:
         if self._creates_variables is None:
             self._creates_variables = graph_creates_variables(self._graph_parts()[0])
         return self._creates_variables
+
+    @property
+    def stateful_ops(self) -> frozenset:
+        """The types of the stateful ops in the traced graph and in the functions it calls."""
+        if self._stateful_ops is None:
+            self._stateful_ops = stateful_op_types(self._graph_parts()[0])
+        return self._stateful_ops
 
     def call_leaves(self, leaves: List[Any]) -> List[Any]:
         """Runs the traced function eagerly on flat leaves; returns flat result leaves."""
@@ -285,7 +294,9 @@ class TFFunction(TFCalls):
         except Exception:  # noqa: BLE001 - any failure: the declared trace serves, as it always did
             self._variable_errors[:] = errors
             return None
-        return None if _foreign_captures(concrete) else fn
+        if _foreign_captures(concrete) or not stateful_op_types(concrete.graph.as_graph_def()) <= self.stateful_ops:
+            return None  # stateful ops the declared trace lacks: lowering decided how to loop from that one's
+        return fn
 
     def _graph_parts(self) -> Tuple[Any, List[str], List[str]]:
         cf = self.concrete_function
@@ -383,6 +394,28 @@ _WRITE_OP_PREFIXES = (
     "ResourceStridedSliceAssign",
     "DestroyResourceOp",
 )
+
+
+# Stateful ops whose order between two calls of client work does not change either call's result,
+# where no call assigns a captured variable (``writes_variables``): checks, reads of variables, the
+# handles and assignments of variables local to a call (anonymous: each call has its own), and calls
+# and control flow (the ops of their functions are looked at too).
+ORDER_FREE_STATEFUL_OPS = frozenset({
+    "Assert", "StatefulPartitionedCall", "While", "If", "Case", "ReadVariableOp", "VarHandleOp",
+    "VarIsInitializedOp", "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp", "DestroyResourceOp",
+})
+
+
+def stateful_op_types(graph_def: Any) -> frozenset:
+    """The types of a GraphDef's stateful ops, in its nodes and its library's functions."""
+    functions = {fn.signature.name for fn in graph_def.library.function}  # called by name: their nodes count
+
+    def stateful(op: str) -> bool:
+        op_def = op_def_registry.get(op)
+        return op_def is None or op_def.is_stateful  # an op TensorFlow does not know: assume the worst
+
+    nodes = list(graph_def.node) + [n for fn in graph_def.library.function for n in fn.node_def]
+    return frozenset(n.op for n in nodes if n.op not in functions and stateful(n.op))
 
 
 def _graph_writes_variables(graph_def: Any) -> bool:

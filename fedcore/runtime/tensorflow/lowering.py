@@ -8,6 +8,7 @@ can (``Lowered.batched``) and in a graph loop otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
@@ -16,7 +17,7 @@ import tensorflow as tf
 
 from fedcore.compiler import algebra
 from fedcore.compiler import building_blocks as bb
-from fedcore.compiler import tf_bridge
+from fedcore.compiler import tf_bridge, tf_function
 from fedcore.compiler.intrinsics import lookup
 from fedcore.runtime.datasets import to_tf_leaves
 from fedcore.runtime.executor import ExecutionError, Unsupported
@@ -143,17 +144,47 @@ def cast_flat(value: Any, t: Type) -> List[tf.Tensor]:
     return [tf.convert_to_tensor(v, dtype=lt.tf_dtype) for v, lt in zip(flat(value), leaf_types(t))]
 
 
-def over_clients(n: int, body: Callable[[tf.Tensor], List[Any]], t: Type, parallel: bool = True) -> Any:
+def over_clients(n: int, body: Callable[[tf.Tensor], List[Any]], t: Type, parallel: bool = True,
+                 unordered: bool = False) -> Any:
     """``body(i)`` for every client i in a graph loop, stacked into a value of member type ``t``."""
     specs = spec_of(t)
     if n == 0:
         flat = [tf.zeros([0] + [0 if d is None else d for d in (s.shape.as_list() or [])], s.dtype) for s in specs]
     else:
-        flat = tf.map_fn(
-            lambda i: cast_flat(body(i), t), tf.range(n), fn_output_signature=specs,
-            parallel_iterations=None if parallel else 1,
-        )
+        with unordered_iterations(unordered):
+            flat = tf.map_fn(
+                lambda i: cast_flat(body(i), t), tf.range(n), fn_output_signature=specs,
+                parallel_iterations=None if parallel else 1,
+            )
     return unflatten(list(flat), t)
+
+
+@contextlib.contextmanager
+def unordered_iterations(enabled: bool):
+    """Loops built inside leave their bodies' stateful ops unordered, so that iterations can overlap.
+
+    Inside a tf.function, TensorFlow makes every stateful op of a loop body a
+    control output of the body, and the next iteration waits for them: one
+    ``Assert`` in client work (TensorFlow's sparse cross-entropy adds one
+    where the batch size is unknown) runs the clients one after another,
+    whatever ``parallel_iterations`` allows, and a 2-core machine runs a small
+    recurrent model's clients at the speed of one core.  Without those
+    control outputs the ops that must run still do: a call of client work runs
+    because its results are used (its own stateful ops stay ordered within
+    it, and gate its results), and fedcore's checks gate the values they
+    check.  Only for client work whose stateful ops may run in any order
+    across clients (``Compiler.unordered_clients``).
+    """
+    graph = tf.compat.v1.get_default_graph()
+    if not enabled or not hasattr(graph, "_add_control_dependencies"):
+        yield
+        return
+    before = graph._add_control_dependencies
+    graph._add_control_dependencies = False
+    try:
+        yield
+    finally:
+        graph._add_control_dependencies = before
 
 
 def spec_of(t: Type) -> List[tf.TensorSpec]:
@@ -310,9 +341,13 @@ class Compiler:
         self.strategy = strategy
         # Client work that assigns tf.Variables it captured must run one client at a time.
         # (Variables a TF computation creates itself are its own, anew in each call: they don't count.)
-        self.parallel_clients = ir is None or not any(
-            isinstance(node, bb.TensorFlowComputation) and node.function.writes_variables
-            for node in bb.walk(ir)
+        functions = [] if ir is None else [n.function for n in bb.walk(ir) if isinstance(n, bb.TensorFlowComputation)]
+        self.parallel_clients = not any(f.writes_variables for f in functions)
+        # Clients' loop iterations overlap only where TensorFlow does not order the stateful ops of
+        # their bodies; they may go unordered where client work has none whose order matters
+        # (``unordered_iterations``).
+        self.unordered_clients = ir is not None and self.parallel_clients and all(
+            f.stateful_ops <= tf_function.ORDER_FREE_STATEFUL_OPS for f in functions
         )
         # Whether the program must keep static shapes (for XLA): no work on a changing subset of clients.
         self.static_shapes = False
@@ -523,8 +558,9 @@ class Compiler:
         invariants = [tf.TensorShape([])] + [
             tf.TensorShape(None if lt.shape is None else list(lt.shape)) for lt in leaf_types(acc_type)
         ]
-        out = tf.while_loop(lambda i, *_: i < self.n, body, [tf.constant(0)] + zero_flat, shape_invariants=invariants,
-                            parallel_iterations=10 if self.parallel_clients else 1)
+        with unordered_iterations(self.unordered_clients):
+            out = tf.while_loop(lambda i, *_: i < self.n, body, [tf.constant(0)] + zero_flat,
+                                shape_invariants=invariants, parallel_iterations=10 if self.parallel_clients else 1)
         return unflatten(list(out[1:]), acc_type)
 
     def _map_vectorized(self, fn: Lowered, members: Any) -> Any:
@@ -532,6 +568,7 @@ class Compiler:
         return unwrap_batched(out, self.n)
 
     def _map_sequential(self, fn: Lowered, members: Any, result_member: Type) -> Any:
-        return over_clients(self.n, lambda i: fn(client_view(members, i)), result_member, self.parallel_clients)
+        return over_clients(self.n, lambda i: fn(client_view(members, i)), result_member, self.parallel_clients,
+                            self.unordered_clients)
 
 

@@ -53,7 +53,7 @@ def _eval_at_server(c: Compiler, fn, t):
 
 @RULES.register(defs.FEDERATED_EVAL_AT_CLIENTS)
 def _eval_at_clients(c: Compiler, fn, t):
-    return Stacked(over_clients(c.n, lambda i: fn(None), t.result.member, c.parallel_clients))
+    return Stacked(over_clients(c.n, lambda i: fn(None), t.result.member, c.parallel_clients, c.unordered_clients))
 
 
 @RULES.register(defs.FEDERATED_MAP)
