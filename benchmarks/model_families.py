@@ -152,15 +152,32 @@ def fedcore_round(family: str, strategy: str, data):
 # Per-client loops over a Keras model's stateless_call.
 
 
-def _sgd_steps(model, weights, non_trainable, xs, ys):
+def own_function(fn):
+    """``fn`` called as a function of its own, not inlined into the loop around it.
+
+    oneDNN's graph rewrite gives a max-pool's gradient its fast kernel only
+    where it meets the forward pool first, and in a loop's (cyclic) graph the
+    order it walks varies from process to process: Eigen's kernel, several
+    times slower, ran in some.  The floors' CNN steps are called this way, as
+    fedcore calls a step that max-pools, so that neither side draws the slow kernel.
+    """
+    return tf.function(fn, autograph=False, experimental_attributes={"_noinline": True})
+
+
+def _sgd_steps(model, weights, non_trainable, xs, ys, separate=False):
     """SGD over one client's batches xs [S, B, ...], ys [S, B, ...]; returns the new weights."""
-    def body(s, ws):
+    def step(ws, x, y):
         with tf.GradientTape() as tape:
             tape.watch(ws)
-            logits, _ = model.stateless_call(ws, non_trainable, xs[s], training=True)
-            loss = loss_fn(ys[s], logits)
+            logits, _ = model.stateless_call(ws, non_trainable, x, training=True)
+            loss = loss_fn(y, logits)
         grads = tape.gradient(loss, ws)
-        return s + 1, [w - CLIENT_LR * tf.convert_to_tensor(g) for w, g in zip(ws, grads)]
+        return [w - CLIENT_LR * tf.convert_to_tensor(g) for w, g in zip(ws, grads)]
+
+    step = own_function(step) if separate else step
+
+    def body(s, ws):
+        return s + 1, list(step(list(ws), xs[s], ys[s]))
 
     _, out = tf.while_loop(lambda s, _: s < tf.shape(xs)[0], body, [tf.constant(0), list(weights)])
     return out
@@ -184,7 +201,7 @@ def graph_loop_round(family: str, arrays):
         examples = tf.cast(tf.shape(xs)[1] * tf.shape(xs)[2], tf.float32)
 
         def body(c, sums):
-            new = _sgd_steps(model, weights, non_trainable, xs[c], ys[c])
+            new = _sgd_steps(model, weights, non_trainable, xs[c], ys[c], separate=family == "cnn")
             return c + 1, [s + examples * w for s, w in zip(sums, new)]
 
         _, sums = tf.while_loop(lambda c, _: c < n, body, [tf.constant(0), [tf.zeros_like(w) for w in weights]])
@@ -261,17 +278,21 @@ def cnn_vectorized_round(arrays):
         h = tf.nn.relu(tf.einsum("cbi,cio->cbo", h, k3) + b3[:, None])
         return tf.einsum("cbi,cio->cbo", h, k4) + b4[:, None]
 
+    @own_function
+    def step(ws, x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(ws)
+            logits = forward(ws, x)
+            loss = tf.reduce_sum(tf.reduce_mean(
+                tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True), axis=1))
+        grads = tape.gradient(loss, ws)
+        return [w - CLIENT_LR * g for w, g in zip(ws, grads)]
+
     @tf.function
     def round_fn(weights, xs, ys):
         ws = _stack(weights, n)
         for s in tf.range(tf.shape(xs)[0]):
-            with tf.GradientTape() as tape:
-                tape.watch(ws)
-                logits = forward(ws, xs[s])
-                loss = tf.reduce_sum(tf.reduce_mean(
-                    tf.keras.losses.sparse_categorical_crossentropy(ys[:, s], logits, from_logits=True), axis=1))
-            grads = tape.gradient(loss, ws)
-            ws = [w - CLIENT_LR * g for w, g in zip(ws, grads)]
+            ws = list(step(ws, xs[s], ys[:, s]))
         return [w + SERVER_LR * (tf.reduce_mean(c, axis=0) - w) for w, c in zip(weights, ws)]
 
     state = [weights]

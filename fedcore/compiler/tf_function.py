@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from typing import Any, Callable, List, Optional, Tuple
 
 import tensorflow as tf
@@ -30,6 +31,7 @@ from tensorflow.python.eager import lift_to_graph
 from tensorflow.python.framework import op_def_registry
 from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import gen_resource_variable_ops, resource_variable_ops
+from tensorflow.python.util import _pywrap_util_port
 
 from fedcore.compiler import additive, context
 from fedcore.compiler import tf_bridge
@@ -49,6 +51,7 @@ class TFCalls:
     _fingerprint: Optional[str] = None
     _creates_variables: Optional[bool] = None
     _stateful_ops: Optional[frozenset] = None
+    _pools_gradients: Optional[bool] = None
     # The tf.Variables the function captured; they enter the fingerprint only by position.
     variables: Tuple[Any, ...] = ()
 
@@ -85,8 +88,27 @@ class TFCalls:
         fn = self._tf_function
         if _STATIC.active:
             fn = self._at_shapes(leaves) or fn
+            if self.pools_gradients:
+                fn = _separate_call(fn)
         out = fn(*leaves)
         return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    @property
+    def pools_gradients(self) -> bool:
+        """Whether the traced graph takes the gradient of a max-pool (or of a local response normalization).
+
+        Where oneDNN rewrites the graph (TensorFlow's x86 builds), the gradient
+        gets oneDNN's kernel only if the rewrite meets the forward op first;
+        in a loop's graph, which is cyclic, the order it walks the ops varies
+        from process to process, and Eigen's kernel, several times slower,
+        runs where it did not.  Inside ``static_shapes()`` such a function is
+        called as a function of its own (see ``_separate_call``).
+        """
+        if self._pools_gradients is None:
+            graph_def = self._graph_parts()[0]
+            nodes = list(graph_def.node) + [n for fn in graph_def.library.function for n in fn.node_def]
+            self._pools_gradients = _ONEDNN and any(n.op in _PAIRED_GRADIENTS for n in nodes)
+        return self._pools_gradients
 
     def _at_shapes(self, leaves: List[Any]) -> Optional[Callable[..., Any]]:
         return None
@@ -171,6 +193,27 @@ class _Static(threading.local):
 
 
 _STATIC = _Static()
+
+
+# Gradients whose oneDNN kernel needs the workspace of the forward op (``TFCalls.pools_gradients``).
+_PAIRED_GRADIENTS = frozenset({"MaxPoolGrad", "MaxPool3DGrad", "LRNGrad"})
+_ONEDNN = bool(_pywrap_util_port.IsMklEnabled())
+_SEPARATE: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _separate_call(fn: Any) -> Any:
+    """``fn`` (a tf.function with an input signature) called as a function of its own, not inlined.
+
+    Its graph is then rewritten on its own, without the loop around it: the
+    rewrite meets a forward op before its gradient.  One call per batch
+    costs some microseconds, against milliseconds for a convolutional step.
+    """
+    wrapper = _SEPARATE.get(fn)
+    if wrapper is None:
+        wrapper = tf.function(lambda *leaves: fn(*leaves), input_signature=fn.input_signature, autograph=False,
+                              experimental_attributes={"_noinline": True})
+        _SEPARATE[fn] = wrapper
+    return wrapper
 
 
 @contextlib.contextmanager
