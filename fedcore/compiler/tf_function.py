@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 from typing import Any, Callable, List, Optional, Tuple
 
 import tensorflow as tf
@@ -52,6 +51,7 @@ class TFCalls:
     _creates_variables: Optional[bool] = None
     _stateful_ops: Optional[frozenset] = None
     _pools_gradients: Optional[bool] = None
+    _separate: Optional[dict] = None  # ``_separate_call``'s wrappers, by the wrapped tf.function's id
     # The tf.Variables the function captured; they enter the fingerprint only by position.
     variables: Tuple[Any, ...] = ()
 
@@ -89,7 +89,7 @@ class TFCalls:
         if _STATIC.active:
             fn = self._at_shapes(leaves) or fn
             if self.pools_gradients:
-                fn = _separate_call(fn)
+                fn = self._separate_call(fn)
         out = fn(*leaves)
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
@@ -102,13 +102,26 @@ class TFCalls:
         in a loop's graph, which is cyclic, the order it walks the ops varies
         from process to process, and Eigen's kernel, several times slower,
         runs where it did not.  Inside ``static_shapes()`` such a function is
-        called as a function of its own (see ``_separate_call``).
+        called as a function of its own (``_separate_call``).
         """
         if self._pools_gradients is None:
             graph_def = self._graph_parts()[0]
             nodes = list(graph_def.node) + [n for fn in graph_def.library.function for n in fn.node_def]
             self._pools_gradients = _ONEDNN and any(n.op in _PAIRED_GRADIENTS for n in nodes)
         return self._pools_gradients
+
+    def _separate_call(self, fn: Any) -> Any:
+        """``fn`` (one of this function's tf.functions, with an input signature) called as a function
+        of its own, not inlined: its graph is rewritten without the loop around it, and the rewrite
+        meets a forward op before its gradient.  A call per batch costs microseconds, against
+        milliseconds for a convolutional step.  Kept as long as the function is."""
+        if self._separate is None:
+            self._separate = {}
+        key = id(fn)
+        if key not in self._separate:
+            self._separate[key] = tf.function(lambda *leaves: fn(*leaves), input_signature=fn.input_signature,
+                                              autograph=False, experimental_attributes={"_noinline": True})
+        return self._separate[key]
 
     def _at_shapes(self, leaves: List[Any]) -> Optional[Callable[..., Any]]:
         return None
@@ -198,22 +211,6 @@ _STATIC = _Static()
 # Gradients whose oneDNN kernel needs the workspace of the forward op (``TFCalls.pools_gradients``).
 _PAIRED_GRADIENTS = frozenset({"MaxPoolGrad", "MaxPool3DGrad", "LRNGrad"})
 _ONEDNN = bool(_pywrap_util_port.IsMklEnabled())
-_SEPARATE: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-
-
-def _separate_call(fn: Any) -> Any:
-    """``fn`` (a tf.function with an input signature) called as a function of its own, not inlined.
-
-    Its graph is then rewritten on its own, without the loop around it: the
-    rewrite meets a forward op before its gradient.  One call per batch
-    costs some microseconds, against milliseconds for a convolutional step.
-    """
-    wrapper = _SEPARATE.get(fn)
-    if wrapper is None:
-        wrapper = tf.function(lambda *leaves: fn(*leaves), input_signature=fn.input_signature, autograph=False,
-                              experimental_attributes={"_noinline": True})
-        _SEPARATE[fn] = wrapper
-    return wrapper
 
 
 @contextlib.contextmanager
