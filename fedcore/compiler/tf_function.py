@@ -105,8 +105,7 @@ class TFCalls:
         called as a function of its own (``_separate_call``).
         """
         if self._pools_gradients is None:
-            graph_def = self._graph_parts()[0]
-            nodes = list(graph_def.node) + [n for fn in graph_def.library.function for n in fn.node_def]
+            nodes = _graph_nodes(self._graph_parts()[0])
             self._pools_gradients = _ONEDNN and any(n.op in _PAIRED_GRADIENTS for n in nodes)
         return self._pools_gradients
 
@@ -454,8 +453,7 @@ def stateful_op_types(graph_def: Any) -> frozenset:
         op_def = op_def_registry.get(op)
         return op_def is None or op_def.is_stateful  # an op TensorFlow does not know: assume the worst
 
-    nodes = list(graph_def.node) + [n for fn in graph_def.library.function for n in fn.node_def]
-    return frozenset(n.op for n in nodes if n.op not in functions and stateful(n.op))
+    return frozenset(n.op for n in _graph_nodes(graph_def) if n.op not in functions and stateful(n.op))
 
 
 def _graph_writes_variables(graph_def: Any) -> bool:

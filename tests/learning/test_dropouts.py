@@ -16,6 +16,7 @@ EXECUTORS = {"reference": fedcore.ReferenceExecutor, "tensorflow": TensorFlowExe
 # A client's non-finite update is zeroed inside its client work: on the clients axis and in the loop.
 STRATEGIES = {"tensorflow-sequential": lambda: TensorFlowExecutor(strategy="sequential"),
               "tensorflow-vectorized": lambda: TensorFlowExecutor(strategy="vectorized")}
+ALL_STRATEGIES = {**EXECUTORS, **STRATEGIES}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,9 @@ def executor(request):
         yield request.param
 
 
-@pytest.fixture(params=sorted({**EXECUTORS, **STRATEGIES}))
+@pytest.fixture(params=sorted(ALL_STRATEGIES))
 def any_strategy(request):
-    with fedcore.execution_context({**EXECUTORS, **STRATEGIES}[request.param]()):
+    with fedcore.execution_context(ALL_STRATEGIES[request.param]()):
         yield request.param
 
 
