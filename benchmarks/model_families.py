@@ -363,8 +363,14 @@ def time_interleaved(runners: Dict[str, Callable[[], None]], rounds: int) -> Dic
     the work itself cost, whatever else ran on the machine.
     """
     best: Dict[str, List[float]] = {}
-    for name, run_round in runners.items():
-        run_round()  # warm-up: tracing, compilation, first materialization
+    for name, run_round in list(runners.items()):
+        try:
+            run_round()  # warm-up: tracing, compilation, first materialization
+        except tf.errors.InvalidArgumentError as e:  # TF has no kernel for it on this machine
+            lines = [line.strip() for line in e.message.splitlines()]
+            UNAVAILABLE[name] = [line for line in lines if line and not line.startswith(("[[", "File "))][-1]
+            del runners[name]
+            continue
         best[name] = [float("inf"), float("inf")]
     for _ in range(rounds):
         for name, run_round in runners.items():
@@ -376,6 +382,10 @@ def time_interleaved(runners: Dict[str, Callable[[], None]], rounds: int) -> Dic
 
 
 FLOOR = "hand-vectorized floor"
+# Variants TensorFlow cannot run on this machine, and why: grouped convolutions' gradients, which the CNN's
+# floor needs, have a CPU kernel only where oneDNN is on (TensorFlow turns it on by default only on CPUs
+# with AVX-512 and the like; TF_ENABLE_ONEDNN_OPTS=1 turns it on elsewhere).
+UNAVAILABLE: Dict[str, str] = {}
 GRAPH_LOOP = "graph per-client loop (one tf.function)"
 PLAIN_LOOP = "plain per-client TF loop (tf.data)"
 
@@ -402,14 +412,32 @@ def bench(family: str, n: int, rounds: int):
     for strategy, executor in executors.items():
         # The first choice is the clients' training; the others are the small metric and weight maps.
         chosen[strategy] = str(executor.strategy_report[0])
-    for strategy in ("auto", "vectorized", "sequential"):
-        results.setdefault(f"fedcore TF executor, {strategy}", None)
+    for name in [FLOOR, GRAPH_LOOP, PLAIN_LOOP] + [f"fedcore TF executor, {s}" for s in ("auto", "vectorized", "sequential")]:
+        results.setdefault(name, None)
     order = [FLOOR, GRAPH_LOOP, PLAIN_LOOP] + [f"fedcore TF executor, {s}" for s in ("auto", "vectorized", "sequential")]
     return {k: results[k] for k in order}, chosen
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}"
+    return (f"{platform.machine()} ({cpu_model()}), {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"TensorFlow {tf.__version__}, oneDNN {'on' if onednn_enabled() else 'off'}")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        return "unknown CPU"
+
+
+def onednn_enabled() -> bool:
+    """Whether TensorFlow's oneDNN kernels are on in this process (the CNN's kernels depend on it)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own switch; no public API says it
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1"
 
 
 def main(argv=None) -> int:
@@ -428,11 +456,12 @@ def main(argv=None) -> int:
     for family, cohorts in (("cnn", args.cnn), ("gru", args.gru)):
         for n in cohorts:
             results, chosen = bench(family, n, args.rounds)
-            floor = results[FLOOR]
+            floor = results[FLOOR] or (float("nan"), float("nan"))
             loop = [min(results[GRAPH_LOOP][k], results[PLAIN_LOOP][k]) for k in (0, 1)]
             for name, times in results.items():
                 if times is None:
-                    row = f"| {family.upper()} | {n} | {name} | refused | | | | | |"
+                    why = "cannot run here" if name in UNAVAILABLE else "refused"
+                    row = f"| {family.upper()} | {n} | {name} | {why} | | | | | |"
                 else:
                     (w, c) = times
                     row = (f"| {family.upper()} | {n} | {name} | {w:.4f} | {w / floor[0]:.2f} | {w / loop[0]:.2f} "
@@ -440,6 +469,9 @@ def main(argv=None) -> int:
                 lines.append(row)
                 print(row, flush=True)
             notes.append(f"- {family.upper()} at {n} clients, auto: `{chosen['auto']}`")
+            for name, why in UNAVAILABLE.items():
+                notes.append(f"- {family.upper()} at {n} clients, {name}: TensorFlow cannot run it on this machine: `{why}`")
+            UNAVAILABLE.clear()
             if results["fedcore TF executor, vectorized"] is None:
                 notes.append(f"- {family.upper()} at {n} clients, vectorized: `{chosen['vectorized']}`")
     with open("/proc/loadavg") as f:

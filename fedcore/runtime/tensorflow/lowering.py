@@ -18,7 +18,8 @@ import tensorflow as tf
 from fedcore.compiler import algebra
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import tf_bridge, tf_function
-from fedcore.compiler.intrinsics import lookup
+from fedcore.compiler import intrinsics as defs
+from fedcore.compiler.intrinsics import Kind, lookup
 from fedcore.runtime.datasets import to_tf_leaves
 from fedcore.runtime.executor import ExecutionError, Unsupported
 from fedcore.runtime.tensorflow import per_client
@@ -353,6 +354,10 @@ class Compiler:
         self.static_shapes = False
         # How each piece of client work runs, in lowering order (see ``StrategyChoice``).
         self.choices: List[StrategyChoice] = []
+        # Reductions computed ahead, in the loop of the map they reduce (``_fold_shared_map``): IR node -> value.
+        self._folded: Dict[bb.BuildingBlock, Any] = {}
+        self._ir = ir
+        self._occurrences: Optional[Dict[bb.BuildingBlock, int]] = None
 
     # -- function values --------------------------------------------------
 
@@ -430,6 +435,8 @@ class Compiler:
     # -- expressions ------------------------------------------------------
 
     def lower(self, node: bb.BuildingBlock, env: Dict[str, Any]) -> Any:
+        if node in self._folded:
+            return self._folded[node]
         match node:
             case bb.Reference(name=name):
                 return env[name]
@@ -458,8 +465,9 @@ class Compiler:
                 return self.lambda_(node, env)
             case bb.Block(locals=locals_, result=result):
                 scope = dict(env)
-                for name, value in locals_:
-                    scope[name] = self.lower(value, scope)
+                for k, (name, value) in enumerate(locals_):
+                    if not self._fold_shared_map(name, value, locals_[k + 1:], result, scope):
+                        scope[name] = self.lower(value, scope)
                 return self.lower(result, scope)
             case bb.Intrinsic(uri=uri, type_signature=t):
                 definition = lookup(uri)
@@ -572,3 +580,193 @@ class Compiler:
                             self.unordered_clients)
 
 
+
+    # -- all the reductions of one map, in one pass ------------------------
+
+    def fold_reductions(self, fn: Lowered, members: Any, reductions: List["Reduction"]) -> List[Any]:
+        """Each reduction's result, from one graph loop that runs ``fn`` once per client and folds
+        its result into every reduction's accumulator at once: no client's result is kept."""
+        xp = algebra.TENSORFLOW
+        acc_types = [r.monoid.accumulator_type(r.u) for r in reductions]
+
+        def step(acc, i):
+            y = fn(client_view(members, i))
+            return Struct.unnamed(*[
+                unflatten(r.monoid.accumulate(xp, r.u, flatten(a, at), r.inputs(y, i)), at)
+                for r, a, at in zip(reductions, acc, acc_types)
+            ])
+
+        zero = [leaf for r in reductions for leaf in r.monoid.zero(xp, r.u)]
+        acc = self._fold(StructType([(None, at) for at in acc_types]), zero, step)
+        return [unflatten(r.monoid.report(xp, r.u, flatten(a, at)), r.result)
+                for r, a, at in zip(reductions, acc, acc_types)]
+
+    def _fold_shared_map(self, name: str, value: bb.BuildingBlock, later: tuple, result: bb.BuildingBlock,
+                         scope: Dict[str, Any]) -> bool:
+        """``let name=federated_map(<f, v>)`` whose every use is a reduction of it (FedAvg's client
+        update feeds a weighted mean and a sum): where ``f`` runs in the sequential loop, one loop
+        runs ``f`` and folds every reduction; their values are kept for when the lowering reaches
+        them, and ``name`` is never stacked.  True when it handled the local (bound or folded)."""
+        if self.strategy == "vectorized" or not _is_call_of(value, defs.FEDERATED_MAP):
+            return False
+        if not isinstance(value.argument, bb.Struct) or len(value.argument.elements) != 2:
+            return False
+        uses = _reductions_of(name, later, result)
+        if not uses or any(self._occurrence_count(u.node) != 1 for u in uses):
+            return False
+        if not all(fully_known(u.base.client_input_type(u.base_type.parameter)) for u in uses):
+            return False
+        fn, clients = self.lower(value.argument, scope)
+        map_type = value.function.type_signature
+        members = self.members(clients, map_type.parameter[1])
+        mapped = self._try_vectorized(fn, members)
+        if mapped is not None:
+            scope[name] = mapped
+            return True
+        reductions = [self._reduction(u, scope) for u in uses]
+        for u in uses:
+            self.choices.append(StrategyChoice(u.base.uri, fn.name, "sequential",
+                                               f"in the loop of {fn.name}, with the other reductions of its results"))
+        for u, out in zip(uses, self.fold_reductions(fn, members, reductions)):
+            self._folded[u.node] = out
+        return True
+
+    def _reduction(self, use: "_Use", scope: Dict[str, Any]) -> "Reduction":
+        """How one client's inputs to ``use`` come from its mapped value ``y``."""
+        select = None if use.select is None else self.lower(use.select, scope)
+        parts = []  # per client operand after the first: ('map', h) or ('stacked', leaves)
+        for operand in use.operands:
+            if _is_call_of(operand, defs.FEDERATED_MAP):
+                parts.append(("map", self.lower(operand.argument.elements[0][1], scope)))
+            else:
+                parts.append(("stacked", flat(self.stacked(self.lower(operand, scope), operand.type_signature))))
+
+        def inputs(y, i):
+            first = y if select is None else select(y)
+            x = cast_flat(first, use.base_type.parameter.member if use.base.client_operands is None
+                          else use.base_type.parameter[0].member)
+            for kind, part in parts:
+                if kind == "map":
+                    x += cast_flat(part(y), part.type_signature.result)
+                else:
+                    x += [leaf[i] for leaf in part]
+            return x
+
+        u = use.base.client_input_type(use.base_type.parameter)
+        return Reduction(use.base.monoid, u, inputs, use.node.type_signature.member)
+
+    def _occurrence_count(self, node: bb.BuildingBlock) -> int:
+        if self._ir is None:
+            return 0
+        if self._occurrences is None:
+            counts: Dict[bb.BuildingBlock, int] = {}
+            for n in bb.walk(self._ir):
+                counts[n] = counts.get(n, 0) + 1
+            self._occurrences = counts
+        return self._occurrences.get(node, 0)
+
+
+class Reduction(NamedTuple):
+    """One aggregation folded over the clients (``Compiler.fold_reductions``)."""
+
+    monoid: algebra.Monoid
+    u: Type  # one client's input
+    inputs: Callable[[Any, tf.Tensor], List[tf.Tensor]]  # (a client's mapped value, its index) -> u's leaves
+    result: Type  # the result's member type
+
+
+class _Use(NamedTuple):
+    """A reduction of a let-bound map ``x``: ``base(<federated_map(<select, x>), operands...>)``."""
+
+    node: bb.Call
+    base: defs.IntrinsicDef
+    base_type: FunctionType
+    select: Optional[bb.BuildingBlock]  # None: x itself
+    operands: List[bb.BuildingBlock]  # the other client operands: maps of x, or free of x
+
+
+def _is_call_of(node: bb.BuildingBlock, definition: defs.IntrinsicDef) -> bool:
+    return (isinstance(node, bb.Call) and isinstance(node.function, bb.Intrinsic)
+            and node.function.uri == definition.uri)
+
+
+def _mentions(node: bb.BuildingBlock, name: str) -> bool:
+    return any(ref.name == name for ref, _ in bb.references_out_of_scope(node))
+
+
+def _is_ref(node: bb.BuildingBlock, name: str) -> bool:
+    return isinstance(node, bb.Reference) and node.name == name
+
+
+def _as_use(node: bb.BuildingBlock, name: str) -> Optional[_Use]:
+    """``node`` as a monoid reduction of the map bound to ``name``, or None."""
+    if not (isinstance(node, bb.Call) and isinstance(node.function, bb.Intrinsic)):
+        return None
+    definition = lookup(node.function.uri)
+    arg = node.argument
+    if definition.kind is Kind.FUSED and definition.base.monoid is not None:
+        if not (isinstance(arg, bb.Struct) and len(arg.elements) >= 2 and _is_ref(arg.elements[1][1], name)):
+            return None
+        select, operands = arg.elements[0][1], [e for _, e in arg.elements[2:]]
+        base = definition.base
+        base_type = base.instantiate(defs.unfused_argument_type(definition, arg.type_signature))
+        if _mentions(select, name):
+            return None
+    elif definition.kind is Kind.AGGREGATE and definition.monoid is not None:
+        base, base_type, select = definition, node.function.type_signature, None
+        if definition.client_operands is None:
+            if not _is_ref(arg, name):
+                return None
+            operands = []
+        elif isinstance(arg, bb.Struct) and arg.elements and _is_ref(arg.elements[0][1], name):
+            operands = [e for _, e in arg.elements[1:]]
+        else:
+            return None
+    else:
+        return None
+    if len(operands) != (base.client_operands or 1) - 1:
+        return None  # operands that are not clients' inputs: not a plain reduction
+    for operand in operands:
+        if _is_call_of(operand, defs.FEDERATED_MAP):
+            inner = operand.argument
+            if not (isinstance(inner, bb.Struct) and len(inner.elements) == 2 and _is_ref(inner.elements[1][1], name)
+                    and not _mentions(inner.elements[0][1], name)):
+                return None
+        elif _mentions(operand, name):
+            return None
+    return _Use(node, base, base_type, select, operands)
+
+
+def _reductions_of(name: str, later: tuple, result: bb.BuildingBlock) -> Optional[List[_Use]]:
+    """The reductions in ``let ...later in result`` that read ``name``, where they are its only uses
+    and can be computed where ``name`` is bound (nothing they read is bound in between); else None."""
+    uses: List[_Use] = []
+    # Work items: (node, names bound since `name`'s let).
+    stack: List[tuple] = [(bb.Block(later, result) if later else result, frozenset())]
+    while stack:
+        node, bound = stack.pop()
+        use = _as_use(node, name)
+        if use is not None:
+            if any(ref.name in bound for ref, _ in bb.references_out_of_scope(node)):
+                return None
+            uses.append(use)
+            continue
+        match node:
+            case bb.Reference(name=n) if n == name:
+                return None  # another use
+            case bb.Lambda(parameter_name=p, result=r):
+                if p == name:
+                    continue  # shadowed below
+                stack.append((r, bound if p is None else bound | {p}))
+            case bb.Block(locals=locs, result=r):
+                inner = bound
+                for n, v in locs:
+                    stack.append((v, inner))
+                    if n == name:
+                        break  # shadowed from here on
+                    inner = inner | {n}
+                else:
+                    stack.append((r, inner))
+            case _:
+                stack.extend((child, bound) for child in node.children())
+    return uses

@@ -23,6 +23,7 @@ from fedcore.runtime.executor import ExecutionError
 from fedcore.runtime.tensorflow.lowering import (
     Compiler,
     Lowered,
+    Reduction,
     add,
     cast_flat,
     client_view,
@@ -148,26 +149,19 @@ def _fused_rule(definition: defs.IntrinsicDef):
 
 
 def _fold_clients(c: Compiler, base: defs.IntrinsicDef, t: FunctionType, fn: Lowered, members: Any, rest: list):
-    def mapped(i):
-        return fn(client_view(members, i))
-
     if base.monoid is None:  # federated_aggregate: the user's accumulator functions
         zero, accumulate, _, report = rest
         acc_type = t.parameter[1]
         return report(c._fold(acc_type, cast_flat(zero, acc_type),
-                              lambda acc, i: accumulate(Struct.unnamed(acc, mapped(i)))))
-    monoid, xp = base.monoid, algebra.TENSORFLOW
+                              lambda acc, i: accumulate(Struct.unnamed(acc, fn(client_view(members, i))))))
     u = base.client_input_type(t.parameter)
     others = [flat(c.stacked(r, t.parameter[k + 1])) for k, r in enumerate(rest[: (base.client_operands or 1) - 1])]
-    acc_type = monoid.accumulator_type(u)
 
-    def step(acc, i):
-        x = cast_flat(mapped(i), fn.type_signature.result) + [leaf[i] for other in others for leaf in other]
-        return unflatten(monoid.accumulate(xp, u, flatten(acc, acc_type), x), acc_type)
+    def inputs(y, i):
+        return cast_flat(y, fn.type_signature.result) + [leaf[i] for other in others for leaf in other]
 
-    zero = _zero(c, monoid, u, [])
-    acc = c._fold(acc_type, zero, step)
-    return unflatten(monoid.report(xp, u, flatten(acc, acc_type)), t.result.member)
+    (out,) = c.fold_reductions(fn, members, [Reduction(base.monoid, u, inputs, t.result.member)])
+    return out
 
 
 RULES.register_kind(Kind.FUSED, _fused_rule)
