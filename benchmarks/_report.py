@@ -21,3 +21,12 @@ def write_section(title_prefix: str, section: str, path: str = DOCS) -> None:
         parts.append(section)
     with open(path, "w") as f:
         f.write(head.rstrip() + "\n\n" + "\n".join(p.rstrip() + "\n" for p in parts))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (kernels and ratios differ from one CPU family to another)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        return "unknown CPU"

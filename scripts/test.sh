@@ -7,4 +7,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 # Ray workers import TensorFlow as they start: give them time on a loaded machine (see docs/distributed.md).
 export FEDCORE_RAY_START_TIMEOUT_S="${FEDCORE_RAY_START_TIMEOUT_S:-300}"
 .venv/bin/lint-imports --no-logo --no-cache || exit 1
-exec .venv/bin/python -m pytest -n 2 -q "$@"
+# worksteal: a worker that runs out of tests takes some of the other's, so a slow test near the end does not leave a core idle.
+exec .venv/bin/python -m pytest -n 2 --dist worksteal -q "$@"

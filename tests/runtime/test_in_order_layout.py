@@ -90,7 +90,7 @@ def test_sizes_1_19_20_21_400_and_empty_clients(strategy, drop):
     check([1, 19, 20, 21, 400, 0, 0, 40, 3, 21, 19], 20, drop, strategy)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(sizes=st.lists(st.integers(0, 45), min_size=1, max_size=9), batch=st.integers(1, 8), drop=st.booleans())
 def test_vectorized_equals_the_reference_on_random_cohorts(sizes, batch, drop):
     check(sizes, batch, drop, "vectorized")

@@ -15,7 +15,7 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 import fedcore
-from fedcore.runtime.tensorflow import TensorFlowExecutor
+from fedcore.runtime.tensorflow import TensorFlowExecutor, batched
 
 ELEMENT = fedcore.to_type((tf.float32, [None]))
 STATE = fedcore.to_type((tf.float32, [3]))
@@ -52,14 +52,37 @@ def reference(comp, *args):
     return run(fedcore.ReferenceExecutor(), comp, *args)
 
 
+@pytest.fixture
+def steps_pay(monkeypatch):
+    """'auto' vectorizes training steps, as where TensorFlow's CPU kernels are oneDNN's (``batched_steps_pay``)."""
+    monkeypatch.setattr(batched, "batched_steps_pay", lambda: True)
+
+
 @pytest.mark.parametrize("strategy", ["vectorized", "auto", "sequential"])
-def test_sizes_1_19_20_21_400_and_empty_clients_in_one_round(strategy):
+def test_sizes_1_19_20_21_400_and_empty_clients_in_one_round(strategy, steps_pay):
     data = datasets([1, 19, 20, 21, 400, 0, 0, 40, 3], batch=20)
     executor = TensorFlowExecutor(strategy=strategy)
     got = run(executor, fold_all, data)
     np.testing.assert_allclose(np.asarray(got), np.asarray(reference(fold_all, data)), rtol=1e-5)
     if strategy != "sequential":
         assert [c.strategy for c in executor.strategy_report] == ["vectorized"]
+
+
+@pytest.mark.parametrize("pays", [True, False])
+def test_auto_runs_training_steps_where_they_pay_and_says_why_not_elsewhere(monkeypatch, pays):
+    monkeypatch.setattr(batched, "batched_steps_pay", lambda: pays)
+    data = datasets([1, 19, 20, 21, 400, 0, 40, 3], batch=20)
+    auto, forced = TensorFlowExecutor(strategy="auto"), TensorFlowExecutor(strategy="vectorized")
+    expected = np.asarray(reference(fold_all, data))
+    np.testing.assert_allclose(np.asarray(run(auto, fold_all, data)), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(run(forced, fold_all, data)), expected, rtol=1e-5)
+    (choice,) = auto.strategy_report
+    if pays:
+        assert choice.strategy == "vectorized"
+    else:
+        assert choice.strategy == "sequential"
+        assert "carry state from batch to batch" in choice.reason and "oneDNN off" in choice.reason
+    assert [c.strategy for c in forced.strategy_report] == ["vectorized"]  # forced, it always vectorizes
 
 
 def test_every_client_empty():

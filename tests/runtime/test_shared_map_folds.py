@@ -116,7 +116,7 @@ CLIENTS = st.lists(
 )
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(clients=CLIENTS, scales=st.lists(st.floats(0.5, 3, width=32), min_size=6, max_size=6))
 def test_one_loop_folds_every_reduction_as_the_reference_does(clients, scales):
     scale = [np.float32(s) for s in scales[: len(clients)]]

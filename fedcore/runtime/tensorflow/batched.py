@@ -26,7 +26,7 @@ from fedcore.runtime.tensorflow.lowering import (
     unwrap_batched,
 )
 from fedcore.runtime.tensorflow.tables import BATCHED, NeedsAllClients, NotVectorizable
-from fedcore.runtime.tensorflow.values import Batched, tensors
+from fedcore.runtime.tensorflow.values import Batched, has_gpu, onednn_on, tensors
 from fedcore.structure import Struct
 from fedcore.types import Type
 
@@ -83,6 +83,26 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
     return unflatten([fixed[j] if j in fixed else Batched(next(out)) for j in range(len(acc0))], acc_type)
 
 
+def batched_steps_pay() -> bool:
+    """Whether ``auto`` steps client work that carries state from batch to batch (training) on the
+    clients axis: with a GPU, or where TensorFlow's CPU kernels are oneDNN's.
+
+    Where they are Eigen's, the batched steps cost more than each client's own
+    steps in the sequential loop: FedAvg on the seed and ragged workloads took
+    0.40x to 0.75x the vectorized floor's time in the loop, and 0.96x to 1.39x
+    vectorized (docs/benchmarks.md).  Reductions that only add (an evaluation)
+    stay vectorized: there the one pass over all batches wins either way.
+    """
+    return has_gpu() or onednn_on()
+
+
+def _check_steps_pay(c: Compiler) -> None:
+    """Called once a batched step is built: 'auto' then leaves it, for the sequential loop, where it does not pay."""
+    if c.strategy == "auto" and not batched_steps_pay():
+        raise NotVectorizable("its steps carry state from batch to batch, and where TensorFlow's CPU kernels are "
+                              "Eigen's (oneDNN off) batched steps cost more than each client's own")
+
+
 def _uniform_cohort(data: Any) -> Any:
     """Whether every client has the same number of full batches and no partial one (a tensor)."""
     lengths = tf.cast(data.lengths, tf.int32)
@@ -104,6 +124,7 @@ def _uniform(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
 
     def body(s, *acc):
         new = _step(c, op, acc_type, element_type, list(acc), _everyones(c, data, s), c.n, fixed)
+        _check_steps_pay(c)
         return [s + 1] + [tf.ensure_shape(x, a.shape) for x, a in zip(new, acc)]
 
     return list(tf.while_loop(lambda s, *_: s < steps, body, [tf.constant(0)] + list(acc0))[1:])
@@ -184,6 +205,7 @@ def _ragged(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: T
 
     def body(s, k, active, retired):
         new = _step(c, op, acc_type, element_type, list(active), data.take(s, perm[:k]), k, fixed)
+        _check_steps_pay(c)
         k_next = running(s + 1)
         # Gathered, not sliced: a slice would share the step's whole buffer (all k clients' states) and
         # keep it alive until the loop ends, one buffer per step.

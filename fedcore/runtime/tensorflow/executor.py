@@ -49,7 +49,7 @@ from fedcore.runtime.executor import ExecutionError, Unsupported
 from fedcore.runtime.tensorflow import batched as _batched_rules  # noqa: F401  (registers the vectorized rules)
 from fedcore.runtime.tensorflow import rules as _rules  # noqa: F401  (registers the rules)
 from fedcore.runtime.tensorflow.lowering import STRATEGIES, Compiler, StrategyChoice, unshare
-from fedcore.runtime.tensorflow.values import DatasetCache, Stacked, has_gpu, materialize
+from fedcore.runtime.tensorflow.values import DatasetCache, Stacked, has_gpu, materialize, onednn_on
 from fedcore.structure import Struct
 from fedcore.types import (
     CLIENTS,
@@ -170,13 +170,14 @@ class JitChoice(NamedTuple):
 
 
 def _xla_pays_here() -> bool:
-    """Whether ``jit_compile='auto'`` chooses XLA: only with a GPU.
+    """Whether ``jit_compile='auto'`` chooses XLA: with a GPU, or on a CPU whose TF kernels are Eigen's.
 
-    On CPU, XLA made the seed FedAvg round slower than TensorFlow's own
-    kernels at every cohort size measured (docs/performance.md), so 'auto'
-    leaves it off there.
+    Measured on the seed FedAvg round (docs/benchmarks.md): where TensorFlow's
+    CPU kernels are oneDNN's, XLA was slower than TensorFlow's own kernels at
+    most cohort sizes; where oneDNN is off, XLA's compiled round took 0.5x to
+    0.8x the time of the hand-vectorized floor on TensorFlow's kernels.
     """
-    return has_gpu()
+    return has_gpu() or not onednn_on()
 
 
 def _dropped_ops(graph_def: Any) -> List[str]:
@@ -216,7 +217,8 @@ class _Program:
             self.choice = JitChoice(name, False, "jit_compile=False")
             return
         if jit_compile == "auto" and not _xla_pays_here():
-            self.choice = JitChoice(name, False, "jit_compile='auto' uses XLA only on a GPU; none is visible")
+            self.choice = JitChoice(name, False, "jit_compile='auto' uses XLA on a GPU, or on a CPU where TensorFlow's "
+                                                 "oneDNN kernels are off; here no GPU is visible and oneDNN is on")
             return
         dropped = _dropped_ops(plain.graph.as_graph_def())
         if dropped:

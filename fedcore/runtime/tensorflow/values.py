@@ -383,6 +383,21 @@ def has_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
+def onednn_on() -> bool:
+    """Whether TensorFlow's CPU kernels are oneDNN's in this process.
+
+    TensorFlow turns oneDNN on by default only on CPUs with AVX-512 and the
+    like (``TF_ENABLE_ONEDNN_OPTS`` overrides it); elsewhere its CPU kernels are
+    Eigen's.  No public API says which: this asks TensorFlow's own switch, and
+    where that cannot be read, answers True (the choice that keeps defaults).
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return True
+
+
 def _concatenated(pieces: Sequence[np.ndarray]) -> Any:
     """``np.concatenate(pieces)`` as a device tensor, holding the data once.
 
