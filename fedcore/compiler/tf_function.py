@@ -212,6 +212,16 @@ _PAIRED_GRADIENTS = frozenset({"MaxPoolGrad", "MaxPool3DGrad", "LRNGrad"})
 _ONEDNN = bool(_pywrap_util_port.IsMklEnabled())
 
 
+def onednn_on() -> bool:
+    """Whether TensorFlow's CPU kernels are oneDNN's in this process.
+
+    TensorFlow turns oneDNN on by default only on CPUs with AVX-512 and the
+    like (``TF_ENABLE_ONEDNN_OPTS`` overrides it); elsewhere its CPU kernels are
+    Eigen's.  No public API says which: this is TensorFlow's own switch.
+    """
+    return _ONEDNN
+
+
 @contextlib.contextmanager
 def static_shapes():
     """Within it, ``graph_call`` uses traces at the leaves' static shapes (see ``TFFunction._at_shapes``)."""

@@ -614,7 +614,7 @@ class Compiler:
         uses = _reductions_of(name, later, result)
         if not uses or any(self._occurrence_count(u.node) != 1 for u in uses):
             return False
-        if not all(fully_known(u.base.client_input_type(u.base_type.parameter)) for u in uses):
+        if not all(fully_known(u.u) for u in uses):
             return False
         fn, clients = self.lower(value.argument, scope)
         map_type = value.function.type_signature
@@ -652,8 +652,7 @@ class Compiler:
                     x += [leaf[i] for leaf in part]
             return x
 
-        u = use.base.client_input_type(use.base_type.parameter)
-        return Reduction(use.base.monoid, u, inputs, use.node.type_signature.member)
+        return Reduction(use.base.monoid, use.u, inputs, use.node.type_signature.member)
 
     def _occurrence_count(self, node: bb.BuildingBlock) -> int:
         if self._ir is None:
@@ -683,6 +682,11 @@ class _Use(NamedTuple):
     base_type: FunctionType
     select: Optional[bb.BuildingBlock]  # None: x itself
     operands: List[bb.BuildingBlock]  # the other client operands: maps of x, or free of x
+
+    @property
+    def u(self) -> Type:
+        """One client's input to the reduction."""
+        return self.base.client_input_type(self.base_type.parameter)
 
 
 def _is_call_of(node: bb.BuildingBlock, definition: defs.IntrinsicDef) -> bool:

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.tf_bridge import leaf_types
+from fedcore.compiler.tf_function import onednn_on  # noqa: F401  (for the runtime: which kernels TF runs)
 from fedcore.runtime.tensorflow import pipelines
 from fedcore.runtime.datasets import canonical_element, sequence_elements
 from fedcore.runtime.executor import ExecutionError
@@ -381,21 +382,6 @@ _ALIGNMENT = 128
 def has_gpu() -> bool:
     """Whether TensorFlow sees a GPU in this process (asked once)."""
     return bool(tf.config.list_logical_devices("GPU"))
-
-
-def onednn_on() -> bool:
-    """Whether TensorFlow's CPU kernels are oneDNN's in this process.
-
-    TensorFlow turns oneDNN on by default only on CPUs with AVX-512 and the
-    like (``TF_ENABLE_ONEDNN_OPTS`` overrides it); elsewhere its CPU kernels are
-    Eigen's.  No public API says which: this asks TensorFlow's own switch, and
-    where that cannot be read, answers True (the choice that keeps defaults).
-    """
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return True
 
 
 def _concatenated(pieces: Sequence[np.ndarray]) -> Any:
