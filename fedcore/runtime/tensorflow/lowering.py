@@ -23,7 +23,7 @@ from fedcore.compiler.intrinsics import Kind, lookup
 from fedcore.runtime.datasets import to_tf_leaves
 from fedcore.runtime.executor import ExecutionError, Unsupported
 from fedcore.runtime.tensorflow import per_client
-from fedcore.runtime.tensorflow import pfor_rules  # noqa: F401  (registers what pfor lacks)
+from fedcore.runtime.tensorflow import pfor_rules
 from fedcore.runtime.tensorflow.tables import BATCHED, RULES, NeedsAllClients, NotVectorizable
 from fedcore.runtime.tensorflow.values import Batched, ClientSequences, Shared, ShuffledSequences, Stacked
 from fedcore.structure import Struct
@@ -254,7 +254,7 @@ def vectorize(fn: Callable[..., Any], inputs: List[tf.Tensor], label: str, force
     if log.floor > logging.DEBUG:
         logger.setLevel(logging.DEBUG)
     try:
-        out = tf.vectorized_map(fn, inputs)
+        out = pfor_rules.vectorized_map(fn, inputs)
     except NotVectorizable:
         raise
     except Exception as e:  # noqa: BLE001 - pfor's failures are of every kind (TypeError, ValueError, ...)
