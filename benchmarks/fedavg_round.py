@@ -30,7 +30,7 @@ import tensorflow as tf
 import fedcore
 from fedcore.runtime.execution import execute
 from fedcore.runtime.tensorflow import TensorFlowExecutor
-from fedcore.runtime.tensorflow.values import onednn_on
+from fedcore.compiler.tf_function import onednn_on
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _report  # noqa: E402

@@ -45,7 +45,7 @@ import tensorflow as tf
 import fedcore
 from fedcore import learning
 from fedcore.runtime.tensorflow import TensorFlowExecutor
-from fedcore.runtime.tensorflow.values import onednn_on
+from fedcore.compiler.tf_function import onednn_on
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import cpu_model  # noqa: E402

@@ -15,6 +15,7 @@ import tensorflow as tf
 from fedcore.compiler import intrinsics as defs
 from fedcore.compiler.intrinsics import Kind
 from fedcore.compiler.tf_bridge import leaf_types
+from fedcore.compiler.tf_function import onednn_on
 from fedcore.runtime.tensorflow.lowering import (
     BatchedSequence,
     Compiler,
@@ -26,7 +27,7 @@ from fedcore.runtime.tensorflow.lowering import (
     unwrap_batched,
 )
 from fedcore.runtime.tensorflow.tables import BATCHED, NeedsAllClients, NotVectorizable
-from fedcore.runtime.tensorflow.values import Batched, has_gpu, onednn_on, tensors
+from fedcore.runtime.tensorflow.values import Batched, has_gpu, tensors
 from fedcore.structure import Struct
 from fedcore.types import Type
 

@@ -49,7 +49,8 @@ from fedcore.runtime.executor import ExecutionError, Unsupported
 from fedcore.runtime.tensorflow import batched as _batched_rules  # noqa: F401  (registers the vectorized rules)
 from fedcore.runtime.tensorflow import rules as _rules  # noqa: F401  (registers the rules)
 from fedcore.runtime.tensorflow.lowering import STRATEGIES, Compiler, StrategyChoice, unshare
-from fedcore.runtime.tensorflow.values import DatasetCache, Stacked, has_gpu, materialize, onednn_on
+from fedcore.compiler.tf_function import onednn_on
+from fedcore.runtime.tensorflow.values import DatasetCache, Stacked, has_gpu, materialize
 from fedcore.structure import Struct
 from fedcore.types import (
     CLIENTS,

@@ -92,11 +92,13 @@ def vectorized_map(fn: Callable[[List[Any]], Any], inputs: List[tf.Tensor]) -> A
     static = {d for d in firsts if d is not None}
     if len(static) > 1:
         return tf.vectorized_map(fn, inputs)  # some rows are broadcast: TensorFlow's own reading
-    # The number of rows: a static one where any input has it, else the first input's.
+    # The number of rows: a static one where any input has it, else the first input's; every input
+    # whose number is known only at run time is checked against it.
     loop_len = next(iter(static)) if static else tf.shape(inputs[0])[0]
+    unchecked = inputs[0] if not static else None
     checks = [tf.debugging.assert_equal(tf.shape(x)[0], loop_len,
                                         message="inputs of one vectorized call differ in their number of rows")
-              for j, (x, d) in enumerate(zip(inputs, firsts)) if d is None and (static or j > 0)]
+              for x, d in zip(inputs, firsts) if d is None and x is not unchecked]
     if checks:  # on the inputs: the reads pass them through, so the call's results depend on nothing else
         with tf.control_dependencies(checks):
             inputs = [tf.identity(x) for x in inputs]

@@ -34,7 +34,6 @@ import tensorflow as tf
 
 from fedcore.compiler import tf_bridge
 from fedcore.compiler.tf_bridge import leaf_types
-from fedcore.compiler.tf_function import onednn_on  # noqa: F401  (for the runtime: which kernels TF runs)
 from fedcore.runtime.tensorflow import pipelines
 from fedcore.runtime.datasets import canonical_element, sequence_elements
 from fedcore.runtime.executor import ExecutionError
