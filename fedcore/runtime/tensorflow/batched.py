@@ -151,19 +151,22 @@ def _fixed_leaves(op: Lowered, zero: Any, acc_type: Type) -> dict:
 
 
 def _step(c: Compiler, op: Lowered, acc_type: Type, element_type: Type, acc_flat: List[Any], element: List[Any],
-          clients: Any, fixed: Optional[dict] = None) -> List[Any]:
+          clients: Any, fixed: Optional[dict] = None, shared_acc: bool = False) -> List[Any]:
     """One vectorized call of the reduction's step for ``clients`` (a subset of the clients, on axis 0).
 
-    ``acc_flat`` holds the carried leaves; ``fixed`` the others (see ``_fixed_leaves``), which are
-    passed without a clients axis and left out of the result.
+    ``acc_flat`` holds the carried leaves, one row per client, or, when
+    ``shared_acc``, one value that every client starts from (no clients axis:
+    pfor reads it as it is, without a copy per client).  ``fixed`` holds the
+    others (see ``_fixed_leaves``), which are passed without a clients axis
+    and left out of the result.
     """
     fixed = fixed or {}
     carried = iter(acc_flat)
     whole = c.n
     c.n = clients  # values without a clients axis are tiled to this many
     try:
-        acc = unflatten([fixed[j] if j in fixed else Batched(next(carried)) for j in range(len(leaf_types(acc_type)))],
-                        acc_type)
+        acc = unflatten([fixed[j] if j in fixed else next(carried) if shared_acc else Batched(next(carried))
+                         for j in range(len(leaf_types(acc_type)))], acc_type)
         element = [x if isinstance(x, Batched) else Batched(x) for x in element]
         new = op.batched(Struct.unnamed(acc, unflatten(element, element_type)))
         leaves, types = flat(new), leaf_types(acc_type)
@@ -264,9 +267,10 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
     owner = tf.repeat(tf.range(n), lengths)  # element e belongs to client owner[e] ...
     position = tf.range(total) - tf.repeat(tf.cumsum(lengths, exclusive=True), lengths)  # ... as its step position[e]
 
+    zeros = [tf.zeros(tf.shape(a)[1:], a.dtype) for a in acc0]  # one start that every element's call shares
+
     def increments(element, k):
-        zeros = [tf.zeros(tf.concat([[k], tf.shape(a)[1:]], 0), a.dtype) for a in acc0]
-        return _step(c, op, acc_type, element_type, zeros, element, k, fixed)
+        return _step(c, op, acc_type, element_type, zeros, element, k, fixed, shared_acc=True)
 
     def chunks(start, size, sums):
         count = (total - start) // size
@@ -289,14 +293,20 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
     for size in MAP_SUM_CHUNKS:
         start, sums = chunks(start, size, sums)
     if data.tail_sizes is not None:
+        # The partial batches, one vectorized call per size.  What locates each size's clients and rows
+        # is computed here once, so that a call does only its own work.
         sizes = tf.cast(data.tail_sizes, tf.int32)
-        distinct = tf.unique(tf.boolean_mask(sizes, sizes > 0))[0]
+        order = tf.argsort(sizes, stable=True)  # the clients by the size of their partial batch, then by client
+        distinct, _, counts = tf.unique_with_counts(tf.gather(sizes, order))
+        offsets = tf.cumsum(counts, exclusive=True)  # where each size's clients begin in ``order``
+        before = tf.cumsum(distinct * counts, exclusive=True)  # the rows of the partial batches of smaller sizes
+        some = distinct > 0
+        distinct, counts, offsets, before = (tf.boolean_mask(v, some) for v in (distinct, counts, offsets, before))
 
         def tail_body(j, sums):
-            r = distinct[j]
-            where = tf.cast(tf.where(tf.equal(sizes, r))[:, 0], tf.int32)
-            k = tf.size(where)
-            new = increments(data.tail(where, r) if data.tails_of is None else data.tails_of(r, k), k)
+            r, k = distinct[j], counts[j]
+            where = order[offsets[j] : offsets[j] + k]
+            new = increments(data.tail(where, r) if data.tails_of is None else data.tails_of(before[j], r, k), k)
             return j + 1, [tf.tensor_scatter_nd_add(s, where[:, None], x) for s, x in zip(sums, new)]
 
         try:

@@ -712,9 +712,10 @@ class Steps:
     """When set, ``elements(start, size)`` gives full elements ``start .. start + size`` (``size`` a
     static int) of all clients' full elements in order, client after client, step after step, as
     tensors with a leading axis of ``size``, sliced from the data without a copy."""
-    tails_of: Optional[Callable[[Any, Any], List[Any]]] = None
-    """When set, ``tails_of(r, k)`` gives the partial batches of size ``r``, of the ``k`` clients that
-    have one, in client order, as tensors with a leading axis of ``k``, sliced without a copy."""
+    tails_of: Optional[Callable[[Any, Any, Any], List[Any]]] = None
+    """When set, ``tails_of(before, r, k)`` gives the partial batches of size ``r``, of the ``k`` clients
+    that have one, in client order, as tensors with a leading axis of ``k``, sliced without a copy;
+    ``before`` is the number of rows in the partial batches of smaller sizes (they come first)."""
 
 
 def tensors(leaves: List[Any]) -> List[Any]:
@@ -787,10 +788,10 @@ class ShuffledSequences:
             def elements(start, size):
                 return run(tf.cast(start, tf.int64) * b, size, b)
 
-            def tails_of(r, k):
-                r = tf.cast(r, tf.int64)
-                before = tf.reduce_sum(tf.where(tail_sizes < r, tail_sizes, tf.zeros_like(tail_sizes)))
-                return run(tf.reduce_sum(full) * b + before, k, r)
+            tails_start = tf.reduce_sum(full) * b  # the partial batches follow every full one
+
+            def tails_of(before, r, k):
+                return run(tails_start + tf.cast(before, tf.int64), k, r)
 
         if self.full_batches:
             return Steps(num_steps, full, take, elements=elements)
