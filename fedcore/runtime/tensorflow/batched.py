@@ -267,9 +267,14 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
     owner = tf.repeat(tf.range(n), lengths)  # element e belongs to client owner[e] ...
     position = tf.range(total) - tf.repeat(tf.cumsum(lengths, exclusive=True), lengths)  # ... as its step position[e]
 
-    zeros = [tf.zeros(tf.shape(a)[1:], a.dtype) for a in acc0]  # one start that every element's call shares
+    def zero(a):  # the start that every element's call shares: a constant where its shape is static
+        shape = a.shape[1:]
+        return tf.zeros(shape, a.dtype) if shape.is_fully_defined() else tf.zeros(tf.shape(a)[1:], a.dtype)
+
+    dynamic = [None if a.shape[1:].is_fully_defined() else zero(a) for a in acc0]
 
     def increments(element, k):
+        zeros = [zero(a) if z is None else z for a, z in zip(acc0, dynamic)]  # made in the loop: one node, not a loop input
         return _step(c, op, acc_type, element_type, zeros, element, k, fixed, shared_acc=True)
 
     def chunks(start, size, sums):
@@ -300,17 +305,18 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
         distinct, _, counts = tf.unique_with_counts(tf.gather(sizes, order))
         offsets = tf.cumsum(counts, exclusive=True)  # where each size's clients begin in ``order``
         before = tf.cumsum(distinct * counts, exclusive=True)  # the rows of the partial batches of smaller sizes
-        some = distinct > 0
-        distinct, counts, offsets, before = (tf.boolean_mask(v, some) for v in (distinct, counts, offsets, before))
+        # One row per size that has clients, read by the loop as one input (each input of a loop costs nodes
+        # in every turn): the size, its clients' count, where they begin in ``order``, and ``before``.
+        blocks = tf.boolean_mask(tf.stack([distinct, counts, offsets, before], axis=1), distinct > 0)
 
         def tail_body(j, sums):
-            r, k = distinct[j], counts[j]
-            where = order[offsets[j] : offsets[j] + k]
-            new = increments(data.tail(where, r) if data.tails_of is None else data.tails_of(before[j], r, k), k)
+            r, k, at, rows_before = tf.unstack(blocks[j], 4)
+            where = order[at : at + k]
+            new = increments(data.tail(where, r) if data.tails_of is None else data.tails_of(rows_before, r, k), k)
             return j + 1, [tf.tensor_scatter_nd_add(s, where[:, None], x) for s, x in zip(sums, new)]
 
         try:
-            _, sums = tf.while_loop(lambda j, _: j < tf.size(distinct), tail_body, (tf.constant(0), sums))
+            _, sums = tf.while_loop(lambda j, _: j < tf.shape(blocks)[0], tail_body, (tf.constant(0), sums))
         except (TypeError, ValueError) as e:
             raise NotVectorizable(f"the last, partial batches: {e}") from None
     # The step's own "+" (wrapping for integers), not fedcore's checked sum.

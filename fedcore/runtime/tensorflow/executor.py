@@ -210,6 +210,7 @@ class _Program:
     def __init__(self, name: str, plain: Any, compiler: Any, specs: List[Any], jit_compile: Union[bool, str]):
         self.name = name
         self.plain = plain
+        self.specs = list(specs)
         self.fedcore_compiler = compiler
         self.required = jit_compile is True
         self.xla = None
@@ -238,11 +239,22 @@ class _Program:
         """The program's graph (the plain concrete function's; XLA compiles the same one)."""
         return self.plain.graph
 
+    def _call(self, fn: Any, inputs: Tuple[Any, ...]) -> Any:
+        """``fn(*inputs)``; where every input is an array, called flat, without TensorFlow's binding of them.
+
+        The inputs are exactly the program's signature, in its order (``_Layout``), so the binding
+        (matching each to its spec, a conversion and a subtype check each) would only repeat work.
+        """
+        flat = getattr(fn, "_call_flat", None)  # ConcreteFunction's own call of already flat tensors
+        if flat is None or not all(isinstance(s, tf.TensorSpec) for s in self.specs) or len(inputs) != len(self.specs):
+            return fn(*inputs)
+        return flat([tf.convert_to_tensor(x, s.dtype) for x, s in zip(inputs, self.specs)], fn.captured_inputs)
+
     def __call__(self, *inputs):
         if self.xla is None:
-            return self.plain(*inputs)
+            return self._call(self.plain, inputs)
         if self._xla_ran:
-            return self.xla(*inputs)
+            return self._call(self.xla, inputs)
         try:
             out = self.xla(*inputs)
         except tf.errors.OpError as e:  # XLA compiles on the first call
