@@ -274,7 +274,8 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
     dynamic = [None if a.shape[1:].is_fully_defined() else zero(a) for a in acc0]
 
     def increments(element, k):
-        zeros = [zero(a) if z is None else z for a, z in zip(acc0, dynamic)]  # made in the loop: one node, not a loop input
+        # Made inside the loop: a constant is one node there, a loop input several in every turn.
+        zeros = [zero(a) if z is None else z for a, z in zip(acc0, dynamic)]
         return _step(c, op, acc_type, element_type, zeros, element, k, fixed, shared_acc=True)
 
     def chunks(start, size, sums):
@@ -316,7 +317,10 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
             return j + 1, [tf.tensor_scatter_nd_add(s, where[:, None], x) for s, x in zip(sums, new)]
 
         try:
-            _, sums = tf.while_loop(lambda j, _: j < tf.shape(blocks)[0], tail_body, (tf.constant(0), sums))
+            # The sizes' calls are independent (only their sums meet), and each is short ops in a chain:
+            # let up to 32 of them run at once, not TensorFlow's default 10.
+            _, sums = tf.while_loop(lambda j, _: j < tf.shape(blocks)[0], tail_body, (tf.constant(0), sums),
+                                    parallel_iterations=32)
         except (TypeError, ValueError) as e:
             raise NotVectorizable(f"the last, partial batches: {e}") from None
     # The step's own "+" (wrapping for integers), not fedcore's checked sum.
