@@ -276,6 +276,11 @@ def interleaved_medians(runners: Dict[str, Callable[[], object]], repeats: int) 
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def seed_keras_model():
+    """The seed model as Keras: Dense 784 -> 10, softmax."""
+    return tf.keras.Sequential([tf.keras.Input((784,)), tf.keras.layers.Dense(10, activation="softmax")])
+
+
 KERAS_FLOOR = "Keras floor (the Keras model, its loss and accuracy over all examples at once)"
 
 
@@ -286,7 +291,7 @@ def keras_eval_floor(model):
     orders -0.0 below 0.0 through a bitcast; its loss clips and takes the log of
     probabilities), so this is what fedcore's Keras evaluation adds to.
     """
-    keras_model = tf.keras.Sequential([tf.keras.Input((784,)), tf.keras.layers.Dense(10, activation="softmax")])
+    keras_model = seed_keras_model()
     keras_model.set_weights([model["kernel"], model["bias"]])
     loss = tf.keras.losses.SparseCategoricalCrossentropy()
 
@@ -302,8 +307,7 @@ def keras_eval_floor(model):
 def keras_evaluation(model, element_spec):
     """The same model as a Keras model, evaluated by the TFF-style API (loss and accuracy as Keras metrics)."""
     def model_fn():
-        keras_model = tf.keras.Sequential([tf.keras.Input((784,)), tf.keras.layers.Dense(10, activation="softmax")])
-        return fedcore.learning.from_keras_model(keras_model, input_spec=element_spec,
+        return fedcore.learning.from_keras_model(seed_keras_model(), input_spec=element_spec,
                                                  loss=tf.keras.losses.SparseCategoricalCrossentropy(),
                                                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
 

@@ -10,6 +10,7 @@ reference interpreter's result, on either path.
 """
 
 import collections
+import contextlib
 
 import numpy as np
 import pytest
@@ -37,9 +38,9 @@ def datasets(sizes, batch):
     return [tf.data.Dataset.range(n).map(lambda x: tf.cast(x, tf.float32) * 0.5 - 3.0).batch(batch) for n in sizes]
 
 
-@pytest.fixture
-def map_sum_calls(monkeypatch):
-    """How many reductions were lowered by the map-sum path."""
+@contextlib.contextmanager
+def counting_map_sum():
+    """Within it, the list gets one entry for each reduction lowered by the map-sum path."""
     calls = []
     original = batched._map_sum
 
@@ -47,8 +48,18 @@ def map_sum_calls(monkeypatch):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(batched, "_map_sum", counting)
-    return calls
+    batched._map_sum = counting
+    try:
+        yield calls
+    finally:
+        batched._map_sum = original
+
+
+@pytest.fixture
+def map_sum_calls():
+    """How many reductions were lowered by the map-sum path."""
+    with counting_map_sum() as calls:
+        yield calls
 
 
 def _reduction(step, zero):
@@ -171,6 +182,19 @@ def start(w):
     return collections.OrderedDict(w=w, total=tf.constant(0.0), hits=tf.constant(0))
 
 
+def every_client_reducing(step):
+    """``<w@SERVER, {batches*}@CLIENTS> -> {state}@CLIENTS``: each client reduces its batches with ``step`` from ``start(w)``."""
+    @fedcore.federated_computation(tf.float32, fedcore.SequenceType(ELEMENT))
+    def client(w, batches):
+        return fedcore.sequence_reduce(batches, start(w), step)
+
+    @fedcore.federated_computation(fedcore.type_at_server(tf.float32), fedcore.type_at_clients(fedcore.SequenceType(ELEMENT)))
+    def everyone(w, data):
+        return fedcore.federated_map(client, fedcore.federated_zip([fedcore.federated_broadcast(w), data]))
+
+    return everyone
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     sizes=st.lists(st.integers(0, 60), min_size=1, max_size=8),
@@ -178,14 +202,7 @@ def start(w):
     w=st.floats(-2.0, 2.0, width=32),
 )
 def test_map_sum_equals_the_reference_on_random_ragged_cohorts(sizes, batch, w):
-    @fedcore.federated_computation(tf.float32, fedcore.SequenceType(ELEMENT))
-    def client(w, batches):
-        return fedcore.sequence_reduce(batches, start(w), weighted_step)
-
-    @fedcore.federated_computation(fedcore.type_at_server(tf.float32), fedcore.type_at_clients(fedcore.SequenceType(ELEMENT)))
-    def everyone(w, data):
-        return fedcore.federated_map(client, fedcore.federated_zip([fedcore.federated_broadcast(w), data]))
-
+    everyone = every_client_reducing(weighted_step)
     data = datasets(sizes, batch)
     expected = run(fedcore.ReferenceExecutor(), everyone, np.float32(w), data)
     got = run(TensorFlowExecutor(strategy="vectorized"), everyone, np.float32(w), data)
@@ -223,31 +240,14 @@ def distinct_datasets(sizes, batch, shuffle_seed):
     shuffle_seed=st.one_of(st.none(), st.integers(0, 1000)),
 )
 def test_partial_batches_keep_their_own_rows_and_clients(sizes, batch, shuffle_seed):
-    @fedcore.federated_computation(tf.float32, fedcore.SequenceType(ELEMENT))
-    def client(w, batches):
-        return fedcore.sequence_reduce(batches, start(w), batch_step)
-
-    @fedcore.federated_computation(fedcore.type_at_server(tf.float32), fedcore.type_at_clients(fedcore.SequenceType(ELEMENT)))
-    def everyone(w, data):
-        return fedcore.federated_map(client, fedcore.federated_zip([fedcore.federated_broadcast(w), data]))
-
+    everyone = every_client_reducing(batch_step)
     data = distinct_datasets(sizes, batch, shuffle_seed)
     # A seeded shuffle's orders are fedcore's own, not tf.data's (docs/performance.md): there the
     # sequential strategy, which reads the same orders, is what the vectorized one must equal.
     judge = fedcore.ReferenceExecutor() if shuffle_seed is None else TensorFlowExecutor(strategy="sequential")
     expected = run(judge, everyone, np.float32(1.5), data)
-    calls = []
-    original = batched._map_sum
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    batched._map_sum = counting
-    try:
+    with counting_map_sum() as calls:
         got = run(TensorFlowExecutor(strategy="vectorized"), everyone, np.float32(1.5), data)
-    finally:
-        batched._map_sum = original
     assert calls, "the reduction did not take the map-sum path"
     for c, (g, e) in enumerate(zip(got, expected)):
         assert int(g["hits"]) == int(e["hits"]), f"client {c}"

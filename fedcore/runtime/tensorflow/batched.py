@@ -267,15 +267,12 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
     owner = tf.repeat(tf.range(n), lengths)  # element e belongs to client owner[e] ...
     position = tf.range(total) - tf.repeat(tf.cumsum(lengths, exclusive=True), lengths)  # ... as its step position[e]
 
-    def zero(a):  # the start that every element's call shares: a constant where its shape is static
-        shape = a.shape[1:]
-        return tf.zeros(shape, a.dtype) if shape.is_fully_defined() else tf.zeros(tf.shape(a)[1:], a.dtype)
-
-    dynamic = [None if a.shape[1:].is_fully_defined() else zero(a) for a in acc0]
+    # The start that every element's call shares.  Where its shape is static it is made inside the loop, as
+    # a constant: one node there, where a loop input costs several in every turn.
+    outside = [None if a.shape[1:].is_fully_defined() else tf.zeros(tf.shape(a)[1:], a.dtype) for a in acc0]
 
     def increments(element, k):
-        # Made inside the loop: a constant is one node there, a loop input several in every turn.
-        zeros = [zero(a) if z is None else z for a, z in zip(acc0, dynamic)]
+        zeros = [tf.zeros(a.shape[1:], a.dtype) if z is None else z for a, z in zip(acc0, outside)]
         return _step(c, op, acc_type, element_type, zeros, element, k, fixed, shared_acc=True)
 
     def chunks(start, size, sums):

@@ -211,6 +211,8 @@ class _Program:
         self.name = name
         self.plain = plain
         self.specs = list(specs)
+        # Every input an array (no dataset): the program can be called flat (see ``_call``).
+        self._flat = all(isinstance(s, tf.TensorSpec) for s in self.specs)
         self.fedcore_compiler = compiler
         self.required = jit_compile is True
         self.xla = None
@@ -246,7 +248,7 @@ class _Program:
         (matching each to its spec, a conversion and a subtype check each) would only repeat work.
         """
         flat = getattr(fn, "_call_flat", None)  # ConcreteFunction's own call of already flat tensors
-        if flat is None or not all(isinstance(s, tf.TensorSpec) for s in self.specs) or len(inputs) != len(self.specs):
+        if flat is None or not self._flat or len(inputs) != len(self.specs):
             return fn(*inputs)
         return flat([tf.convert_to_tensor(x, s.dtype) for x, s in zip(inputs, self.specs)], fn.captured_inputs)
 
