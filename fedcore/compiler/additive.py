@@ -9,11 +9,13 @@ nested function calls, and says which inputs each increment depends on.
 Every tensor gets an abstract value: the set of graph inputs it depends on,
 and, where the tensor is ``input_i + (something)``, the index ``i`` with the
 inputs that the something depends on.  Control inputs count as
-dependencies: a result that waits for an assert on the accumulator is not
-"plus something".  A graph in which a stateful op (an assert, a print, a
-variable read) depends on an input makes every result depend on that input,
-so a caller that recomputes the increments with a zero accumulator never
-skips a check on the real one.
+dependencies, of the increment too: a result that waits for an assert on the
+accumulator is the accumulator plus something that depends on it, which no
+caller computes from zero.  A graph in which a stateful op (an assert, a print, a
+variable read) depends on an input makes every result, and every increment,
+depend on that input, so a caller that recomputes the increments with a zero
+accumulator never skips a check on the real one; an assert on the batch alone
+(Keras's losses check their inputs' shapes) leaves the increments as they are.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ class Value:
 
 def _input_value(i: int) -> Value:
     return Value(frozenset([i]), (i, _NONE))
+
+
+def _also(v: Value, deps: FrozenSet[int]) -> Value:
+    """``v``, also depending on ``deps`` (a control input, an op that runs with it): its increment too."""
+    if not deps:
+        return v
+    return Value(v.deps | deps, None if v.plus is None else (v.plus[0], v.plus[1] | deps))
 
 
 def _join(values: Sequence[Value]) -> Value:
@@ -117,17 +126,17 @@ class _Analysis:
             return [Value(everything) for _ in outputs]
         out = [tensor(o) for o in outputs]
         if tainted:
-            out = [Value(v.deps | tainted) for v in out]
+            # The stateful ops run with every result: each result's increment depends on their inputs too.
+            # (One that reads the accumulator makes the increment depend on it, so no caller recomputes
+            # that increment from zero.)
+            out = [_also(v, frozenset(tainted)) for v in out]
         return out
 
     def node(self, node, tensor, depth: int) -> List[Value]:
         data = [tensor(i) for i in node.input if not i.startswith("^")]
         control = _join([tensor(i[1:]) for i in node.input if i.startswith("^")]).deps
         if node.op in _FORWARDS and len(data) == 1:
-            v = data[0]
-            if not control:
-                return [v]
-            return [Value(v.deps | control)]
+            return [_also(data[0], control)]
         if node.op in _ADDS and len(data) == 2 and node.attr["T"].type not in _NOT_NUMBERS:
             a, b = data
             for x, y in ((a, b), (b, a)):
@@ -138,7 +147,7 @@ class _Analysis:
         if node.op in _CALLS:
             out = self.function(node.attr["f"].func.name, tuple(data), depth + 1)
             if out is not None:
-                return [v if not control else Value(v.deps | control) for v in out]
+                return [_also(v, control) for v in out]
         joined = Value(_join(data).deps | control)
         return [joined] * max(1, _num_outputs(node))
 

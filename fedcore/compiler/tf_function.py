@@ -54,6 +54,9 @@ class TFCalls:
     _separate: Optional[dict] = None  # ``_separate_call``'s wrappers, by the wrapped tf.function's id
     # The tf.Variables the function captured; they enter the fingerprint only by position.
     variables: Tuple[Any, ...] = ()
+    # A reduction step's masked form (``computation.with_masked_form``), or None.  It does not enter the
+    # fingerprint: it computes what the step computes, and only lets an executor pad partial batches.
+    masked_form: Optional["TFCalls"] = None
 
     @property
     def creates_variables(self) -> bool:
@@ -157,7 +160,11 @@ class TFCalls:
         """For each result leaf, the parameter leaf it returns unchanged (through Identity ops only), or None.
 
         An executor may keep such a value out of a loop that calls the function
-        again and again: it never changes.
+        again and again: it never changes.  An Identity that waits for other
+        ops (TensorFlow makes a function's results wait for its stateful ops:
+        an assert, say) still returns its input unchanged; an executor that
+        leaves out every call of a function whose results all pass through
+        must check that it has no stateful ops (``stateful_ops``) to run.
         """
         if self._passthrough is None:
             graph_def, inputs, outputs = self._graph_parts()
@@ -170,9 +177,7 @@ class TFCalls:
                     if name in position:
                         return position[name]
                     node = nodes.get(name.split(":")[0])
-                    if node is None or node.op != "Identity" or not node.input:
-                        return None
-                    if any(i.startswith("^") for i in node.input):  # waits for other ops (an assert, say)
+                    if node is None or node.op != "Identity" or not node.input or node.input[0].startswith("^"):
                         return None
                     tensor = node.input[0]
                 return None
