@@ -16,6 +16,7 @@ _EXPORTS = {
     "fedcore.structure": ("Struct",),
     "fedcore.compiler": (
         "Computation", "FederatedTypeError", "PolymorphicComputation", "federated_computation", "tf_computation",
+        "with_masked_form",
     ),
     "fedcore.compiler.federated_api": (
         "federated_aggregate", "federated_apply", "federated_broadcast", "federated_eval", "federated_map",
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, API reference generators)
         PolymorphicComputation,
         federated_computation,
         tf_computation,
+        with_masked_form,
     )
     from fedcore.compiler.federated_api import (
         federated_aggregate,

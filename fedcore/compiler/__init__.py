@@ -6,6 +6,7 @@ from fedcore.compiler.computation import (
     PolymorphicComputation,
     federated_computation,
     tf_computation,
+    with_masked_form,
 )
 from fedcore.compiler.context import FederatedTypeError
 
@@ -19,6 +20,7 @@ __all__ = [
     "tf_computation",
     "to_distribute_aggregate_form",
     "to_map_reduce_form",
+    "with_masked_form",
 ]
 
 # The forms (``fedcore.compiler.forms``) sit above the front end; they are loaded on first use.

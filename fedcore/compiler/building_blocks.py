@@ -279,6 +279,10 @@ class TensorFlowFunction(Protocol):
     def graph_call(self, leaves: List[Any]) -> List[Any]:
         """Calls the function from inside another graph being traced, on flat leaves."""
 
+    # Optional: ``masked_form``, another TensorFlowFunction that a reduction's step may carry (set by
+    # ``computation.with_masked_form``): the step on a batch padded to more rows, told by a mask which
+    # rows are real.  Executors may use it to run batches of different sizes as one batch size.
+
 
 def _short_id(function: Any, name: str, type_signature: Type) -> str:
     fingerprint = getattr(function, "fingerprint", None)

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from fedcore.compiler import building_blocks as bb
 from fedcore.compiler import context
-from fedcore.compiler.tf_bridge import infer_tf_result
+from fedcore.compiler.tf_bridge import infer_tf_result, leaf_types
 from fedcore.compiler.tf_function import TFFunction
 from fedcore.compiler.tracing import (  # noqa: F401  (arrange_arguments, call_traced: re-exported)
     Value,
@@ -26,7 +26,7 @@ from fedcore.compiler.tracing import (  # noqa: F401  (arrange_arguments, call_t
     pack_arguments_as_node,
     to_node,
 )
-from fedcore.types import MAX_DEPTH, FunctionType, StructType, Type, TypeNestingError, to_type
+from fedcore.types import MAX_DEPTH, FunctionType, StructType, TensorType, Type, TypeNestingError, to_type
 from fedcore.types.core import nesting_depth
 
 
@@ -426,3 +426,48 @@ def tf_computation(*args: Any) -> Union["Computation", "PolymorphicComputation",
         ValueError: when a type string does not parse.
     """
     return _decorator("tf", args)
+
+
+def with_masked_form(step: Computation, masked: Computation) -> Computation:
+    """Records ``masked`` as the masked form of ``step``, a ``sequence_reduce`` step; returns ``step``.
+
+    ``step`` has type ``(<A,E> -> A)``, where every tensor of the element type
+    ``E`` has a leading axis of examples (a batch); ``masked`` has type
+    ``(<A,<E,bool[?]>> -> A)``.  The promise is that for a batch ``b`` of ``r``
+    rows, padded to ``p >= r`` rows by repeating some of its own rows, with a
+    mask whose first ``r`` entries are True and the rest False,
+    ``masked(a, <padded, mask>)`` equals ``step(a, b)`` (within float
+    rounding).  An executor may then pad the partial last batches of clients'
+    datasets to the full batch size and run them as one batch size, instead
+    of one call per distinct size.  Nothing checks the promise: a masked form
+    that breaks it gives wrong results.  The masked form is an optimisation
+    hint only; it is not serialized, and executors are free to ignore it.
+
+    Raises:
+        FederatedTypeError: when either is not a tf_computation with its types
+            given, or their types do not fit as above.
+    """
+    for comp, what in ((step, "the step"), (masked, "its masked form")):
+        if not isinstance(comp, Computation) or not isinstance(comp.ir, bb.TensorFlowComputation):
+            raise context.type_error(f"with_masked_form: {what} must be a tf_computation with its parameter "
+                                     f"types given, got {comp!r}")
+    st, mt = step.type_signature, masked.type_signature
+    p = st.parameter
+    if not isinstance(p, StructType) or len(p) != 2 or not st.result.is_equivalent_to(p[0]):
+        raise context.type_error(f"with_masked_form: the step must have a type (<A,E> -> A), as a sequence_reduce "
+                                 f"step does; {step.name} has type {st}")
+    batch_leaves = leaf_types(p[1])
+    if not batch_leaves or any(not isinstance(leaf, TensorType) or not leaf.shape or leaf.shape[0] is not None
+                               for leaf in batch_leaves):
+        raise context.type_error(f"with_masked_form: every tensor of the step's element type must have a leading "
+                                 f"axis of examples of unknown size (a batch); {step.name}'s element type is {p[1]}")
+    mask = TensorType("bool", (None,))
+    expected = FunctionType(StructType([p[0], StructType([p[1], mask])]), st.result)
+    mp = mt.parameter
+    if not (isinstance(mp, StructType) and len(mp) == 2 and mp[0].is_equivalent_to(p[0])
+            and isinstance(mp[1], StructType) and len(mp[1]) == 2 and mp[1][0].is_equivalent_to(p[1])
+            and mp[1][1].is_equivalent_to(mask) and mt.result.is_equivalent_to(st.result)):
+        raise context.type_error(f"with_masked_form: the masked form of {step.name} must have the type {expected}; "
+                                 f"{masked.name} has type {mt}")
+    step.ir.function.masked_form = masked.ir.function
+    return step
