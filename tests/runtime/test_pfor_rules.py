@@ -2,6 +2,7 @@
 
 * ``Bitcast`` gets a rule of its own (Keras 3's ``argmax`` bitcasts floats to
   read their sign bit), so client work that reaches it stays on the clients axis.
+* So does ``InTopKV2`` (Keras's top-k accuracy metrics): each row is ranked on its own.
 * An op with no rule inside a function call is run by pfor in a loop over
   clients, noted only at debug level; ``auto`` must see it and run the work
   client by client, and say which op.
@@ -100,6 +101,37 @@ def test_client_work_with_a_bitcast_runs_on_the_clients_axis():
     executor = TensorFlowExecutor()
     got = run(executor, comp, DATA)
     assert [int(v) for v in got] == [int(v) for v in run(fedcore.ReferenceExecutor(), comp, DATA)] == [2, 0, 0]
+    assert [c.strategy for c in executor.strategy_report] == ["vectorized"]
+
+
+@settings(max_examples=20, deadline=None)
+@given(clients=st.integers(1, 4), rows=st.integers(1, 5), classes=st.integers(1, 6), k=st.integers(0, 7),
+       seed=st.integers(0, 2**16))
+def test_a_vectorized_in_top_k_equals_one_per_client(clients, rows, classes, k, seed):
+    rng = np.random.default_rng(seed)
+    # Few distinct scores, so that ties (which in_top_k counts in) occur.
+    scores = rng.integers(0, 3, (clients, rows, classes)).astype(np.float32)
+    targets = rng.integers(0, classes, (clients, rows)).astype(np.int32)
+    got = tf.function(lambda p, t: tf.vectorized_map(lambda e: tf.math.in_top_k(e[1], e[0], k), (p, t)))(scores, targets)
+    expected = np.stack([tf.math.in_top_k(targets[i], scores[i], k).numpy() for i in range(clients)])
+    np.testing.assert_array_equal(got.numpy(), expected)
+
+
+@fedcore.tf_computation(fedcore.to_type((tf.float32, [3, 4])), fedcore.to_type((tf.int32, [3])))
+def top_two_hits(scores, labels):
+    return tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, scores, 2), tf.int32))
+
+
+def test_client_work_with_in_top_k_runs_on_the_clients_axis():
+    @fedcore.federated_computation(fedcore.type_at_clients(fedcore.to_type(((tf.float32, [3, 4]), (tf.int32, [3])))))
+    def comp(pairs):
+        return fedcore.federated_map(top_two_hits, pairs)
+
+    rng = np.random.default_rng(1)
+    data = [(rng.normal(size=(3, 4)).astype(np.float32), rng.integers(0, 4, 3).astype(np.int32)) for _ in range(3)]
+    executor = TensorFlowExecutor()
+    got = run(executor, comp, data)
+    assert [int(v) for v in got] == [int(v) for v in run(fedcore.ReferenceExecutor(), comp, data)]
     assert [c.strategy for c in executor.strategy_report] == ["vectorized"]
 
 

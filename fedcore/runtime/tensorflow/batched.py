@@ -29,7 +29,7 @@ from fedcore.runtime.tensorflow.lowering import (
 from fedcore.runtime.tensorflow.tables import BATCHED, NeedsAllClients, NotVectorizable
 from fedcore.runtime.tensorflow.values import Batched, has_gpu, tensors
 from fedcore.structure import Struct
-from fedcore.types import Type
+from fedcore.types import StructType, TensorType, Type
 
 
 def _refuse(definition: defs.IntrinsicDef):
@@ -71,8 +71,10 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
     carried = [a for j, a in enumerate(acc0) if j not in fixed]
     data = seq.steps
     try:
-        if not carried:  # nothing changes from step to step
+        if not carried and not op.stateful:  # nothing changes from step to step, and no op must run
             out = iter([])
+        elif not carried:  # the step's stateful ops (its asserts, say) run on every element, as in the reference
+            return unflatten([Batched(a) for a in _masked(c, op, seq.steps, element_type, acc_type, acc0)], acc_type)
         elif _sums_only(op, fixed, len(acc0)):
             out = iter(_map_sum(c, op, data, element_type, acc_type, carried, fixed))
         else:
@@ -248,6 +250,8 @@ def _sums_only(op: Lowered, fixed: dict, num_leaves: int) -> bool:
 # largest as fit, then of the next, and so on.  Each size is static, so that pfor reads every element by
 # its own index without copying the inputs; the largest bounds the memory of one call's inputs.
 MAP_SUM_CHUNKS = (1024, 256, 64, 16, 4, 1)
+# The mask beside a padded batch, in a masked form's element (``computation.with_masked_form``).
+MASK_TYPE = TensorType("bool", (None,))
 
 
 def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc0: List[Any],
@@ -259,7 +263,10 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
     cohort of ragged clients costs one pass over its examples.  Sums are in
     another order than the reference's, equal within float rounding (and
     exactly, modulo 2^bits, for integers, which wrap as the step's own
-    ``+`` does).
+    ``+`` does).  The partial last batches take one call per distinct size,
+    or, where the step has a masked form (``computation.with_masked_form``)
+    that also only adds, one call of it on all of them padded to the full
+    batch size.
     """
     n = c.n
     lengths = tf.cast(data.lengths, tf.int32)
@@ -271,9 +278,9 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
     # a constant: one node there, where a loop input costs several in every turn.
     outside = [None if a.shape[1:].is_fully_defined() else tf.zeros(tf.shape(a)[1:], a.dtype) for a in acc0]
 
-    def increments(element, k):
+    def increments(element, k, step=op, step_element_type=element_type):
         zeros = [tf.zeros(a.shape[1:], a.dtype) if z is None else z for a, z in zip(acc0, outside)]
-        return _step(c, op, acc_type, element_type, zeros, element, k, fixed, shared_acc=True)
+        return _step(c, step, acc_type, step_element_type, zeros, element, k, fixed, shared_acc=True)
 
     def chunks(start, size, sums):
         count = (total - start) // size
@@ -295,7 +302,14 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
     start, sums = tf.constant(0), [tf.zeros_like(a) for a in acc0]
     for size in MAP_SUM_CHUNKS:
         start, sums = chunks(start, size, sums)
-    if data.tail_sizes is not None:
+    masked = op.masked
+    if (data.tail_sizes is not None and masked is not None and data.padded_tails is not None
+            and _sums_only(masked, fixed, len(leaf_types(acc_type)))):
+        # The step's masked form takes every partial batch padded to the full batch size: one call for all.
+        leaves, mask, clients = data.padded_tails()
+        new = increments(leaves + [mask], tf.size(clients), masked, StructType([element_type, MASK_TYPE]))
+        sums = [s + tf.math.unsorted_segment_sum(x, clients, n) for s, x in zip(sums, new)]
+    elif data.tail_sizes is not None:
         # The partial batches, one vectorized call per size.  What locates each size's clients and rows
         # is computed here once, so that a call does only its own work.
         sizes = tf.cast(data.tail_sizes, tf.int32)

@@ -294,6 +294,8 @@ class Lowered:
         self.captures_batched = captures_batched
         self.passthrough: Optional[tuple] = None  # see TensorFlowFunction.passthrough
         self.increments: Optional[tuple] = None  # see TensorFlowFunction.increments
+        self.masked: Optional["Lowered"] = None  # the step's masked form (see computation.with_masked_form)
+        self.stateful = True  # whether it may run stateful ops (an assert, say): False only where known
 
     def __call__(self, arg: Any = None) -> Any:
         return self._call(arg)
@@ -419,6 +421,11 @@ class Compiler:
         lowered = Lowered(t, call, call_batched, name=label)
         lowered.passthrough = getattr(fn, "passthrough", None)  # result leaves that are parameter leaves unchanged
         lowered.increments = getattr(fn, "increments", None)  # result leaves that are a parameter leaf plus more
+        lowered.stateful = bool(getattr(fn, "stateful_ops", True))
+        masked = getattr(fn, "masked_form", None)
+        if masked is not None:
+            masked_type = FunctionType(masked.parameter_type, masked.result_type)
+            lowered.masked = self.tf_function(bb.TensorFlowComputation(masked, masked_type, f"{label}, masked"))
         return lowered
 
     def lambda_(self, node: bb.Lambda, env: Dict[str, Any]) -> Lowered:

@@ -43,7 +43,18 @@ def _bitcast(pfor_input):
     return _pfor.wrap(tf.bitcast(x, target), True)
 
 
-_RULES = {"Bitcast": _bitcast}
+def _in_top_k(pfor_input):
+    k, k_stacked, _ = pfor_input.input(2)
+    if k_stacked:
+        raise _pfor.ConversionNotImplementedError("InTopKV2 with a k that differs between clients")
+    pfor_input.stack_inputs([0, 1])
+    predictions, targets = pfor_input.stacked_input(0), pfor_input.stacked_input(1)
+    # Each row is ranked on its own: the clients' rows are rows of one batch.
+    rows = tf.math.in_top_k(tf.reshape(targets, [-1]), tf.reshape(predictions, [-1, tf.shape(predictions)[-1]]), k)
+    return _pfor.wrap(tf.reshape(rows, tf.shape(targets)), True)
+
+
+_RULES = {"Bitcast": _bitcast, "InTopKV2": _in_top_k}
 
 
 class _Reads(threading.local):

@@ -716,6 +716,10 @@ class Steps:
     """When set, ``tails_of(before, r, k)`` gives the partial batches of size ``r``, of the ``k`` clients
     that have one, in client order, as tensors with a leading axis of ``k``, sliced without a copy;
     ``before`` is the number of rows in the partial batches of smaller sizes (they come first)."""
+    padded_tails: Optional[Callable[[], Tuple[List[Any], Any, Any]]] = None
+    """When set, ``padded_tails()`` gives the partial batches of the ``T`` clients that have one, each
+    padded to the full batch size ``b`` by repeating its last row: the leaves, ``[T, b, ...]``; the mask,
+    ``[T, b]``, True on the real rows; and those clients, ``[T]`` int32, in client order."""
 
 
 def tensors(leaves: List[Any]) -> List[Any]:
@@ -799,7 +803,15 @@ class ShuffledSequences:
         def tail(clients, r):
             return self._rows(clients, tf.gather(full, tf.cast(clients, tf.int64)) * b, r)
 
-        return Steps(num_steps, full, take, tail_sizes, tail, elements, tails_of)
+        def padded_tails():
+            clients = tf.where(tail_sizes > 0)[:, 0]
+            sizes = tf.gather(tail_sizes, clients)
+            first = tf.gather(self.starts, clients) + tf.gather(full, clients) * b
+            j = tf.range(b, dtype=tf.int64)[None, :]
+            rows = tf.gather(self.order, first[:, None] + tf.minimum(j, sizes[:, None] - 1))
+            return self._gather(rows), j < sizes[:, None], tf.cast(clients, tf.int32)
+
+        return Steps(num_steps, full, take, tail_sizes, tail, elements, tails_of, padded_tails)
 
 
 __all__ = [
