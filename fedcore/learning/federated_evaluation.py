@@ -10,11 +10,11 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable
 
-from fedcore.compiler.computation import Computation, federated_computation, tf_computation
+from fedcore.compiler.computation import Computation, federated_computation, tf_computation, with_masked_form
 from fedcore.compiler.federated_api import federated_broadcast, federated_map, federated_zip, sequence_reduce
 from fedcore.learning import training
 from fedcore.learning.model_functions import field
-from fedcore.types import CLIENTS, SERVER, FederatedType
+from fedcore.types import CLIENTS, SERVER, FederatedType, StructType, TensorType
 
 __all__ = ["build_federated_evaluation"]
 
@@ -39,6 +39,16 @@ def build_federated_evaluation(model_fn: Callable[[], Any]) -> Computation:
         weights = field(state, "weights")
         _, _, local = fns.forward(weights, field(state, "local"), batch, training=False)
         return collections.OrderedDict(weights=weights, local=local)
+
+    if fns.why_not_masked() is None:
+        # Partial batches padded to the full batch size then run together (docs/performance.md).
+        @tf_computation(acc_type, StructType([fns.input_type, TensorType("bool", (None,))]))
+        def evaluate_padded_batch(state, padded):
+            weights = field(state, "weights")
+            local = fns.masked_evaluation(weights, field(state, "local"), padded[0], padded[1])
+            return collections.OrderedDict(weights=weights, local=local)
+
+        with_masked_form(evaluate_batch, evaluate_padded_batch)
 
     @tf_computation(acc_type)
     def finish_evaluation(state):

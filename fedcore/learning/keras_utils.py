@@ -412,6 +412,86 @@ class KerasFunctions(ModelFunctions):
     def report(self, local):
         return _local_outputs(self.model.metrics, [tf.convert_to_tensor(v) for v in _nest.flatten(local)])
 
+    def why_not_masked(self) -> Optional[str]:
+        return _why_not_row_wise(self.model)
+
+    def masked_evaluation(self, weights, local, batch, mask):
+        _, _, predictions, losses, _, y = self._run(weights, local, batch, training=False)
+        if any(_keras().src.backend.get_keras_mask(p) is not None for p in _nest.flatten(predictions)):
+            # _why_not_row_wise rules out the layers that make masks; a mask here is a bug to report.
+            raise ValueError("fedcore: the masked evaluation met a Keras mask on the predictions it did not expect")
+        weight = tf.cast(mask, tf.float32)
+        per = tf.cast(_per_example_loss(self.model._loss_fn, y, predictions), tf.float32)
+        # The loss of a batch is the mean of ``per`` over all its values: summed over the real rows, it is
+        # their values' sum over the values per row.
+        kept = tf.where(tf.reshape(mask, [-1] + [1] * (per.shape.rank - 1)), per, tf.zeros_like(per))
+        per_row = tf.cast(tf.reduce_prod(tf.shape(per)[1:]), tf.float32)
+        loss_sum = tf.reduce_sum(kept) / per_row
+        if losses:  # the weights' regularization (no layer adds a loss that depends on the batch)
+            loss_sum += tf.add_n([tf.cast(l, tf.float32) for l in losses]) * tf.reduce_sum(weight)
+        values = _nest.flatten(local)
+        rest = [tf.convert_to_tensor(v) for v in values[2:]]
+        updated = []
+        for m in self.model.metrics:
+            k = len(m.variables)
+            updated.extend(m.stateless_update_state(rest[:k], y, predictions, sample_weight=weight))
+            rest = rest[k:]
+        count = tf.reduce_sum(tf.cast(mask, tf.int64))
+        return self.local_dict([values[0] + loss_sum, values[1] + count] + updated)
+
+
+def _keras_own(obj: Any) -> bool:
+    """Whether ``obj``'s class is one of Keras's own (not a user's subclass)."""
+    return type(obj).__module__.startswith("keras.src.")
+
+
+def _why_not_row_wise(model: KerasModel) -> Optional[str]:
+    """Why the model's inference pass may not run on padded batches with a mask (None when it may).
+
+    It may when every row's predictions depend on that row only and the loss
+    and metrics weigh rows by a mask exactly: Keras's own layers in
+    inference (save those that take arbitrary code, carry state from batch to
+    batch, add losses that depend on the batch or make masks), Keras's own
+    loss functions reduced by their mean, and Keras's own metrics that
+    weigh each row by its sample weight.
+    """
+    keras = _keras()
+    for layer in model._keras_model._flatten_layers(include_self=True, recursive=True):
+        name = type(layer).__name__
+        if not _keras_own(layer) or isinstance(layer, (keras.layers.Lambda, keras.layers.Masking)) \
+                or type(layer).__module__.startswith(("keras.src.export", "keras.src.utils")):
+            return f"the layer {layer.name} ({name}) is not one of Keras's own row-wise layers"
+        if getattr(layer, "activity_regularizer", None) is not None:
+            return f"the layer {layer.name} has an activity regularizer, whose loss depends on the batch"
+        if getattr(layer, "stateful", False) or getattr(layer, "mask_zero", False):
+            return f"the layer {layer.name} is stateful or makes a mask"
+    loss = model._loss_fn
+    if isinstance(loss, keras.src.losses.losses.LossFunctionWrapper):
+        if not (_keras_own(loss) and loss.reduction == "sum_over_batch_size" and _keras_function(loss.fn)):
+            return f"the loss {loss!r} is not one of Keras's own, reduced by its mean"
+    elif not _keras_function(loss):
+        return f"the loss {loss!r} is not one of Keras's own"
+    for m in model.metrics:
+        wrapped = isinstance(m, keras.metrics.MeanMetricWrapper) and _keras_function(getattr(m, "_fn", None))
+        own = type(m) is keras.metrics.RootMeanSquaredError or type(m).__module__ == "keras.src.metrics.confusion_metrics"
+        if not _keras_own(m) or not (wrapped or own):
+            return f"the metric {m.name} is not one of Keras's own that weigh rows by a sample weight"
+    return None
+
+
+def _keras_function(fn: Any) -> bool:
+    return callable(fn) and getattr(fn, "__module__", "").startswith(("keras.src.losses", "keras.src.metrics"))
+
+
+def _per_example_loss(loss: Any, y: Any, predictions: Any) -> tf.Tensor:
+    """The loss's values before its reduction (``_why_not_row_wise`` says which losses get here)."""
+    keras = _keras()
+    if isinstance(loss, keras.src.losses.losses.LossFunctionWrapper):
+        # As Loss.__call__ passes them to ``call``.
+        convert = lambda x: keras.ops.convert_to_tensor(x, dtype=loss.dtype)  # noqa: E731
+        return loss.call(keras.tree.map_structure(convert, y), keras.tree.map_structure(convert, predictions))
+    return loss(y, predictions)
+
 
 # --------------------------------------------------------------------------
 # Constructors.

@@ -177,6 +177,19 @@ class ModelFunctions:
     def report(self, local) -> Any:
         raise NotImplementedError
 
+    def why_not_masked(self) -> Optional[str]:
+        """Why ``masked_evaluation`` is not available for this model (None when it is)."""
+        return "only Keras models built from Keras's own layers, loss and metrics have it"
+
+    def masked_evaluation(self, weights, local, batch, mask) -> Any:
+        """The local variables after an inference pass over the rows of ``batch`` where ``mask`` is True.
+
+        Equal, within float rounding, to ``forward(weights, local, b, False)``'s
+        on the batch ``b`` of those rows, when the other rows repeat some of
+        them (``fedcore.compiler.with_masked_form``).
+        """
+        raise NotImplementedError
+
     @property
     def federated_output_computation(self):
         return self.model.federated_output_computation
