@@ -442,6 +442,9 @@ def with_masked_form(step: Computation, masked: Computation) -> Computation:
     of one call per distinct size.  Nothing checks the promise: a masked form
     that breaks it gives wrong results.  The masked form is an optimisation
     hint only; it is not serialized, and executors are free to ignore it.
+    Attach it before the step is first used: an executor keys the programs it
+    has compiled by the computations they were built from, masked forms
+    included, as they were when it first ran them.
 
     Raises:
         FederatedTypeError: when either is not a tf_computation with its types

@@ -192,3 +192,15 @@ def test_with_masked_form_says_which_types_fit():
 
     with pytest.raises(fedcore.FederatedTypeError, match=r"\(<A,E> -> A\)"):
         fedcore.with_masked_form(not_a_step, wrong)
+
+
+def test_the_same_step_with_and_without_a_masked_form_are_two_programs():
+    # One executor, two steps of the same content: the one without a masked form must not get the program
+    # compiled with the other's (here a broken one, so that sharing would show in the counts).
+    data = client_data(SIZES, 20)
+    executor = TensorFlowExecutor(strategy="vectorized")
+    broken = run(executor, reducing(lambda state, padded: _masked_counting(state, padded, 1000)), W, data)
+    plain = run(executor, reducing(), W, data)
+    expected = run(fedcore.ReferenceExecutor(), reducing(), W, data)
+    assert_states_close(plain, expected)
+    assert int(broken[0]["count"]) - int(expected[0]["count"]) == 1000

@@ -420,6 +420,12 @@ def _program_key(ir: bb.BuildingBlock) -> str:
             h.update(f"|{node.type_signature}|{node.function.fingerprint}".encode())
             for v in node.function.variables:  # the same code over other variables is another program
                 h.update(f"|v{_variable_token(v)}".encode())
+            # A step with a masked form compiles to another program than the same step without one.
+            masked = getattr(node.function, "masked_form", None)
+            if masked is not None:
+                h.update(f"|m{masked.fingerprint}".encode())
+                for v in masked.variables:
+                    h.update(f"|v{_variable_token(v)}".encode())
     return h.hexdigest()
 
 
