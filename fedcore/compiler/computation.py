@@ -428,6 +428,15 @@ def tf_computation(*args: Any) -> Union["Computation", "PolymorphicComputation",
     return _decorator("tf", args)
 
 
+# The mask beside a padded batch in a masked form's element (``with_masked_form``): True on the real rows.
+MASK_TYPE = TensorType("bool", (None,))
+
+
+def masked_element_type(element: Type) -> StructType:
+    """The element type of a masked form whose step takes ``element``: ``<element,bool[?]>``."""
+    return StructType([element, MASK_TYPE])
+
+
 def with_masked_form(step: Computation, masked: Computation) -> Computation:
     """Records ``masked`` as the masked form of ``step``, a ``sequence_reduce`` step; returns ``step``.
 
@@ -464,8 +473,8 @@ def with_masked_form(step: Computation, masked: Computation) -> Computation:
                                for leaf in batch_leaves):
         raise context.type_error(f"with_masked_form: every tensor of the step's element type must have a leading "
                                  f"axis of examples of unknown size (a batch); {step.name}'s element type is {p[1]}")
-    mask = TensorType("bool", (None,))
-    expected = FunctionType(StructType([p[0], StructType([p[1], mask])]), st.result)
+    mask = MASK_TYPE
+    expected = FunctionType(StructType([p[0], masked_element_type(p[1])]), st.result)
     mp = mt.parameter
     if not (isinstance(mp, StructType) and len(mp) == 2 and mp[0].is_equivalent_to(p[0])
             and isinstance(mp[1], StructType) and len(mp[1]) == 2 and mp[1][0].is_equivalent_to(p[1])

@@ -10,11 +10,12 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable
 
-from fedcore.compiler.computation import Computation, federated_computation, tf_computation, with_masked_form
+from fedcore.compiler.computation import (
+    Computation, federated_computation, masked_element_type, tf_computation, with_masked_form)
 from fedcore.compiler.federated_api import federated_broadcast, federated_map, federated_zip, sequence_reduce
 from fedcore.learning import training
 from fedcore.learning.model_functions import field
-from fedcore.types import CLIENTS, SERVER, FederatedType, StructType, TensorType
+from fedcore.types import CLIENTS, SERVER, FederatedType
 
 __all__ = ["build_federated_evaluation"]
 
@@ -42,7 +43,7 @@ def build_federated_evaluation(model_fn: Callable[[], Any]) -> Computation:
 
     if fns.why_not_masked() is None:
         # Partial batches padded to the full batch size then run together (docs/performance.md).
-        @tf_computation(acc_type, StructType([fns.input_type, TensorType("bool", (None,))]))
+        @tf_computation(acc_type, masked_element_type(fns.input_type))
         def evaluate_padded_batch(state, padded):
             weights = field(state, "weights")
             local = fns.masked_evaluation(weights, field(state, "local"), padded[0], padded[1])

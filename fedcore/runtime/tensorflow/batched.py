@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from fedcore.compiler import intrinsics as defs
 from fedcore.compiler.intrinsics import Kind
+from fedcore.compiler.computation import masked_element_type
 from fedcore.compiler.tf_bridge import leaf_types
 from fedcore.compiler.tf_function import onednn_on
 from fedcore.runtime.tensorflow.lowering import (
@@ -29,7 +30,7 @@ from fedcore.runtime.tensorflow.lowering import (
 from fedcore.runtime.tensorflow.tables import BATCHED, NeedsAllClients, NotVectorizable
 from fedcore.runtime.tensorflow.values import Batched, has_gpu, tensors
 from fedcore.structure import Struct
-from fedcore.types import StructType, TensorType, Type
+from fedcore.types import Type
 
 
 def _refuse(definition: defs.IntrinsicDef):
@@ -250,8 +251,6 @@ def _sums_only(op: Lowered, fixed: dict, num_leaves: int) -> bool:
 # largest as fit, then of the next, and so on.  Each size is static, so that pfor reads every element by
 # its own index without copying the inputs; the largest bounds the memory of one call's inputs.
 MAP_SUM_CHUNKS = (1024, 256, 64, 16, 4, 1)
-# The mask beside a padded batch, in a masked form's element (``computation.with_masked_form``).
-MASK_TYPE = TensorType("bool", (None,))
 
 
 def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: Type, acc0: List[Any],
@@ -307,7 +306,7 @@ def _map_sum(c: Compiler, op: Lowered, data: Any, element_type: Type, acc_type: 
             and _sums_only(masked, fixed, len(leaf_types(acc_type)))):
         # The step's masked form takes every partial batch padded to the full batch size: one call for all.
         leaves, mask, clients = data.padded_tails()
-        new = increments(leaves + [mask], tf.size(clients), masked, StructType([element_type, MASK_TYPE]))
+        new = increments(leaves + [mask], tf.size(clients), masked, masked_element_type(element_type))
         sums = [s + tf.math.unsorted_segment_sum(x, clients, n) for s, x in zip(sums, new)]
     elif data.tail_sizes is not None:
         # The partial batches, one vectorized call per size.  What locates each size's clients and rows
