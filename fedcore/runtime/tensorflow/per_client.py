@@ -42,8 +42,8 @@ class ClientSequence:
         c = tf.cast(c, src.client_splits.dtype)
         return tf.cast(src.client_splits[c + 1] - src.client_splits[c], tf.int32)
 
-    def element_leaves(self, s: tf.Tensor) -> List[tf.Tensor]:
-        """The flat leaves of the client's element ``s``."""
+    def element_leaves(self, s: tf.Tensor, full: bool = False) -> List[tf.Tensor]:
+        """The flat leaves of the client's element ``s``; ``full``: a full batch, sliced at its static size."""
         src = self.source
         if isinstance(src, ShuffledSequences):
             c = tf.cast(self.client, src.counts.dtype)
@@ -51,8 +51,10 @@ class ClientSequence:
             if src.batch_size is None:
                 return src._gather(src.order[src.starts[c] + s])
             b = src.batch_size
-            start = src.starts[c]
-            return src._gather(src.order[start + s * b: start + tf.minimum((s + 1) * b, src.counts[c])])
+            start = src.starts[c] + s * b
+            if full:  # a slice of static size: XLA needs it, and the step is traced at it
+                return src._gather(tf.slice(src.order, tf.reshape(start, [1]), [b]))
+            return src._gather(src.order[start: src.starts[c] + tf.minimum((s + 1) * b, src.counts[c])])
         e = src.client_splits[tf.cast(self.client, src.client_splits.dtype)] + tf.cast(s, src.client_splits.dtype)
         out = []
         for rows, splits, t in zip(src.rows, src.elem_splits, leaf_types(self.element_type)):
@@ -73,7 +75,7 @@ class ClientSequence:
             full = tf.cast(src.counts[tf.cast(self.client, src.counts.dtype)] // b, tf.int32)
 
             def full_body(s, *acc):
-                leaves = [tf.ensure_shape(x, [b] + x.shape.as_list()[1:]) for x in self.element_leaves(s)]
+                leaves = self.element_leaves(s, full=True)
                 with tf_function.static_shapes():
                     return [s + 1] + list(step(list(acc), leaves))
 
