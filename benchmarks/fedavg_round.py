@@ -19,7 +19,6 @@ import os
 import platform
 import resource
 import subprocess
-import statistics
 import sys
 import time
 from typing import Callable, Dict, List
@@ -181,13 +180,21 @@ def materialize_for_floor(datasets):
 
 
 def time_rounds(run_round: Callable[[], None], rounds: int) -> float:
-    run_round()  # warm-up: tracing, compilation, first materialization
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run_round()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """The median seconds of ``rounds`` calls, after a warm-up call (tracing, compilation, first materialization)."""
+    return interleaved_medians({"": run_round}, rounds)[""]
+
+
+def interleaved_medians(runners: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+    """The median seconds of each runner over ``repeats`` turns, the runners taking turns (after a warm-up each)."""
+    for run in runners.values():
+        run()
+    times: Dict[str, List[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def zero_model():
@@ -200,24 +207,24 @@ _vectorized_round_xla = tf.function(_vectorized_round.python_function, jit_compi
 def bench_cohort(n: int, rounds: int, include_reference: bool, xla: bool = False, plain: bool = True) -> Dict[str, float]:
     arrays = make_client_arrays(n)
     datasets = [preprocess(a) for a in arrays]
-    results: Dict[str, float] = {}
     xs, ys = materialize_for_floor(datasets)
     z = zero_model()
-    results["hand-vectorized floor"] = time_rounds(lambda: _vectorized_round(z["kernel"], z["bias"], xs, ys), rounds)
-    if plain:
-        results["plain TF loop (per-client tf.function)"] = time_rounds(lambda: plain_tf_round(z, datasets), rounds)
+    # The fast variants take turns round by round, so that a slower stretch of the machine falls on all of them.
+    fast: Dict[str, Callable[[], object]] = {"hand-vectorized floor": lambda: _vectorized_round(z["kernel"], z["bias"], xs, ys)}
     for strategy in ("auto", "vectorized", "sequential"):
         executor = TensorFlowExecutor(strategy=strategy)
-        results[f"fedcore TF executor, {strategy}"] = time_rounds(
-            lambda: execute(fedavg_round, (z, datasets), {}, executor=executor), rounds
-        )
+        fast[f"fedcore TF executor, {strategy}"] = (
+            lambda executor=executor: execute(fedavg_round, (z, datasets), {}, executor=executor))
     if xla:  # XLA-compiled rows: the floor and the executor with jit_compile=True
-        results["hand-vectorized floor, XLA"] = time_rounds(
-            lambda: _vectorized_round_xla(z["kernel"], z["bias"], xs, ys), rounds)
-        executor = TensorFlowExecutor(jit_compile=True)
-        results["fedcore TF executor, auto, jit_compile=True"] = time_rounds(
-            lambda: execute(fedavg_round, (z, datasets), {}, executor=executor), rounds
-        )
+        fast["hand-vectorized floor, XLA"] = lambda: _vectorized_round_xla(z["kernel"], z["bias"], xs, ys)
+        xla_executor = TensorFlowExecutor(jit_compile=True)
+        fast["fedcore TF executor, auto, jit_compile=True"] = (
+            lambda: execute(fedavg_round, (z, datasets), {}, executor=xla_executor))
+    timed = interleaved_medians(fast, rounds)
+    results: Dict[str, float] = {"hand-vectorized floor": timed.pop("hand-vectorized floor")}
+    if plain:  # tens of times slower: timed on its own
+        results["plain TF loop (per-client tf.function)"] = time_rounds(lambda: plain_tf_round(z, datasets), rounds)
+    results.update(timed)
     if include_reference:
         ref = fedcore.ReferenceExecutor()
         results["fedcore reference executor"] = time_rounds(

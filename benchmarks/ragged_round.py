@@ -247,18 +247,19 @@ def bench_training(n: int, rounds: int, sequential_max: int, plain_max: int) -> 
     datasets = [seed.preprocess(a) for a in arrays]
     z = seed.zero_model()
     x, y, starts, counts = floor_inputs(datasets)
-    results: Dict[str, float] = {}
-    results["hand-written floor (sorted, retire finished, masked last batch)"] = seed.time_rounds(
-        lambda: floor_round(z["kernel"], z["bias"], x, y, starts, counts), rounds)
-    if n <= plain_max:
-        results["plain TF loop (per-client tf.function)"] = seed.time_rounds(
-            lambda: seed.plain_tf_round(z, datasets), rounds)
+    fast: Dict[str, Callable[[], object]] = {
+        "hand-written floor (sorted, retire finished, masked last batch)":
+            lambda: floor_round(z["kernel"], z["bias"], x, y, starts, counts)}
     for strategy in ("auto", "vectorized", "sequential"):
         if strategy == "sequential" and n > sequential_max:
             continue
         executor = TensorFlowExecutor(strategy=strategy)
-        results[f"fedcore TF executor, {strategy}"] = seed.time_rounds(
-            lambda: execute(seed.fedavg_round, (z, datasets), {}, executor=executor), rounds)
+        fast[f"fedcore TF executor, {strategy}"] = (
+            lambda executor=executor: execute(seed.fedavg_round, (z, datasets), {}, executor=executor))
+    results = seed.interleaved_medians(fast, rounds)
+    if n <= plain_max:  # seconds a round: timed on its own, after the others
+        results["plain TF loop (per-client tf.function)"] = seed.time_rounds(
+            lambda: seed.plain_tf_round(z, datasets), rounds)
     return results
 
 
@@ -294,22 +295,9 @@ def bench_evaluation(n: int, rounds: int) -> Dict[str, float]:
         lambda: execute(evaluation, (weights, datasets), {}, executor=keras_executor))
     # Calls of a few milliseconds: many repetitions, the variants taking turns, so that a slower stretch of the
     # machine falls on all of them alike.
-    results = interleaved_medians(fast, max(EVAL_REPEATS, rounds))
+    results = seed.interleaved_medians(fast, max(EVAL_REPEATS, rounds))
     results["plain TF loop (per-client tf.function)"] = seed.time_rounds(lambda: plain_eval(model, datasets), rounds)
     return results
-
-
-def interleaved_medians(runners: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
-    """The median seconds of each runner over ``repeats`` turns, the runners taking turns (after a warm-up each)."""
-    for run in runners.values():
-        run()
-    times: Dict[str, List[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def seed_keras_model():
