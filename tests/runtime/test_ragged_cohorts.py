@@ -55,7 +55,7 @@ def reference(comp, *args):
 @pytest.fixture
 def steps_pay(monkeypatch):
     """'auto' vectorizes training steps, as where TensorFlow's CPU kernels are oneDNN's (``batched_steps_pay``)."""
-    monkeypatch.setattr(batched, "batched_steps_pay", lambda: True)
+    monkeypatch.setattr(batched, "batched_steps_pay", lambda n: True)
 
 
 @pytest.mark.parametrize("strategy", ["vectorized", "auto", "sequential"])
@@ -68,20 +68,25 @@ def test_sizes_1_19_20_21_400_and_empty_clients_in_one_round(strategy, steps_pay
         assert [c.strategy for c in executor.strategy_report] == ["vectorized"]
 
 
-@pytest.mark.parametrize("pays", [True, False])
-def test_auto_runs_training_steps_where_they_pay_and_says_why_not_elsewhere(monkeypatch, pays):
-    monkeypatch.setattr(batched, "batched_steps_pay", lambda: pays)
-    data = datasets([1, 19, 20, 21, 400, 0, 40, 3], batch=20)
+@pytest.mark.parametrize("onednn, clients, expected, why", [
+    (False, 8, "sequential", "oneDNN off"),
+    (False, 64, "sequential", "oneDNN off"),
+    (True, 8, "sequential", "fewer than 64 clients (8 here)"),
+    (True, 64, "vectorized", None),
+])
+def test_auto_runs_training_steps_where_they_pay_and_says_why_not_elsewhere(monkeypatch, onednn, clients, expected, why):
+    monkeypatch.setattr(batched, "has_gpu", lambda: False)
+    monkeypatch.setattr(batched, "onednn_on", lambda: onednn)
+    sizes = [1, 19, 20, 21, 400, 0, 40, 3]
+    data = datasets((sizes * clients)[:clients], batch=20)
     auto, forced = TensorFlowExecutor(strategy="auto"), TensorFlowExecutor(strategy="vectorized")
-    expected = np.asarray(reference(fold_all, data))
-    np.testing.assert_allclose(np.asarray(run(auto, fold_all, data)), expected, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(run(forced, fold_all, data)), expected, rtol=1e-5)
+    expected_values = np.asarray(reference(fold_all, data))
+    np.testing.assert_allclose(np.asarray(run(auto, fold_all, data)), expected_values, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(run(forced, fold_all, data)), expected_values, rtol=1e-5)
     (choice,) = auto.strategy_report
-    if pays:
-        assert choice.strategy == "vectorized"
-    else:
-        assert choice.strategy == "sequential"
-        assert "carry state from batch to batch" in choice.reason and "oneDNN off" in choice.reason
+    assert choice.strategy == expected
+    if why is not None:
+        assert "carry state from batch to batch" in choice.reason and why in choice.reason, choice.reason
     assert [c.strategy for c in forced.strategy_report] == ["vectorized"]  # forced, it always vectorizes
 
 

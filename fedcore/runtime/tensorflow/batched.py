@@ -87,22 +87,35 @@ def _sequence_reduce_batched(c: Compiler, arg, t):
     return unflatten([fixed[j] if j in fixed else Batched(next(out)) for j in range(len(acc0))], acc_type)
 
 
-def batched_steps_pay() -> bool:
-    """Whether ``auto`` steps client work that carries state from batch to batch (training) on the
-    clients axis: with a GPU, or where TensorFlow's CPU kernels are oneDNN's.
+# Fewer clients than this, on a CPU, and the batched steps of training cost more than each client's own.
+BATCHED_STEPS_MIN_CLIENTS = 64
 
-    Where they are Eigen's, the batched steps cost more than each client's own
-    steps in the sequential loop: FedAvg on the seed and ragged workloads took
-    0.40x to 0.75x the vectorized floor's time in the loop, and 0.96x to 1.39x
-    vectorized (docs/benchmarks.md).  Reductions that only add (an evaluation)
-    stay vectorized: there the one pass over all batches wins either way.
+
+def batched_steps_pay(num_clients: int) -> bool:
+    """Whether ``auto`` steps client work that carries state from batch to batch (training) on the
+    clients axis: with a GPU, or where TensorFlow's CPU kernels are oneDNN's and the cohort has at
+    least ``BATCHED_STEPS_MIN_CLIENTS`` clients.
+
+    Where the kernels are Eigen's, the batched steps cost more than each
+    client's own steps in the sequential loop: FedAvg on the seed and ragged
+    workloads took 0.40x to 0.75x the vectorized floor's time in the loop, and
+    0.96x to 1.39x vectorized.  Where they are oneDNN's, the loop still won
+    below about 50 clients (0.42x to 0.68x the batched steps' time on ragged
+    cohorts of 10 to 50 clients, 0.84x to 0.89x on the seed workload's equal
+    ones at 10 to 30), and the batched steps won on 100 and 1000 equal clients
+    (docs/benchmarks.md).  Reductions that only add (an evaluation) stay
+    vectorized: there the one pass over all batches wins either way.
     """
-    return has_gpu() or onednn_on()
+    return has_gpu() or (onednn_on() and num_clients >= BATCHED_STEPS_MIN_CLIENTS)
 
 
 def _check_steps_pay(c: Compiler) -> None:
     """Called once a batched step is built: 'auto' then leaves it, for the sequential loop, where it does not pay."""
-    if c.strategy == "auto" and not batched_steps_pay():
+    if c.strategy == "auto" and not batched_steps_pay(c.n):
+        if onednn_on():
+            raise NotVectorizable(f"its steps carry state from batch to batch, and on a CPU with fewer than "
+                                  f"{BATCHED_STEPS_MIN_CLIENTS} clients ({c.n} here) batched steps cost more than "
+                                  "each client's own")
         raise NotVectorizable("its steps carry state from batch to batch, and where TensorFlow's CPU kernels are "
                               "Eigen's (oneDNN off) batched steps cost more than each client's own")
 
