@@ -106,18 +106,25 @@ def batched_steps_pay(num_clients: int) -> bool:
     (docs/benchmarks.md).  Reductions that only add (an evaluation) stay
     vectorized: there the one pass over all batches wins either way.
     """
-    return has_gpu() or (onednn_on() and num_clients >= BATCHED_STEPS_MIN_CLIENTS)
+    return _why_batched_steps_cost_more(num_clients) is None
+
+
+def _why_batched_steps_cost_more(num_clients: int) -> Optional[str]:
+    """Why batched training steps would not pay here (``batched_steps_pay``), or None where they do."""
+    if has_gpu():
+        return None
+    if not onednn_on():
+        return "where TensorFlow's CPU kernels are Eigen's (oneDNN off) batched steps cost more than each client's own"
+    if num_clients < BATCHED_STEPS_MIN_CLIENTS:
+        return (f"on a CPU with fewer than {BATCHED_STEPS_MIN_CLIENTS} clients ({num_clients} here) batched steps "
+                "cost more than each client's own")
+    return None
 
 
 def _check_steps_pay(c: Compiler) -> None:
     """Called once a batched step is built: 'auto' then leaves it, for the sequential loop, where it does not pay."""
     if c.strategy == "auto" and not batched_steps_pay(c.n):
-        if onednn_on():
-            raise NotVectorizable(f"its steps carry state from batch to batch, and on a CPU with fewer than "
-                                  f"{BATCHED_STEPS_MIN_CLIENTS} clients ({c.n} here) batched steps cost more than "
-                                  "each client's own")
-        raise NotVectorizable("its steps carry state from batch to batch, and where TensorFlow's CPU kernels are "
-                              "Eigen's (oneDNN off) batched steps cost more than each client's own")
+        raise NotVectorizable(f"its steps carry state from batch to batch, and {_why_batched_steps_cost_more(c.n)}")
 
 
 def _uniform_cohort(data: Any) -> Any:
